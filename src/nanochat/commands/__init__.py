@@ -1,0 +1,1 @@
+"""One thin module per subcommand: typer options and help text, the work is in the library."""

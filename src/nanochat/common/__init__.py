@@ -1,0 +1,1 @@
+"""Shared foundations: paths, errors, atomic writes, logging, device and distributed setup."""

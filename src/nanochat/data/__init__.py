@@ -1,0 +1,1 @@
+"""Tokens and batches: packaged data, pretraining shards, the tokenizer, chat rendering, loaders."""

@@ -1,0 +1,1 @@
+"""Inference: KV-cache generation, sampling, tools (calculator) and the code sandbox."""

@@ -1,0 +1,1 @@
+"""The web server: OpenAI-compatible API, workers, and the chat page."""

@@ -1,0 +1,1 @@
+"""Training loops: scaling rules, pretraining, and what the loops share."""

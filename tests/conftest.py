@@ -1,0 +1,60 @@
+"""Test setup shared by the whole suite: the source tree on the path (also for subprocesses),
+two CPU threads, an empty NANOCHAT_HOME per test, and GPU tests skipped without CUDA."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = str(Path(__file__).resolve().parent.parent / "src")
+if SRC not in sys.path:
+    sys.path.insert(0, SRC)
+os.environ["PYTHONPATH"] = SRC + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.pop("NANOCHAT_DEBUG", None)
+os.environ["NO_COLOR"] = "1"
+
+
+def pytest_configure(config):
+    try:
+        import torch
+
+        torch.set_num_threads(2)
+    except ImportError:
+        pass
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def nanochat_home(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own empty NANOCHAT_HOME (subprocesses inherit it)."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("NANOCHAT_HOME", str(home))
+    return home
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300, input: str | None = None):
+    """Run `python -m nanochat ARGS` in a fresh process; returns CompletedProcess (text)."""
+    import subprocess
+
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    return subprocess.run([sys.executable, "-m", "nanochat", *args], capture_output=True, text=True, env=full_env, timeout=timeout, input=input)
