@@ -135,3 +135,13 @@ def test_default_location_and_training_limits(tmp_path):
             Tokenizer.train(docs, vocab_size=bad)
     with pytest.raises(NanochatError, match="no training text"):
         Tokenizer.train(["", ""], vocab_size=300)
+
+
+def test_offline_gpt2_and_gpt4_match_published_counts():
+    from nanochat.data.tokenizer_eval import cl100k_encoding, gpt2_encoding
+
+    gpt2, gpt4 = gpt2_encoding(), cl100k_encoding()
+    assert gpt2.encode_ordinary("Hello world") == [15496, 995] and gpt2.n_vocab == 50257
+    assert gpt4.encode_ordinary("Hello world") == [9906, 1917]
+    # The data pack's README counts 220,986 GPT-2 tokens in Emma.
+    assert len(gpt2.encode_ordinary(resources.read_text("corpus/austen/emma.txt"))) == 220_986

@@ -246,6 +246,7 @@ def download_shards(
     attempts: int = 5,
     backoff: float = 1.0,
     timeout: float = 30.0,
+    chunk_size: int = 1 << 20,
     base: str | None = None,
     directory: Path | None = None,
     progress: bool = True,
@@ -286,7 +287,7 @@ def download_shards(
                 received[0] += n
             bar.bytes(received[0])
 
-        fetcher = Fetcher(ds, directory, base, attempts=attempts, backoff=backoff, timeout=timeout, on_bytes=on_bytes)
+        fetcher = Fetcher(ds, directory, base, attempts=attempts, backoff=backoff, timeout=timeout, chunk_size=chunk_size, on_bytes=on_bytes)
         done, failed = [], []
         with bar, ThreadPoolExecutor(max_workers=min(workers, len(todo))) as pool:
             futures = {pool.submit(fetcher.fetch, i): i for i in todo}
