@@ -84,6 +84,9 @@ class MemoryShard:
     def read_row_group(self, i: int) -> list[str]:
         return self._groups[i]
 
+    def close(self) -> None:
+        pass
+
 
 class ParquetShard:
     """One parquet file with a `text` column; row groups are read one at a time."""
@@ -122,6 +125,11 @@ class ParquetShard:
         if self._file is None:
             self._file = pq.ParquetFile(self.path)
         return self._file.read_row_group(i, columns=[TEXT_COLUMN]).column(0).to_pylist()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 # ---- the corpus --------------------------------------------------------------------------------
@@ -176,7 +184,11 @@ class Corpus:
             e, s, g, r = _check_position(start, self.num_shards)
             epoch, after = e, (s, g, r)
         while True:
+            prev = None
             for s, g in mine:
+                if prev is not None and prev != s:
+                    self.shards[prev].close()  # one open file at a time, even over thousands of shards
+                prev = s
                 skip_through = -1
                 if after is not None:
                     if (s, g) < after[:2]:
