@@ -24,10 +24,11 @@ def adamw_step(
 ) -> None:
     """Update p (a parameter or a shard of one) in place; `step` counts from 1."""
     g = grad.to(exp_avg.dtype)
+    # the operations in torch.optim.AdamW's order, so the two agree to rounding
     p.mul_(1 - lr * weight_decay)
     exp_avg.lerp_(g, 1 - beta1)
-    exp_avg_sq.lerp_(g.square(), 1 - beta2)
+    exp_avg_sq.mul_(beta2).add_(g * g * (1 - beta2))
     bias1 = 1 - beta1**step
     bias2 = 1 - beta2**step
-    denom = (exp_avg_sq / bias2).sqrt() + eps
-    p.sub_((lr / bias1) * exp_avg / denom)
+    denom = exp_avg_sq.sqrt() / bias2.sqrt() + eps
+    p.sub_((lr / bias1) * (exp_avg / denom))
