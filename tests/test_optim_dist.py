@@ -73,6 +73,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     try:
         params = _train(rank, world, reload_dir=out_dir)
         save_file(params, os.path.join(out_dir, f"params_rank{rank}.safetensors"))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

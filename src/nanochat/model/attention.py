@@ -12,7 +12,9 @@ Back ends:
 - "flex": PyTorch FlexAttention with block masks for the sliding windows, compiled on CUDA. Its full-causal
   layers go to SDPA's flash kernel on CUDA, which measured faster than FlexAttention for them on the H100
   (GPU-NOTES.md: 1.97 ms vs 2.55 ms for d12), while its windowed layers beat SDPA's masked fallback ~3x.
-  On CPU FlexAttention runs eagerly, forward only (torch has no CPU backward for it): fine for inference.
+  Inference on CUDA outside a compiled model (no grad) uses SDPA too: T changes almost every call there and
+  each new T would recompile FlexAttention. On CPU FlexAttention runs eagerly, forward only (torch has no CPU
+  backward for it).
 - "sdpa": torch's scaled_dot_product_attention; is_causal for full layers, an explicit boolean mask for windows.
 
 `default_backend()` picks fa3 > flex on CUDA and sdpa on CPU/MPS; NANOCHAT_ATTENTION=fa3|flex|sdpa overrides.
@@ -140,12 +142,18 @@ def _flex(q, k, v, window: int) -> torch.Tensor:
     from torch.nn.attention.flex_attention import flex_attention
 
     T = q.shape[1]
-    if q.device.type == "cuda" and window >= T - 1:
-        return _sdpa(q, k, v, window)  # full causal: SDPA's flash kernel is faster (see module docstring)
+    on_cuda = q.device.type == "cuda"
+    compiling = torch.compiler.is_compiling()
+    if on_cuda and (window >= T - 1 or not (compiling or torch.is_grad_enabled())):
+        # full causal: SDPA's flash kernel is faster (see module docstring). Inference outside a compiled
+        # model (evals, sampling) sees a new T almost every call, and each would recompile flex: SDPA instead.
+        return _sdpa(q, k, v, window)
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     mask = _block_mask(T, window, q.device)
     gqa = q.shape[2] != k.shape[2]
-    if q.device.type == "cuda":
+    if compiling:  # inside the caller's compiled graph
+        out = flex_attention(qt, kt, vt, block_mask=mask, enable_gqa=gqa)
+    elif on_cuda:
         if _compiled_flex is None:
             _compiled_flex = torch.compile(flex_attention, dynamic=False)
         out = _compiled_flex(qt, kt, vt, block_mask=mask, enable_gqa=gqa)
