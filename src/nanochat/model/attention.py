@@ -205,10 +205,12 @@ def attention_with_cache(
     positions: torch.Tensor,
     window: int,
     backend: str = "sdpa",
+    masks: dict | None = None,
 ) -> torch.Tensor:
     """Append k, v (B, T_new, Hkv, D) to `cache` at `positions` (B, T_new) and attend from q (B, T_new, H, D).
 
-    A query at position p sees the cached keys at positions p-window .. p of its own row.
+    A query at position p sees the cached keys at positions p-window .. p of its own row. `masks`, a dict the
+    caller keeps for one forward pass, lets the layers share each window's mask instead of rebuilding it.
     """
     _check_backend(backend)
     if backend == "fa3" and _fa3_ok(q) and cache.k.dtype == q.dtype:
@@ -220,14 +222,18 @@ def attention_with_cache(
     t_new = q.shape[1]
     cache.write(layer, k, v, positions)
     kk, vv = cache.filled(layer, t_new)
-    slots = torch.arange(kk.shape[1], device=q.device)
-    qpos = positions.unsqueeze(-1)  # (B, T_new, 1)
-    mask = (slots <= qpos) & (qpos - slots <= window)  # (B, T_new, L)
+    mask = masks.get(window) if masks is not None else None
+    if mask is None:
+        slots = torch.arange(kk.shape[1], device=q.device)
+        qpos = positions.unsqueeze(-1)  # (B, T_new, 1)
+        mask = ((slots <= qpos) & (qpos - slots <= window)).unsqueeze(1)  # (B, 1, T_new, L)
+        if masks is not None:
+            masks[window] = mask
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2),
         kk.transpose(1, 2).to(q.dtype),
         vv.transpose(1, 2).to(q.dtype),
-        attn_mask=mask.unsqueeze(1),
+        attn_mask=mask,
         enable_gqa=q.shape[2] != k.shape[2],
     )
     return out.transpose(1, 2)
