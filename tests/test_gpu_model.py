@@ -94,3 +94,19 @@ def test_compiled_optimizer_step_matches_eager():
         results.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_nccl_two_gpus_match_one_gpu(tmp_path):
+    """The NCCL path (reduce_scatter_tensor / all_gather_into_tensor, AVG) against one GPU with the whole batch."""
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+
+    from tests.test_optim_dist import _train, _worker
+
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), "cuda"), nprocs=2, join=True)
+    single = _train(0, 1, device="cuda:0")
+    for rank in range(2):
+        got = load_file(str(tmp_path / f"params_rank{rank}.safetensors"))
+        for name, ref in single.items():
+            assert torch.allclose(got[name], ref, atol=1e-6, rtol=0), f"rank {rank} {name}: {(got[name] - ref).abs().max()}"

@@ -58,10 +58,10 @@ class _Reduce:
         if world == 1:
             self.out = full
             return
-        avg = backend == "nccl"
+        avg = backend is not None and "nccl" in backend
         op = dist.ReduceOp.AVG if avg else dist.ReduceOp.SUM
         self.scale = None if avg else 1.0 / world
-        if shard and backend == "nccl":
+        if shard and avg:
             self.out = torch.empty_like(full[: full.shape[0] // world])
             self.handle = dist.reduce_scatter_tensor(self.out, full, op=op, async_op=True)
         else:  # whole all-reduce; for gloo's shards, keep our slice of it afterwards
@@ -83,7 +83,7 @@ def _all_gather(full: torch.Tensor, shard: torch.Tensor, world: int, backend: st
     """Launch the gather of every rank's `shard` into `full` (along dim 0); returns a handle or None."""
     if world == 1:
         return None
-    if backend == "nccl":
+    if backend is not None and "nccl" in backend:
         return dist.all_gather_into_tensor(full, shard, async_op=True)
     return dist.all_gather(list(full.chunk(world)), shard.contiguous(), async_op=True)
 
