@@ -32,7 +32,7 @@ def test_prefill_then_decode_matches_full_forward(backend, read_all):
     for t in range(20, 50):
         pieces.append(m(idx[:, t : t + 1], kv_cache=cache))
     assert cache.lengths.tolist() == [50, 50]
-    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)  # float32 rounding only
 
 
 @torch.no_grad()

@@ -35,21 +35,23 @@ import torch.nn.functional as F
 from nanochat.common.errors import NanochatError
 
 BACKENDS = ("fa3", "flex", "sdpa")
+_FA3 = None  # the FA3 module once found; read as a plain global inside compiled graphs
 
 
 @lru_cache(maxsize=1)
 def _fa3_module():
     """The FA3 module if installed and usable on this GPU, else None (never raises)."""
+    global _FA3
     if not torch.cuda.is_available():
         return None
     try:
         if torch.cuda.get_device_capability()[0] != 9:  # the Hopper kernels; other archs may load then crash
             return None
         import flash_attn_interface  # type: ignore[import-not-found]
-
-        return flash_attn_interface
     except Exception:
         return None
+    _FA3 = flash_attn_interface
+    return _FA3
 
 
 @lru_cache(maxsize=1)
@@ -90,6 +92,8 @@ def default_backend(device_type: str | None = None) -> str:
 
 
 def _check_backend(backend: str) -> None:
+    if torch.compiler.is_compiling():  # checked in eager mode already (build_model); keep the graph clean
+        return
     if backend not in BACKENDS:
         raise NanochatError(f"unknown attention back end {backend!r}; use one of {', '.join(BACKENDS)}")
     if backend == "fa3" and _fa3_module() is None:
@@ -174,13 +178,13 @@ def _fa3_out(result):
 
 
 def _fa3_ok(q) -> bool:
-    return q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
+    return _FA3 is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
 
 
 def _fa3(q, k, v, window: int) -> torch.Tensor:
     T = q.shape[1]
     w = -1 if window >= T - 1 else window
-    return _fa3_out(_fa3_module().flash_attn_func(q, k, v, causal=True, window_size=(w, 0)))
+    return _fa3_out((_FA3 or _fa3_module()).flash_attn_func(q, k, v, causal=True, window_size=(w, 0)))
 
 
 # ---------------------------------------------------------------------------------------------- public
@@ -215,7 +219,7 @@ def attention_with_cache(
     _check_backend(backend)
     if backend == "fa3" and _fa3_ok(q) and cache.k.dtype == q.dtype:
         return _fa3_out(
-            _fa3_module().flash_attn_with_kvcache(
+            (_FA3 or _fa3_module()).flash_attn_with_kvcache(
                 q, cache.k[layer], cache.v[layer], k=k, v=v, cache_seqlens=cache.lengths, causal=True, window_size=(window, 0)
             )
         )
