@@ -176,7 +176,7 @@ class MuonAdamW(torch.optim.Optimizer):
             if kind == "adamw":
                 gathers.append(self._adamw_update(group, p, g))
             else:
-                gathers.append(self._muon_update(group, g))
+                gathers.append(self._muon_update(group, g, red.full))
         for handle, finish in gathers:  # phase 3
             if handle is not None:
                 handle.wait()
@@ -203,7 +203,7 @@ class MuonAdamW(torch.optim.Optimizer):
             return None, None
         return _all_gather(p, target.clone(), W, self.backend), None
 
-    def _muon_update(self, group: dict, g: torch.Tensor):
+    def _muon_update(self, group: dict, g: torch.Tensor, stacked: torch.Tensor):
         W, R = self.world_size, self.rank
         params = group["params"]
         K = len(params)
@@ -227,7 +227,7 @@ class MuonAdamW(torch.optim.Optimizer):
         if W == 1:
             torch._foreach_copy_(list(params), list(p_shard[:K].unbind(0)))
             return None, None
-        full = torch.empty((chunk * W, rows, cols), dtype=g.dtype, device=g.device)
+        full = stacked  # the stacked gradients are consumed by now: gather the new matrices into their buffer
         handle = _all_gather(full, p_shard, W, self.backend)
         return handle, lambda: torch._foreach_copy_(list(params), list(full[:K].unbind(0)))
 
