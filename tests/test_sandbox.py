@@ -176,6 +176,8 @@ def test_bad_arguments_are_user_errors():
         run_python("pass", memory_mb=1)
     with pytest.raises(NanochatError, match="str"):
         run_python(b"print(1)")  # type: ignore[arg-type]
+    with pytest.raises(NanochatError, match="limited"):
+        run_python("#" * (sandbox.MAX_INPUT_BYTES + 1))
 
 
 def test_without_bubblewrap_it_refuses(monkeypatch):
@@ -323,15 +325,16 @@ def test_writes_outside_the_work_dir_fail(marker, tmp_path):
     res = run(
         f"""
         import os
-        for path in ["/usr/{marker}", "/{marker}", {str(tmp_path / marker)!r}, "/code/main.py", "/proc/sys/kernel/hostname", "/dev/shm/{marker}"]:
+        for path in ["/usr/{marker}", "/{marker}", {str(tmp_path / marker)!r}, "/code/main.py", "/proc/sys/kernel/hostname"]:
             try:
                 with open(path, "w") as f:
                     f.write("x")
                 print(path, "written")
             except OSError as e:
                 print(path, type(e).__name__)
-        with open("/tmp/{marker}", "w") as f:
-            f.write("only in the sandbox's own /tmp")
+        for private in ["/tmp/{marker}", "/dev/shm/{marker}"]:
+            with open(private, "w") as f:
+                f.write("only in the sandbox's own tmpfs")
         """
     )
     assert "written" not in res.stdout, res.stdout
@@ -707,3 +710,77 @@ def test_insecure_mode_kills_escaped_grandchildren_and_cleans_up(insecure):
         for pid in host_processes_matching(tag):
             os.kill(pid, signal.SIGKILL)
     assert work.startswith(tempfile.gettempdir()) and not os.path.exists(work)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the seccomp filter
+
+
+@needs_bwrap
+@pytest.mark.skipif(sandbox.seccomp_program() is None, reason="no seccomp table for this CPU")
+def test_seccomp_refuses_new_user_namespaces_and_kernel_attack_surface():
+    res = run(
+        """
+        import ctypes, subprocess
+        libc = ctypes.CDLL(None, use_errno=True)
+        print("unshare-user", libc.unshare(0x10000000), ctypes.get_errno())
+        print(subprocess.run(["unshare", "-U", "true"], capture_output=True).returncode)
+        nr = {"x86_64": (425, 250, 321), "aarch64": (425, 219, 280)}[__import__("platform").machine()]
+        for name, n in zip(["io_uring_setup", "keyctl", "bpf"], nr):
+            print(name, libc.syscall(n, 0, 0, 0), ctypes.get_errno())
+        """
+    )
+    lines = res.stdout.splitlines()
+    assert lines[0] == "unshare-user -1 1" and lines[1] != "0"
+    assert lines[2:] == ["io_uring_setup -1 1", "keyctl -1 1", "bpf -1 1"]
+
+
+@needs_bwrap
+def test_seccomp_leaves_ordinary_programs_alone():
+    res = run(
+        """
+        import os, subprocess, threading, multiprocessing
+        out = []
+        t = threading.Thread(target=out.append, args=("thread",)); t.start(); t.join()
+        out.append(subprocess.run(["echo", "child"], capture_output=True, text=True).stdout.strip())
+        pid = os.fork()
+        if pid == 0:
+            os._exit(7)
+        out.append(os.waitpid(pid, 0)[1] >> 8)
+        with multiprocessing.Pool(2) as pool:
+            out.append(sum(pool.map(abs, [-1, -2, -3])))
+        print(out)
+        """
+    )
+    assert res.stdout == "['thread', 'child', 7, 6]\n", res.stderr
+
+
+@needs_bwrap
+@pytest.mark.skipif(__import__("platform").machine() != "x86_64" or sandbox.seccomp_program() is None, reason="x86_64 only")
+def test_seccomp_kills_a_switch_to_the_32_bit_syscall_abi():
+    res = run(
+        """
+        import ctypes, mmap
+        code = bytes([0xB8, 0x14, 0, 0, 0, 0xCD, 0x80, 0xC3])  # mov eax, 20 (getpid); int 0x80; ret
+        buf = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        buf.write(code)
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        print("calling", flush=True)
+        print("returned", ctypes.CFUNCTYPE(ctypes.c_int)(addr)())
+        """
+    )
+    assert res.stdout == "calling\n" and res.error == "killed by signal SIGSYS" and res.exit_code == -31
+
+
+def test_seccomp_program_shape():
+    import struct
+
+    assert sandbox.seccomp_program("sparc") is None
+    for machine in ("x86_64", "aarch64"):
+        prog = sandbox.seccomp_program(machine)
+        assert len(prog) % 8 == 0 and len(prog) // 8 < 4096  # the kernel's BPF_MAXINSNS
+        insns = [struct.unpack("=HBBI", prog[i : i + 8]) for i in range(0, len(prog), 8)]
+        assert insns[0] == (0x20, 0, 0, 4) and insns[-1] == (0x06, 0, 0, 0x7FFF0000)  # load arch ... allow
+        for i, (code, jt, jf, _) in enumerate(insns):  # every jump lands inside the program
+            if code & 0x07 == 0x05:
+                assert i + 1 + max(jt, jf) < len(insns)

@@ -7,9 +7,9 @@ How the code is contained (secure mode, the default; needs bubblewrap, `apt-get 
   127.0.0.1 of the host), no view of the host's processes, and when bwrap goes, every process in the sandbox
   goes with it (`--die-with-parent`; the sandbox's pid 1 takes the rest down).
 - The file system is built from nothing: `/usr` and the `/bin`, `/lib*` links read-only, the Python
-  installation's prefix read-only at its own path, a fresh `/proc` and minimal `/dev`, a private size-limited
-  tmpfs `/tmp`, and a fresh size-limited tmpfs `/sandbox` as the working directory (it vanishes with the
-  sandbox, so nothing is left on the host). The code itself is copied in read-only at `/code/main.py`.
+  installation's prefix read-only at its own path, a fresh `/proc` and minimal `/dev`, private size-limited
+  tmpfs `/tmp` and `/dev/shm`, and a fresh size-limited tmpfs `/sandbox` as the working directory (it
+  vanishes with the sandbox, so nothing is left on the host). The code itself is copied in read-only at `/code/main.py`.
   Nothing else of the host (home directories, /etc, /work, the caller's temporary files) exists inside.
 - The environment is cleared (`--clearenv`; bwrap itself is started with the same minimal environment, so the
   caller's secrets are not even in the sandbox's pid 1): PATH, HOME=/tmp, LANG only. `--new-session` detaches
@@ -29,14 +29,19 @@ How the code is contained (secure mode, the default; needs bubblewrap, `apt-get 
 - The parent enforces a wall-clock timeout and kills the whole process group; stdout and stderr are read
   as they come and each is capped (`max_output_bytes`): a program that prints more is stopped at once and
   the result says so, so a flood costs neither time nor memory.
+- A seccomp filter (x86_64 and aarch64) refuses new user namespaces (clone/unshare with CLONE_NEWUSER;
+  clone3, whose flags it cannot see, answers ENOSYS so libc falls back to clone), io_uring, bpf, keyrings,
+  ptrace, userfaultfd, perf events, mounts and module loading, and kills a process that switches to another
+  syscall ABI (32-bit `int 0x80`, x32).
 
-Residual risks (documented, not hidden): there is no seccomp filter, so the full system-call surface of the
-kernel is reachable; the code may create its own user namespaces; /usr is readable.
+Residual risks (documented, not hidden): the rest of the kernel's system calls are reachable (a kernel bug is
+an escape); /usr and the interpreter's files are readable; on CPUs other than x86_64 and aarch64 there is no
+seccomp filter; in the rare case a program exits with a code above 128 it reads as a signal.
 
 Insecure mode (`allow_insecure=True`, only when bubblewrap is missing or cannot make namespaces): the same
-bootstrap, rlimits, uid drop (as root), timeout, output caps and scrubbed environment, in a fresh host
-temporary directory that is deleted afterwards — but with the host's network, file system and process table
-in view. A warning is printed once per process.
+bootstrap, rlimits, uid drop (as root; refused if that uid cannot run the interpreter), timeout, output caps
+and scrubbed environment, in a fresh host temporary directory that is deleted afterwards — but with the host's
+network, file system and process table in view, and no seccomp filter. A warning is printed once per process.
 """
 
 from __future__ import annotations
@@ -58,7 +63,9 @@ from dataclasses import dataclass
 from nanochat.common.errors import NanochatError
 
 MAX_OUTPUT_BYTES = 64 * 1024  # per stream
+MAX_INPUT_BYTES = 8 * 1024 * 1024  # code, and stdin
 TMPFS_BYTES = 64 * 1024 * 1024  # size of each of the sandbox's tmpfs /tmp and /sandbox
+SHM_BYTES = 16 * 1024 * 1024  # size of its /dev/shm
 MAX_FILE_BYTES = 16 * 1024 * 1024  # RLIMIT_FSIZE: the largest file the code may write
 MAX_PROCESSES = 32  # RLIMIT_NPROC allowance (threads count too)
 MAX_OPEN_FILES = 64  # RLIMIT_NOFILE
@@ -111,13 +118,16 @@ def run_python(
     """
     if not isinstance(code, str):
         raise NanochatError(f"run_python needs the code as a str, got {type(code).__name__}; pass the source text")
-    if not (isinstance(timeout, (int, float)) and 0 < timeout <= 3600 and math.isfinite(timeout)):
+    if not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and 0 < timeout <= 3600 and math.isfinite(timeout)):
         raise NanochatError(f"sandbox timeout must be between 0 and 3600 seconds, got {timeout!r}")
     if not (isinstance(memory_mb, int) and 64 <= memory_mb <= 1 << 20):
         raise NanochatError(f"sandbox memory_mb must be an int of at least 64 (MiB), got {memory_mb!r}")
     if not (isinstance(max_output_bytes, int) and max_output_bytes > 0):
         raise NanochatError(f"sandbox max_output_bytes must be a positive int, got {max_output_bytes!r}")
     stdin_bytes = stdin.encode("utf-8", "surrogateescape") if isinstance(stdin, str) else (stdin or b"")
+    code_bytes = code.encode("utf-8", "surrogateescape")
+    if len(code_bytes) > MAX_INPUT_BYTES or len(stdin_bytes) > MAX_INPUT_BYTES:
+        raise NanochatError(f"sandbox code and stdin are limited to {MAX_INPUT_BYTES} bytes each; pass less")
 
     problem = bwrap_problem()
     if problem is not None:
@@ -137,12 +147,7 @@ def run_python(
         stdin_file.seek(0)
         try:
             if problem is None:
-                code_file = tempfile.TemporaryFile(dir=host_dir)  # bwrap copies it in (--ro-bind-data)
-                code_file.write(code.encode("utf-8", "surrogateescape"))
-                code_file.seek(0)
-                with code_file:
-                    argv = _bwrap_argv(exe, code_file.fileno(), uid, limits)
-                    proc = _spawn(argv, stdin_file, cwd="/", pass_fds=(code_file.fileno(),))
+                proc = _spawn_bwrap(exe, code_bytes, uid, limits, stdin_file, host_dir)
             else:
                 argv, work = _insecure_argv(exe, host_dir, code, uid, limits)
                 proc = _spawn(argv, stdin_file, cwd=work, pass_fds=())
@@ -173,6 +178,27 @@ def _spawn(argv: list[str], stdin_file, cwd: str, pass_fds: tuple[int, ...]) -> 
         close_fds=True,
         pass_fds=pass_fds,
     )
+
+
+def _spawn_bwrap(exe: str, code: bytes, uid: int, limits: _Limits, stdin_file, tmp_dir: str | None) -> subprocess.Popen:
+    """Start bwrap; the code and the seccomp filter go in through unlinked files that bwrap reads by fd."""
+    files = []
+    try:
+        for data in (code, seccomp_program()):
+            if data is None:
+                files.append(None)
+                continue
+            f = tempfile.TemporaryFile(dir=tmp_dir)
+            f.write(data)
+            f.seek(0)
+            files.append(f)
+        code_fd, seccomp_fd = (f.fileno() if f is not None else None for f in files)
+        argv = _bwrap_argv(exe, code_fd, uid, limits, seccomp_fd)
+        return _spawn(argv, stdin_file, cwd="/", pass_fds=tuple(f.fileno() for f in files if f is not None))
+    finally:
+        for f in files:
+            if f is not None:
+                f.close()
 
 
 def _python_executable() -> str:
@@ -229,7 +255,7 @@ def _bootstrap_argv(exe: str, uid: int, limits: _Limits, script: str) -> list[st
     ]  # fmt: skip
 
 
-def _bwrap_argv(exe: str, code_fd: int, uid: int, limits: _Limits) -> list[str]:
+def _bwrap_argv(exe: str, code_fd: int, uid: int, limits: _Limits, seccomp_fd: int | None) -> list[str]:
     privileged = os.geteuid() == 0
     argv = [shutil.which("bwrap") or "bwrap"]
     if privileged:
@@ -244,10 +270,13 @@ def _bwrap_argv(exe: str, code_fd: int, uid: int, limits: _Limits) -> list[str]:
         argv += ["--setenv", key, value]
     argv += _filesystem_argv(exe)
     argv += ["--proc", "/proc", "--dev", "/dev"]
+    argv += ["--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm"]  # POSIX semaphores (multiprocessing)
     argv += ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
     argv += ["--perms", "0777", "--size", str(TMPFS_BYTES), "--tmpfs", WORK_DIR]
     argv += ["--perms", "0755", "--dir", os.path.dirname(CODE_PATH)]
     argv += ["--perms", "0444", "--ro-bind-data", str(code_fd), CODE_PATH]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--chdir", WORK_DIR, "--"]
     return argv + _bootstrap_argv(exe, uid, limits, CODE_PATH)
 
@@ -317,6 +346,61 @@ def _others_can_run(exe: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# seccomp: a classic-BPF filter bwrap installs before the bootstrap starts
+
+# system calls that no sandboxed program needs and that are the usual ways into kernel bugs or out of a sandbox
+_DENIED = ["keyctl", "add_key", "request_key", "bpf", "userfaultfd", "perf_event_open", "kexec_load",
+           "kexec_file_load", "init_module", "finit_module", "delete_module", "io_uring_setup", "io_uring_enter",
+           "io_uring_register", "ptrace", "mount", "umount2", "pivot_root", "swapon", "swapoff", "reboot", "setns",
+           "open_by_handle_at", "name_to_handle_at", "acct", "quotactl", "syslog", "open_tree", "move_mount",
+           "fsopen", "fsconfig", "fsmount", "fspick"]  # fmt: skip
+_SYSCALLS = {  # from the kernel's unistd headers
+    "x86_64": (0xC000003E, dict(keyctl=250, add_key=248, request_key=249, bpf=321, userfaultfd=323,
+        perf_event_open=298, kexec_load=246, kexec_file_load=320, init_module=175, finit_module=313,
+        delete_module=176, io_uring_setup=425, io_uring_enter=426, io_uring_register=427, ptrace=101, mount=165,
+        umount2=166, pivot_root=155, swapon=167, swapoff=168, reboot=169, setns=308, open_by_handle_at=304,
+        name_to_handle_at=303, acct=163, quotactl=179, syslog=103, open_tree=428, move_mount=429, fsopen=430,
+        fsconfig=431, fsmount=432, fspick=433, unshare=272, clone=56, clone3=435)),
+    "aarch64": (0xC00000B7, dict(keyctl=219, add_key=217, request_key=218, bpf=280, userfaultfd=282,
+        perf_event_open=241, kexec_load=104, kexec_file_load=294, init_module=105, finit_module=273,
+        delete_module=106, io_uring_setup=425, io_uring_enter=426, io_uring_register=427, ptrace=117, mount=40,
+        umount2=39, pivot_root=41, swapon=224, swapoff=225, reboot=142, setns=268, open_by_handle_at=265,
+        name_to_handle_at=264, acct=89, quotactl=60, syslog=116, open_tree=428, move_mount=429, fsopen=430,
+        fsconfig=431, fsmount=432, fspick=433, unshare=97, clone=220, clone3=435)),
+}  # fmt: skip
+_CLONE_NEWUSER = 0x10000000
+
+
+def seccomp_program(machine: str | None = None) -> bytes | None:
+    """The filter for this CPU (None where we have no syscall table: then the sandbox runs without one).
+
+    Denies (EPERM) the calls in `_DENIED`, new user namespaces through clone/unshare, and clone3 (ENOSYS, whose
+    flags a filter cannot read; libc falls back to clone); kills a process that switches to another syscall ABI
+    (32-bit int 0x80 on x86_64); on x86_64 refuses the x32 ABI's numbers.
+    """
+    import platform
+    import struct
+
+    machine = machine or platform.machine()
+    if machine not in _SYSCALLS:
+        return None
+    audit_arch, nr = _SYSCALLS[machine]
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|{JEQ,JGE,JSET}|K, BPF_RET|K
+    allow, kill = 0x7FFF0000, 0x80000000
+    eperm, enosys = 0x00050000 | 1, 0x00050000 | 38
+    prog = [(ld, 0, 0, 4), (jeq, 1, 0, audit_arch), (ret, 0, 0, kill), (ld, 0, 0, 0)]  # arch check, then nr
+    if machine == "x86_64":
+        prog += [(jge, 0, 1, 0x40000000), (ret, 0, 0, enosys)]
+    for name in _DENIED:
+        prog += [(jeq, 0, 1, nr[name]), (ret, 0, 0, eperm)]
+    prog += [(jeq, 0, 1, nr["clone3"]), (ret, 0, 0, enosys)]
+    for name in ("clone", "unshare"):  # flags are the first argument: its low 32 bits at offset 16
+        prog += [(jeq, 0, 4, nr[name]), (ld, 0, 0, 16), (jset, 0, 1, _CLONE_NEWUSER), (ret, 0, 0, eperm), (ret, 0, 0, allow)]
+    prog += [(ret, 0, 0, allow)]
+    return b"".join(struct.pack("=HBBI", code, jt, jf, k) for code, jt, jf, k in prog)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # bubblewrap availability (probed once per process)
 
 _probe_lock = threading.Lock()
@@ -337,20 +421,18 @@ def _probe() -> str | None:
     if not _bwrap_supports("--size") or not _bwrap_supports("--ro-bind-data"):
         return "this bubblewrap is too old (needs --size and --ro-bind-data, bubblewrap >= 0.5)"
     uid = _run_uid()
-    with tempfile.TemporaryFile() as code_file:
-        code_file.write(b"print('ok')\n")
-        code_file.seek(0)
-        argv = _bwrap_argv(_python_executable(), code_file.fileno(), uid, _limits(uid, 10, 512))
-        try:
-            done = subprocess.run(
-                argv, stdin=subprocess.DEVNULL, capture_output=True, env=dict(SANDBOX_ENV), timeout=30,
-                pass_fds=(code_file.fileno(),), start_new_session=True,
-            )  # fmt: skip
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return f"bubblewrap failed to start ({e})"
-    if done.returncode != 0 or done.stdout != b"ok\n":
-        lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        return f"bubblewrap cannot create a sandbox here ({lines[-1] if lines else f'exit code {done.returncode}'})"
+    try:
+        with tempfile.TemporaryFile() as stdin_file:
+            proc = _spawn_bwrap(_python_executable(), b"print('ok')\n", uid, _limits(uid, 10, 512), stdin_file, None)
+        out, err = proc.communicate(timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"bubblewrap failed to start ({e})"
+    finally:
+        if "proc" in locals():
+            _kill_everything(proc, uid, secure=True)
+    if proc.returncode != 0 or out != b"ok\n":
+        lines = err.decode("utf-8", "replace").strip().splitlines()
+        return f"bubblewrap cannot create a sandbox here ({lines[-1] if lines else f'exit code {proc.returncode}'})"
     return None
 
 
@@ -493,11 +575,18 @@ def _result(
             error = f"memory limit of {memory_mb} MiB exceeded ({last_line})"
         elif signum == signal.SIGXFSZ:
             error = f"file size limit of {limits.file_bytes} bytes exceeded"
+        elif signum:
+            error = f"killed by signal {_signal_name(signum)}"
         elif last_line:
             error = last_line
-        elif signum:
-            error = f"killed by signal {signal.Signals(signum).name}"
         else:
             error = f"exit code {returncode}"
     success = exit_code == 0 and not timed_out and not flooded
     return ExecutionResult(success, stdout, stderr, error, timed_out, memory_exceeded, exit_code, flooded is not None)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
