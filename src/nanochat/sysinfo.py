@@ -1,4 +1,4 @@
-"""Facts about this machine for `nanochat env`: software, GPUs, precision, attention, files."""
+"""Facts about this machine for `nanochat env` (a service: it looks at model, data and checkpoints)."""
 
 from __future__ import annotations
 
