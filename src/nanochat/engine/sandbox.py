@@ -23,9 +23,9 @@ How the code is contained (secure mode, the default; needs bubblewrap, `apt-get 
 - When the caller is root, the bootstrap also drops to a random unprivileged uid used for this run only
   (bwrap runs privileged, without a user namespace, and grants only CAP_SETUID/CAP_SETGID for the drop).
   Two reasons: the kernel never enforces RLIMIT_NPROC for uid 0, and a uid of its own means the code cannot
-  signal or write anything of anyone else's. After the run every process of that uid is killed. When the
-  caller is not root, bwrap runs in an unprivileged user namespace and RLIMIT_NPROC is set to the caller's
-  current number of tasks plus the allowance (older kernels count all of the caller's tasks).
+  signal or write anything of anyone else's. When the caller is not root, bwrap runs in an unprivileged user
+  namespace and RLIMIT_NPROC is set to the caller's current number of tasks plus the allowance (older kernels
+  count all of the caller's tasks).
 - The parent enforces a wall-clock timeout and kills the whole process group; stdout and stderr are read
   as they come and each is capped (`max_output_bytes`): a program that prints more is stopped at once and
   the result says so, so a flood costs neither time nor memory.
@@ -39,9 +39,10 @@ an escape); /usr and the interpreter's files are readable; on CPUs other than x8
 seccomp filter; in the rare case a program exits with a code above 128 it reads as a signal.
 
 Insecure mode (`allow_insecure=True`, only when bubblewrap is missing or cannot make namespaces): the same
-bootstrap, rlimits, uid drop (as root; refused if that uid cannot run the interpreter), timeout, output caps
-and scrubbed environment, in a fresh host temporary directory that is deleted afterwards — but with the host's
-network, file system and process table in view, and no seccomp filter. A warning is printed once per process.
+bootstrap, rlimits, uid drop (as root; refused if that uid cannot run the interpreter; after the run every
+process of that uid is killed), timeout, output caps and scrubbed environment, in a fresh host temporary
+directory that is deleted afterwards — but with the host's network, file system and process table in view,
+and no seccomp filter. A warning is printed once per process.
 """
 
 from __future__ import annotations
@@ -525,9 +526,9 @@ def _kill_everything(proc: subprocess.Popen, uid: int, secure: bool) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    if uid >= 0:
-        # kill(-1) from the run's uid reaches exactly the processes of that uid: escapees of the process group
-        # (only possible in insecure mode; in the sandbox the pid namespace is gone with bwrap).
+    if uid >= 0 and not secure:
+        # kill(-1) from the run's uid reaches exactly the processes of that uid: escapees of the process group.
+        # (In secure mode there are none: the sandbox's pid namespace is gone with bwrap, see the tests.)
         killer = shutil.which("kill")
         argv = [killer, "-9", "-1"] if killer else [_python_executable(), "-S", "-c", "import os; os.kill(-1, 9)"]
         for _ in range(2):
