@@ -12,7 +12,7 @@ Commas are stripped first, as in the reference (`1,234 * 2` -> `2468`), so `.cou
 
 The result is formatted like the reference's `str(eval(expr))`: ints as ints, floats by Python's repr.
 
-Bounded in time and size, with no signals or timers (so it works the same in any thread): the expression
+Bounded in time and size, with no signals, timers or global state (so it works the same in any thread): the expression
 is at most 1,000 characters and 64 levels deep, every number (literal or intermediate) must satisfy
 |x| < 1e100 and be finite, so no operation ever touches a big number and a call takes microseconds.
 """
@@ -22,11 +22,18 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import re
 import warnings
 
 MAX_EXPR_CHARS = 1000
 MAX_DEPTH = 64
 MAX_MAGNITUDE = 10**100
+
+# The parser warns about some inputs ('\\d' escapes, '1if'); such warnings are silenced by a filter that matches
+# only this pseudo-file, set once at import. (warnings.catch_warnings would be simpler but swaps process-wide
+# state: two threads interleaving it can leave every warning of the process ignored.)
+_FILENAME = "<nanochat-calculator>"
+warnings.filterwarnings("ignore", module=re.escape(_FILENAME))
 
 _BINARY = {
     ast.Add: operator.add,
@@ -51,9 +58,7 @@ def use_calculator(expr: str) -> str | None:
     if not expr or len(expr) > MAX_EXPR_CHARS:
         return None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. SyntaxWarning for '1 is 1', irrelevant: we reject it anyway
-            tree = ast.parse(expr, mode="eval")
+        tree = ast.parse(expr, filename=_FILENAME, mode="eval")
         value = _number(tree.body, 0)
     except (_Rejected, SyntaxError, ValueError, ArithmeticError, RecursionError, MemoryError, TypeError):
         return None
