@@ -325,6 +325,9 @@ def _bwrap_argv(exe: str, code_fd: int, uid: int, limits: _Limits, seccomp_fd: i
     argv += ["--perms", "0777", "--size", str(TMPFS_BYTES), "--tmpfs", WORK_DIR]
     argv += ["--perms", "0755", "--dir", os.path.dirname(CODE_PATH)]
     argv += ["--perms", "0444", "--ro-bind-data", str(code_fd), CODE_PATH]
+    # bwrap's own root and /dev are tmpfs without a size limit (writable by the caller's uid in a user
+    # namespace): read-only once everything is mounted, so only the sized tmpfs mounts take writes
+    argv += ["--remount-ro", "/dev", "--remount-ro", "/"]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--chdir", WORK_DIR, "--"]
