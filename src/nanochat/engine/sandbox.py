@@ -497,7 +497,9 @@ _help_text: list[str] = []
 def _bwrap_supports(flag: str) -> bool:
     if not _help_text:
         try:
-            done = subprocess.run(["bwrap", "--help"], capture_output=True, text=True, timeout=10, env=dict(SANDBOX_ENV))
+            # by absolute path: with env= given, a bare name would be looked up in SANDBOX_ENV's PATH, not ours
+            bwrap = shutil.which("bwrap") or "bwrap"
+            done = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10, env=dict(SANDBOX_ENV))
             _help_text.append(done.stdout + done.stderr)
         except (OSError, subprocess.TimeoutExpired):
             _help_text.append("")
