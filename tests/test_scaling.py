@@ -12,7 +12,7 @@ import math
 import pytest
 
 from nanochat.common.errors import NanochatError
-from nanochat.train import schedules
+from nanochat.optim import schedules
 from nanochat.train.scaling import ModelFacts, ScalingOptions, grad_accum_steps, plan_training
 
 VOCAB, SEQ = 32768, 2048

@@ -30,7 +30,7 @@ from typing import Any
 from nanochat.common import checkpoint as ck
 from nanochat.common.errors import NanochatError, UsageError
 from nanochat.common.logging import console, print0, table, warn0
-from nanochat.train import schedules
+from nanochat.optim import schedules
 from nanochat.train.loop import (
     MetricsLog,
     Progress,
@@ -330,6 +330,11 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
             raise NanochatError(
                 f"{info.path} holds a different model ({meta.get('model_config')}); pass --resume never, or another --model-tag"
             )
+        if meta.get("world_size", 1) != world:
+            raise NanochatError(
+                f"{info.path} was saved by {meta.get('world_size')} processes and this run has {world}: the optimizer state is "
+                f"sharded per process; resume with --nproc {meta.get('world_size')}, or start afresh with --resume never"
+            )
         model.load_state_dict(ck.load_weights(info.path, device), strict=True)
         opt_state, rank_state = ck.load_rank_state(info.path, rank, device)
         optimizer.load_state_dict(opt_state)
@@ -461,7 +466,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
                 continue
             bad_in_row = 0
             lrm = schedules.lr_multiplier(step, n, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac)
-            momentum = schedules.muon_momentum(step, n, cfg.warmdown_ratio)
+            momentum = schedules.muon_momentum(step, n, warmdown_ratio=cfg.warmdown_ratio)
             wd = schedules.weight_decay(step, n, plan.weight_decay)
             optimizer.set_schedule(lrm, momentum, wd)
             optimizer.step()
