@@ -145,3 +145,10 @@ def test_offline_gpt2_and_gpt4_match_published_counts():
     assert gpt4.encode_ordinary("Hello world") == [9906, 1917]
     # The data pack's README counts 220,986 GPT-2 tokens in Emma.
     assert len(gpt2.encode_ordinary(resources.read_text("corpus/austen/emma.txt"))) == 220_986
+
+
+def test_small_text_gives_a_smaller_vocabulary_not_a_wrong_one():
+    t = Tokenizer.train(["abab"], vocab_size=512)
+    # Chunk "abab": pairs ab, ba, ab -> merge "ab" (256), then "abab" (257); nothing more to merge.
+    assert t.vocab_size == 256 + 2 + 9 and t.info["requested_vocab_size"] == 512
+    assert t.encode("abab") == [257] and t.bos_id == 258

@@ -129,7 +129,9 @@ class Fetcher:
     def _transfer(self, url: str, part: Path) -> None:
         """One attempt: fetch (or continue) `url` into `part`; raise on anything short of complete."""
         offset = part.stat().st_size if part.exists() else 0
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        headers = {"Accept-Encoding": "identity"}  # byte counts and Range offsets refer to the file itself
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
         with self.session().get(url, stream=True, timeout=self.timeout, headers=headers, allow_redirects=True) as r:
             if r.status_code == 416 and offset:  # nothing left to send: the partial file is whole
                 return
