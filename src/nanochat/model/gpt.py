@@ -3,6 +3,8 @@
     model = build_model(GPTConfig.from_depth(12, vocab_size=32768, sequence_len=2048), "cuda")
     loss = model(idx, targets)               # mean cross-entropy, targets == -1 ignored
     logits = model(idx)                      # float32 (B, T, vocab_size)
+    cache = KVCache.for_model(model, batch_size=B, max_len=1024)
+    logits = model(prompt, kv_cache=cache, last_only=True)   # prefill; then one token at a time the same way
 
 Per block (pre-norm): x = resid_lambdas[i]*x + x0_lambdas[i]*x0, then x += attn(norm(x)), x += mlp(norm(x)).
 - norm is a parameter-free RMSNorm; no biases anywhere; token embedding and lm_head are untied.
