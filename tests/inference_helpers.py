@@ -82,11 +82,13 @@ class ThreadServer:
         self.thread.join(timeout=10)
 
 
-def wait_ready(url: str, timeout: float = 60.0, headers: dict | None = None) -> None:
+def wait_ready(url: str, timeout: float = 60.0, headers: dict | None = None, proc=None) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise TimeoutError(f"server process exited with code {proc.returncode}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url + "/health", timeout=2, headers=headers).status_code == 200:
                 return
@@ -128,7 +130,8 @@ class SlowEngine:
 SERVER_SCRIPT = r"""
 import sys
 sys.path.insert(0, {tests!r})
-import uvicorn
+import torch, uvicorn
+torch.set_num_threads(1)  # what `nanochat serve` does on CPU: a core stays free for the event loop
 from inference_helpers import make_app
 app = make_app(queue_size={queue_size}, slow={slow})
 uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning", access_log=False)
@@ -142,11 +145,13 @@ def process_server(queue_size: int = 16, slow: float = 0.0):
 
     port = free_port()
     code = SERVER_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)), queue_size=queue_size, slow=slow, port=port)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         try:
-            wait_ready(url)
+            wait_ready(url, proc=proc)
         except TimeoutError:
             proc.kill()
             raise AssertionError("server process did not start:\n" + (proc.communicate()[0] or ""))

@@ -26,6 +26,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -330,6 +331,9 @@ def create_app(config: ServeConfig, load: Callable[[], list]) -> Starlette:
     metrics = Metrics()
 
     def do_load():
+        # generation threads hold the GIL for Python-level work between kernels; short switch slices
+        # let the event loop thread take it back quickly, so /health stays fast while they generate
+        sys.setswitchinterval(0.0005)
         try:
             engines = load()
             e0 = engines[0]

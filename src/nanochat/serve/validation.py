@@ -166,6 +166,10 @@ def parse_chat_request(body: bytes, *, context_len: int, vocab_size: int, defaul
         if "content" not in m:
             raise ApiError(422, f"{where} has no 'content'", param=f"{where}.content", code="invalid_type")
         text = _content_text(m["content"], where)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # JSON can spell lone surrogates ("\ud800"); they are not text
+            raise ApiError(422, f"{where}.content contains an unpaired UTF-16 surrogate", param=f"{where}.content", code="invalid_text") from None
         if len(text) > MAX_MESSAGE_CHARS:
             raise ApiError(413, f"{where} has {len(text)} characters; the limit is {MAX_MESSAGE_CHARS}", param=where, code="message_too_long")
         total += len(text)
