@@ -162,3 +162,21 @@ def process_server(queue_size: int = 16, slow: float = 0.0):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def display_text(tok, ids: list[int]) -> str:
+    """What a user sees for completion ids: runs of ordinary tokens decoded as a whole, special tokens
+    as the streaming decoder's display table says (e.g. `<<expr = result>>` for calculator calls)."""
+    from nanochat.engine.streaming import SPECIAL_DISPLAY
+
+    shown = {tok.special_id(name): text for name, text in SPECIAL_DISPLAY.items()}
+    out, run = [], []
+    for t in ids:
+        if t in shown:
+            out.append(tok.decode(run))
+            out.append(shown[t])
+            run = []
+        else:
+            run.append(t)
+    out.append(tok.decode(run))
+    return "".join(out)

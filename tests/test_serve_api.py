@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.inference_helpers import ThreadServer, make_app, tiny_engine, wait_ready
+from tests.inference_helpers import ThreadServer, display_text, make_app, tiny_engine, wait_ready
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_openai_client_non_streaming(client):
     from nanochat.engine.prompt import render_chat_prompt
 
     seq, _ = eng.generate_batch(render_chat_prompt(eng.tokenizer, MSG, 100), max_tokens=12, temperature=0.0)
-    assert r.choices[0].message.content == eng.tokenizer.decode(seq[0])
+    assert r.choices[0].message.content == display_text(eng.tokenizer, seq[0])
 
 
 def test_openai_client_streaming(client):
