@@ -74,7 +74,11 @@ class RowState:
 class Engine:
     """KV-cache generation over a `nanochat.model` GPT and a `nanochat.data` Tokenizer."""
 
-    def __init__(self, model, tokenizer, calculator: Callable[[str], str | None] | None = None):
+    def __init__(self, model, tokenizer, calculator: Callable[[str], str | None] | None = None, decode: str = "auto"):
+        """`decode`: "eager" (plain forward with the cache), "graph" (CUDA graphs, see graphs.py),
+        "static" (the graph path's static shapes, run eagerly: for tests), or "auto" (graph on CUDA)."""
+        if decode not in ("auto", "eager", "graph", "static"):
+            raise NanochatError(f"decode mode {decode!r} is not one of auto, eager, graph, static")
         self.model = model
         self.tokenizer = tokenizer
         self.calculator = calculator or _default_calculator
@@ -90,6 +94,22 @@ class Engine:
             "output_end": s("<|output_end|>"),
         }
         self.terminal = {self.ids["bos"], self.ids["assistant_end"]}
+        if decode == "auto":
+            decode = "graph" if self.device.type == "cuda" else "eager"
+        self.decode = decode
+        self._steps: dict[int, object] = {}  # batch size -> StaticDecodeStep (graph / static modes)
+
+    def _static_step(self, batch: int):
+        """The reusable static decode step for `batch` rows (captured once per batch size)."""
+        from nanochat.engine.graphs import StaticDecodeStep
+
+        step = self._steps.get(batch)
+        if step is None:
+            if len(self._steps) >= 4:  # each holds a full-context cache: keep the memory bounded
+                self._steps.pop(next(iter(self._steps)))
+            step = StaticDecodeStep(self.model, batch, self.sequence_len, graph=self.decode == "graph")
+            self._steps[batch] = step
+        return step
 
     def _new_cache(self, batch: int, max_len: int):
         from nanochat.model.kv_cache import KVCache
@@ -124,27 +144,37 @@ class Engine:
         rows = len(prompts) * num_samples
         dev = self.device
 
+        static = self._static_step(rows) if self.decode != "eager" else None
+        cache_src = None  # a prefilled cache to copy into the decode cache, when they differ
         if len(prompts) == 1:
             prompt = torch.tensor([prompts[0]], dtype=torch.long, device=dev)
-            if num_samples == 1:
+            if num_samples == 1 and static is None:
                 cache = self._new_cache(1, longest + max_tokens)
                 logits = self._forward(prompt, cache)[:, -1, :]
-            else:  # prefill once, then copy the cache to every sample's row
+            else:  # prefill once (batch 1), then copy the cache to every sample's row
                 pre = self._new_cache(1, longest)
                 logits = self._forward(prompt, pre)[:, -1, :].expand(rows, -1)
-                cache = self._new_cache(rows, longest + max_tokens)
-                cache.copy_from(pre)
-                del pre
+                if static is None:
+                    cache = self._new_cache(rows, longest + max_tokens)
+                cache_src = pre
         else:  # different prompts: one right-padded prefill, then each row continues from its own length
             row_prompts = [p for p in prompts for _ in range(num_samples)]
             lengths = torch.tensor([len(p) for p in row_prompts], dtype=torch.long)
             padded = torch.full((rows, longest), self.ids["bos"], dtype=torch.long)
             for i, p in enumerate(row_prompts):
                 padded[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-            cache = self._new_cache(rows, longest + max_tokens)
+            cache = self._new_cache(rows, longest + (0 if static is not None else max_tokens))
             out = self._forward(padded.to(dev), cache)
             logits = out[torch.arange(rows, device=dev), (lengths - 1).to(dev)]
             cache.set_lengths(lengths)
+        if static is not None:  # static shapes: the prefill goes into the reusable (graph) cache
+            static.load(cache_src if cache_src is not None else cache)
+            step_fn = static.step
+        else:
+            if cache_src is not None and cache is not cache_src:
+                cache.copy_from(cache_src)
+            step_fn = lambda ids: self._forward(ids.unsqueeze(1), cache)[:, -1, :]  # noqa: E731
+        del cache_src
 
         generator = make_generator(seed, dev) if temperature > 0 else None
         tok = self.tokenizer
@@ -162,8 +192,7 @@ class Engine:
             yield column, masks
             if all(st.done for st in states):
                 return
-            ids = torch.tensor(column, dtype=torch.long, device=dev).unsqueeze(1)
-            logits = self._forward(ids, cache)[:, -1, :]
+            logits = step_fn(torch.tensor(column, dtype=torch.long, device=dev))
 
     def generate_batch(
         self,

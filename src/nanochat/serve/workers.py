@@ -61,6 +61,11 @@ class Worker(threading.Thread):
         self.busy = False
 
     def run(self) -> None:
+        device = getattr(self.engine, "device", None)
+        if device is not None and device.type == "cuda":
+            import torch
+
+            torch.cuda.set_device(device)  # this thread's kernels and CUDA graphs go to its own GPU
         while True:
             job = self.pool._queue.get()
             if job is None:
