@@ -113,17 +113,21 @@ def make_app(api_key: str | None = None, queue_size: int = 16, engines: int = 1,
 
 
 class SlowEngine:
-    """Wraps an Engine: sleeps `delay` s per step and counts the steps it produced."""
+    """Wraps an Engine: sleeps `delay` s per step, counts the steps it produced, and (endless) turns
+    end-of-answer tokens into a letter, so that an answer always runs to max_tokens."""
 
-    def __init__(self, engine, delay: float):
-        self.engine, self.delay = engine, delay
-        self.tokenizer, self.sequence_len = engine.tokenizer, engine.sequence_len
+    def __init__(self, engine, delay: float, endless: bool = True):
+        self.engine, self.delay, self.endless = engine, delay, endless
+        self.tokenizer, self.sequence_len, self.device = engine.tokenizer, engine.sequence_len, engine.device
         self.steps = 0
 
     def generate(self, *args, **kw):
-        for item in self.engine.generate(*args, **kw):
+        letter = self.tokenizer.encode("a")[0]
+        for column, masks in self.engine.generate(*args, **kw):
             self.steps += 1
-            yield item
+            if self.endless:
+                column = [letter if t in self.engine.terminal else t for t in column]
+            yield column, masks
             time.sleep(self.delay)
 
 

@@ -183,3 +183,29 @@ def test_conversations_not_logged_unless_asked(caplog):
         with ThreadServer(make_app(log_requests=True)) as s:
             httpx.post(s.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": secret}], "max_tokens": 2})
     assert secret in caplog.text
+
+
+def test_serve_command_over_a_real_checkpoint(nanochat_home):
+    """`nanochat serve` end to end: checkpoint on disk -> uvicorn on 127.0.0.1 -> the openai client."""
+    import subprocess
+    import sys
+
+    from tests.inference_helpers import free_port
+    from tests.test_chat_cli import save_tiny_checkpoint
+
+    save_tiny_checkpoint(nanochat_home, source="sft", tag="d1", step=3)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nanochat", "serve", "--port", str(port), "--device", "cpu", "--api-key", "k"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, timeout=90, proc=proc)
+        c = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+        assert [m.id for m in c.models.list().data] == ["nanochat-sft-d1-step3"]
+        r = c.chat.completions.create(model="nanochat-sft-d1-step3", messages=MSG, max_tokens=5)
+        assert r.usage.completion_tokens <= 5 and r.choices[0].message.role == "assistant"
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0]
+    assert "serving nanochat-sft-d1-step3" in out and "Hello world" not in out  # the conversation is not logged

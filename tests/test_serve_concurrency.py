@@ -13,7 +13,7 @@ import httpx
 
 from tests.inference_helpers import ThreadServer, make_app, process_server
 
-BODY = {"messages": [{"role": "user", "content": "Hello world! How are you?"}], "max_tokens": 24, "temperature": 1.0, "stream": True}
+BODY = {"messages": [{"role": "user", "content": "Hello world! How are you?"}], "max_tokens": 40, "temperature": 1.0, "stream": True}
 
 
 POLLER = r"""
@@ -68,7 +68,7 @@ def test_32_streaming_clients_while_health_stays_fast():
         assert all(r[1] is not None and r[2]["error"]["code"] == "server_busy" for r in busy)
         latencies.sort()
         p99 = latencies[int(0.99 * (len(latencies) - 1))]
-        assert len(latencies) >= 100 and p99 < 0.1, f"/health p99 {p99 * 1000:.0f} ms over {len(latencies)} polls; slowest {[round(x * 1000) for x in latencies[-5:]]} ms"
+        assert len(latencies) >= 50 and p99 < 0.1, f"/health p99 {p99 * 1000:.0f} ms over {len(latencies)} polls; slowest {[round(x * 1000) for x in latencies[-5:]]} ms"
 
 
 def test_disconnect_stops_generation_and_frees_the_worker():
