@@ -77,7 +77,10 @@ def serve(
         for i in range(n):
             target = f"cuda:{i}" if dev == "cuda" else dev
             model, tokenizer, _ = load_chat_model(src, info.tag, info.step, target)
-            engines.append(Engine(model, tokenizer))
+            engine = Engine(model, tokenizer)
+            for _ in engine.generate([tokenizer.bos_id], max_tokens=2, temperature=0.0):
+                pass  # warm up (and capture the batch-1 CUDA graph) before /health says ready
+            engines.append(engine)
         return engines
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -15,6 +15,10 @@ Each row runs a small state machine (`RowState`): a row ends when it samples `<|
 calculator on it, and then forces `<|output_start|>result<|output_end|>` into the sequence (mask 0,
 so RL does not train on what the tool wrote). Finished rows keep receiving `<|bos|>` with mask 0 until
 every row is done or `max_tokens` is reached. The total length never exceeds the model's context.
+
+Decoding: on CUDA each decode step is a replayed CUDA graph over a static-shape cache (graphs.py), which
+removes the CPU's kernel-launch bottleneck at small batch; on CPU (or with decode="eager") it is the
+model's plain forward with a cache sized to the request.
 """
 
 from __future__ import annotations
@@ -97,18 +101,23 @@ class Engine:
         if decode == "auto":
             decode = "graph" if self.device.type == "cuda" else "eager"
         self.decode = decode
-        self._steps: dict[int, object] = {}  # batch size -> StaticDecodeStep (graph / static modes)
+        self._steps: dict[tuple[int, int], object] = {}  # (batch, cache length) -> StaticDecodeStep, LRU order
 
-    def _static_step(self, batch: int):
-        """The reusable static decode step for `batch` rows (captured once per batch size)."""
+    def _static_step(self, batch: int, needed: int):
+        """The reusable static decode step for `batch` rows and at least `needed` cache slots.
+
+        Cache lengths come in power-of-two buckets from 256 up to the context, because a static step
+        reads its whole cache every token: a short chat should not pay for a 2048-slot read."""
         from nanochat.engine.graphs import StaticDecodeStep
 
-        step = self._steps.get(batch)
+        length = min(self.sequence_len, max(256, 1 << (max(needed, 1) - 1).bit_length()))
+        key = (batch, length)
+        step = self._steps.pop(key, None)
         if step is None:
-            if len(self._steps) >= 4:  # each holds a full-context cache: keep the memory bounded
+            while len(self._steps) >= 4:  # each holds its own cache: keep the memory bounded (oldest out)
                 self._steps.pop(next(iter(self._steps)))
-            step = StaticDecodeStep(self.model, batch, self.sequence_len, graph=self.decode == "graph")
-            self._steps[batch] = step
+            step = StaticDecodeStep(self.model, batch, length, graph=self.decode == "graph")
+        self._steps[key] = step  # (re)inserted last: most recently used
         return step
 
     def _new_cache(self, batch: int, max_len: int):
@@ -144,7 +153,7 @@ class Engine:
         rows = len(prompts) * num_samples
         dev = self.device
 
-        static = self._static_step(rows) if self.decode != "eager" else None
+        static = self._static_step(rows, longest + max_tokens) if self.decode != "eager" else None
         cache_src = None  # a prefilled cache to copy into the decode cache, when they differ
         if len(prompts) == 1:
             prompt = torch.tensor([prompts[0]], dtype=torch.long, device=dev)

@@ -11,8 +11,9 @@ replaying it removes that. A graph needs every shape and address fixed, so:
   the captured graph; `load(cache)` copies a prefilled cache in, `step(ids) -> logits` runs one step.
   With graph=False the same static path runs eagerly (that is how the CPU tests check it).
 
-The engine keeps one StaticDecodeStep per batch size (cache length = the model's context), so a graph
-is captured once and replayed for every later request of that batch size.
+A static step reads its whole cache every token, so the engine keeps StaticDecodeSteps per batch size
+and power-of-two cache length (256 .. the context), a few at a time: a graph is captured once and
+replayed for every later request of that shape.
 """
 
 from __future__ import annotations
