@@ -76,11 +76,13 @@ def test_generation_stops_at_the_context(engine):
 def test_tool_call_is_executed_and_its_output_forced():
     """Script the model to write <|python_start|>12+30<|python_end|> and then end its turn; the engine
     must run the calculator and force <|output_start|>42<|output_end|> (mask 0) before that."""
+    from nanochat.engine.tools import use_calculator
+
     calls = []
 
-    def calculator(expr):
+    def calculator(expr):  # the real calculator, recording its calls
         calls.append(expr)
-        return str(eval(expr, {"__builtins__": {}}))  # test-only stand-in for nanochat.engine.tools
+        return use_calculator(expr)
 
     eng = tiny_engine(calculator=calculator)
     tok = eng.tokenizer
@@ -100,6 +102,9 @@ def test_tool_call_is_executed_and_its_output_forced():
         logits[:, -1, want] = 1e9
         return logits
 
+    from nanochat.engine.engine import Engine
+
+    assert Engine(eng.model, tok).calculator("2+3") == "5"  # by default the engine uses nanochat.engine.tools
     eng._forward = scripted_forward
     cols = list(eng.generate(prompt_of(tok, "what is 12+30?"), max_tokens=40, temperature=1.0, seed=0))
     tokens = [c[0][0] for c in cols]

@@ -48,6 +48,7 @@ from nanochat.serve.workers import GenParams, Job, QueueFull, WorkerPool
 log = logging.getLogger("nanochat.serve")
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+BODY_TIMEOUT_S = 30.0
 DRAIN_LIMIT = 64 * 1024 * 1024  # read (and drop) an oversized body up to this, so the client sees the 413
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
@@ -382,7 +383,10 @@ def create_app(config: ServeConfig, load: Callable[[], list]) -> Starlette:
 
     async def chat_completions(request: Request) -> Response:
         pool = ready_pool()
-        body = await _read_body(request)
+        try:  # a client that trickles its body (slowloris) does not hold the connection forever
+            body = await asyncio.wait_for(_read_body(request), timeout=BODY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {BODY_TIMEOUT_S:.0f} s", code="request_timeout") from None
         req = parse_chat_request(body, context_len=state.context_len, vocab_size=state.vocab_size, default_max_tokens=config.default_max_tokens)
         try:
             prompt = render_chat_prompt(state.tokenizer, req.messages, state.context_len - req.max_tokens)
