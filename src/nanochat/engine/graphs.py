@@ -66,7 +66,8 @@ class StaticDecodeStep:
         torch.cuda.current_stream().wait_stream(side)
         self.cache.reset()
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: other serve workers keep using their own GPUs while this thread captures
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.logits = self.model(self.idx, kv_cache=self.cache)[:, -1, :]
         self.cache.reset()  # capture ran the host-side bookkeeping once; the device state was not touched
 
