@@ -129,4 +129,9 @@ class ChatSession:
                 continue
             out.write("nanochat> ")
             out.flush()
-            self.answer(line, out)
+            try:
+                self.answer(line, out)
+            except KeyboardInterrupt:  # Ctrl-C before the first token (while the prompt was prepared)
+                out.write("\n[stopped]\n")
+                if self.messages and self.messages[-1]["role"] == "user":
+                    self.messages.pop()
