@@ -96,3 +96,22 @@ def test_errors_are_displayed(browser, page_url):
     page.click("#send")
     page.wait_for_selector(".error", timeout=20_000)
     assert "temperature" in page.inner_text(".error") and "422" in page.inner_text(".error")
+
+
+def test_page_behind_an_api_key(browser):
+    """With --api-key the browser logs in with HTTP Basic (the key as password) and the page's API
+    calls then carry the same credentials."""
+    with ThreadServer(make_app(api_key="k3y")) as s:
+        import httpx
+
+        assert httpx.get(s.url + "/").status_code == 401  # without credentials (a browser would ask for them)
+        context = browser.new_context(http_credentials={"username": "me", "password": "k3y"})
+        page = context.new_page()
+        assert page.goto(s.url + "/").status == 200
+        page.wait_for_function("document.getElementById('status').textContent.includes('ready')", timeout=20_000)
+        page.fill("#maxtokens", "8")
+        page.fill("#input", "Hello")
+        page.click("#send")
+        page.wait_for_selector(".msg.assistant .tool-regenerate", timeout=30_000)
+        assert page.locator(".error").count() == 0
+        context.close()
