@@ -61,9 +61,10 @@ def free_port() -> int:
 class ThreadServer:
     """uvicorn serving `app` in a background thread on 127.0.0.1:<ephemeral>."""
 
-    def __init__(self, app):
+    def __init__(self, app, wait: bool = True):
         import uvicorn
 
+        self.wait = wait  # False: return once the socket answers, even while /health says 503
         self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -74,12 +75,27 @@ class ThreadServer:
 
     def __enter__(self):
         self.thread.start()
-        wait_ready(self.url)
+        if self.wait:
+            wait_ready(self.url)
+        else:
+            wait_listening(self.url)
         return self
 
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def wait_listening(url: str, timeout: float = 30.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(url + "/health", timeout=2)
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"server at {url} not listening after {timeout}s")
 
 
 def wait_ready(url: str, timeout: float = 60.0, headers: dict | None = None, proc=None) -> None:

@@ -118,25 +118,16 @@ def test_health_503_then_200():
         gate.wait(30)
         return [tiny_engine()]
 
-    srv = ThreadServer.__new__(ThreadServer)
-    ThreadServer.__init__(srv, create_app(ServeConfig(), load))
-    srv.thread.start()
     try:
-        for _ in range(200):
-            try:
-                r = httpx.get(srv.url + "/health", timeout=2)
-                break
-            except httpx.HTTPError:
-                threading.Event().wait(0.05)
-        assert r.status_code == 503 and r.json()["status"] == "loading"
-        c = httpx.post(srv.url + "/v1/chat/completions", json={"messages": MSG})
-        assert c.status_code == 503 and "Retry-After" in c.headers and c.json()["error"]["code"] == "model_loading"
-        gate.set()
-        wait_ready(srv.url, timeout=30)
+        with ThreadServer(create_app(ServeConfig(), load), wait=False) as srv:
+            r = httpx.get(srv.url + "/health", timeout=2)
+            assert r.status_code == 503 and r.json()["status"] == "loading"
+            c = httpx.post(srv.url + "/v1/chat/completions", json={"messages": MSG})
+            assert c.status_code == 503 and "Retry-After" in c.headers and c.json()["error"]["code"] == "model_loading"
+            gate.set()
+            wait_ready(srv.url, timeout=30)
     finally:
         gate.set()
-        srv.server.should_exit = True
-        srv.thread.join(timeout=10)
 
 
 def test_api_key_and_host_allow_list():
@@ -209,3 +200,29 @@ def test_serve_command_over_a_real_checkpoint(nanochat_home):
         proc.terminate()
         out = proc.communicate(timeout=20)[0]
     assert "serving nanochat-sft-d1-step3" in out and "Hello world" not in out  # the conversation is not logged
+
+
+def test_long_conversation_is_truncated_to_fit(server):
+    convo = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}: the quick brown fox jumps over the lazy dog"} for i in range(401)]
+    r = httpx.post(server.url + "/v1/chat/completions", json={"messages": convo, "max_tokens": 20}, timeout=30)
+    assert r.status_code == 200
+    usage = r.json()["usage"]
+    assert usage["prompt_tokens"] + 20 <= 128  # the tiny model's context
+    assert usage["prompt_tokens"] > 20  # the newest turns were kept, not everything dropped
+
+
+def test_failed_load_reports_503_with_the_reason():
+    from nanochat.serve.app import ServeConfig, create_app
+
+    def load():
+        raise RuntimeError("weights are corrupt")
+
+    with ThreadServer(create_app(ServeConfig(), load), wait=False) as srv:
+        for _ in range(200):
+            r = httpx.get(srv.url + "/health", timeout=2)
+            if r.json()["status"] == "failed":
+                break
+            threading.Event().wait(0.05)
+        assert r.status_code == 503 and "weights are corrupt" in r.json()["error"]
+        c = httpx.post(srv.url + "/v1/chat/completions", json={"messages": MSG})
+        assert c.status_code == 503 and c.json()["error"]["code"] == "model_failed"
