@@ -8,7 +8,7 @@ import collections
 import pytest
 import torch
 
-from tests.inference_helpers import tiny_engine, tiny_model, tiny_tokenizer
+from tests.inference_helpers import tiny_engine, tiny_tokenizer
 
 
 def naive_greedy(model, prompt: list[int], steps: int, stop: set[int]) -> list[int]:
