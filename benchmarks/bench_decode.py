@@ -8,6 +8,8 @@ Modes (rows of the table):
                weights cast to bf16 inside every Linear, as a training run leaves them)
   graph        the same step captured once as a CUDA graph and replayed (engine/graphs.py)
   graph-bf16   CUDA graph with the weights stored in bf16 (what `nanochat chat` / `serve` do on a GPU)
+  graph-bf16-compiled   experiment, not used by the engine: the model wrapped in torch.compile before the
+               graph is captured, so the captured step runs fused Triton kernels
 
 Each run goes through `Engine.generate` end to end (sampling at temperature 1 with top-k 50, the row state
 machine, the host sync per token), from a 128-token prompt, and times the decode steps only (prefill is
@@ -75,7 +77,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,32")
     ap.add_argument("--steps", type=int, default=256)
     ap.add_argument("--prompt-len", type=int, default=128)
-    ap.add_argument("--modes", default="eager,graph,graph-bf16")
+    ap.add_argument("--modes", default="eager,graph,graph-bf16,graph-bf16-compiled")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
 
@@ -88,15 +90,20 @@ def main() -> None:
         if mode.startswith("graph") and args.device != "cuda":
             continue
         model = build_model(cfg, args.device, seed=0).eval()
-        if mode == "graph-bf16":
+        if "bf16" in mode:
             model.to(model.compute_dtype)
         weight_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "wte" not in n and "value_embeds" not in n)
         ceiling = 3.0e12 / weight_bytes
-        engine = Engine(model, tok, calculator=lambda e: None, decode="eager" if mode == "eager" else "graph")
+        runner = torch.compile(model, dynamic=False) if mode.endswith("compiled") else model
+        engine = Engine(runner, tok, calculator=lambda e: None, decode="eager" if mode == "eager" else "graph")
         for b in (int(x) for x in args.batch_sizes.split(",")):
-            dt = run(engine, b, args.steps, prompt)
+            try:
+                dt = run(engine, b, args.steps, prompt)
+            except Exception as e:  # an experimental mode may fail on some stacks: say so in its row
+                rows.append([mode, b, f"failed: {type(e).__name__}: {str(e)[:60]}", "", "", "", ""])
+                continue
             rows.append([mode, b, f"{dt * 1000:.2f}", f"{b / dt:,.0f}", f"{1 / dt:,.0f}", f"{ceiling:,.0f}", f"{100 / dt / ceiling:.0f}%"])
-        del engine, model
+        del engine, model, runner
         if args.device == "cuda":
             torch.cuda.empty_cache()
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
