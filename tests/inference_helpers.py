@@ -200,3 +200,14 @@ def display_text(tok, ids: list[int]) -> str:
             run.append(t)
     out.append(tok.decode(run))
     return "".join(out)
+
+
+def one_torch_thread():
+    """Module fixture body: tiny models run fastest on one intra-op thread, and several OpenMP threads
+    spin badly on a busy 2-core machine (100 ms per token instead of 2). Restores the setting after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.inference_helpers import ThreadServer, make_app
+from tests.inference_helpers import ThreadServer, make_app, one_torch_thread
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_torch_thread()
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -8,7 +8,12 @@ import io
 import pytest
 
 from tests.conftest import run_cli
-from tests.inference_helpers import display_text, tiny_engine, tiny_model, tiny_tokenizer
+from tests.inference_helpers import display_text, one_torch_thread, tiny_engine, tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_torch_thread()
 
 
 def test_session_multi_turn_and_commands():

@@ -8,7 +8,12 @@ import collections
 import pytest
 import torch
 
-from tests.inference_helpers import tiny_engine, tiny_tokenizer
+from tests.inference_helpers import one_torch_thread, tiny_engine, tiny_tokenizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_torch_thread()
 
 
 def naive_greedy(model, prompt: list[int], steps: int, stop: set[int]) -> list[int]:

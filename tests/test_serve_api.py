@@ -13,7 +13,12 @@ import httpx
 import openai
 import pytest
 
-from tests.inference_helpers import ThreadServer, display_text, make_app, tiny_engine, wait_ready
+from tests.inference_helpers import ThreadServer, display_text, make_app, one_torch_thread, tiny_engine, wait_ready
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_torch_thread()
 
 
 @pytest.fixture(scope="module")

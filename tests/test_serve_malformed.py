@@ -15,7 +15,12 @@ import random
 import httpx
 import pytest
 
-from tests.inference_helpers import ThreadServer, make_app
+from tests.inference_helpers import ThreadServer, make_app, one_torch_thread
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_torch_thread()
 
 GOOD = {"model": "nanochat", "messages": [{"role": "user", "content": "Hello world!"}], "max_tokens": 2, "temperature": 0.0}
 
