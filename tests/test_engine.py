@@ -147,6 +147,9 @@ def test_sampling_filters():
     logits = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.1]]))
     g = make_generator(0, "cpu")
     assert sample_next_token(logits, g, temperature=0.0).tolist() == [0]
+    for tiny in (1e-300, 1e-45, 1e-6):  # no overflow to inf/nan: greedy in effect
+        assert sample_next_token(logits, g, temperature=tiny).tolist() == [0]
+    assert sample_next_token(torch.tensor([[0.0, 1e4]]), g, temperature=1e-3).tolist() == [1]
     draws = collections.Counter(int(sample_next_token(logits, g, 1.0, top_k=2)) for _ in range(2000))
     assert set(draws) == {0, 1}
     draws = collections.Counter(int(sample_next_token(logits, g, 1.0, top_p=0.5)) for _ in range(2000))

@@ -51,7 +51,7 @@ RAW_BODIES: list[bytes] = [
     json.dumps({"messages": [{"role": "user", "content": "x" * 900_000}]}).encode(),  # under 1 MB, over the char limit
 ]
 
-BAD_VALUES = [None, True, False, 0, 1, -1, 2, 3, 1.5, -0.5, 1e300, -1e300, 2**63, -(2**63) - 1, 2**200, "", "1", "x" * 10_000, [], [1], {}, {"a": 1}, 0.0, 2.5]
+BAD_VALUES = [None, True, False, 0, 1, -1, 2, 3, 1.5, -0.5, 1e300, -1e300, 1e-300, 5e-324, 1e-45, 2**63, -(2**63) - 1, 2**200, "", "1", "x" * 10_000, [], [1], {}, {"a": 1}, 0.0, 2.5]
 FIELDS = ["model", "messages", "temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "n", "seed", "stream", "stream_options", "stop", "tools"]
 
 BAD_MESSAGES = [

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+MIN_TEMPERATURE = 1e-4  # below this, sampling is greedy (and 1/T would overflow float32 for T < ~1e-38)
+
 
 def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator:
     """A generator on `device` seeded with `seed` (a fresh random seed when None)."""
@@ -25,7 +27,8 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None = 
     top_k None or 0 and top_p None or >= 1 mean "no filtering". The most likely token always survives,
     so the result always has at least one finite entry per row.
     """
-    logits = logits.float() / temperature
+    logits = logits.float()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # max first: no overflow at small T
     vocab = logits.size(-1)
     if top_k is not None and 0 < top_k < vocab:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
@@ -52,7 +55,7 @@ def sample_next_token(
     """One token id per row of `logits` (B, V) -> (B,) int64. temperature 0 is greedy (argmax)."""
     if temperature < 0:
         raise ValueError("temperature must be >= 0")
-    if temperature == 0.0:
+    if temperature < MIN_TEMPERATURE:  # 0, or so small that 1/T overflows float32: greedy
         return torch.argmax(logits, dim=-1)
     probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
