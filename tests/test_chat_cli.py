@@ -85,7 +85,8 @@ def test_ctrl_c_stops_the_answer_then_exits_at_the_prompt():
 
 
 def save_tiny_checkpoint(home, source="sft", tag="d1", step=5):
-    ckpt = pytest.importorskip("nanochat.common.checkpoint")
+    from nanochat.common import checkpoint as ckpt
+
     tok = tiny_tokenizer()
     tok.save(home / "tokenizer")
     model = tiny_model(tok, n_layer=1, sequence_len=128)
@@ -108,7 +109,6 @@ def test_chat_command_over_a_real_checkpoint(nanochat_home):
 
 
 def test_chat_without_a_checkpoint_says_how_to_get_one():
-    pytest.importorskip("nanochat.common.checkpoint")
     r = run_cli("chat", "-p", "hi", "--device", "cpu", input="")
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and "nanochat sft" in r.stderr
