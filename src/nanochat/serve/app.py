@@ -362,8 +362,9 @@ def create_app(config: ServeConfig, load: Callable[[], list]) -> Starlette:
             raise ApiError(503, f"the model failed to load: {state.error}", code="model_failed")
         raise ApiError(503, "the model is still loading; retry shortly", code="model_loading", headers={"Retry-After": "5"})
 
+    html = resources.files("nanochat.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
     async def page(request: Request) -> Response:
-        html = resources.files("nanochat.serve").joinpath("static/index.html").read_text(encoding="utf-8")
         return Response(html, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
     async def health(request: Request) -> Response:
