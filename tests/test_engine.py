@@ -264,6 +264,12 @@ def test_static_decode_path_equals_eager():
         assert a == b
     a = eng.generate_batch(p1, num_samples=2, max_tokens=20, temperature=0.9, seed=3)
     assert static.generate_batch(p1, num_samples=2, max_tokens=20, temperature=0.9, seed=3) == a
+    # new parameter tensors (as after `model.to(dtype)`): the static steps are rebuilt, not stale
+    before = static.generate_batch(p1, max_tokens=20, temperature=0.0)
+    with torch.no_grad():
+        for prm in eng.model.parameters():
+            prm.data = prm.data.clone() * 1.5
+    assert static.generate_batch(p1, max_tokens=20, temperature=0.0) == eng.generate_batch(p1, max_tokens=20, temperature=0.0) != before
 
 
 @pytest.mark.gpu
@@ -277,3 +283,8 @@ def test_cuda_graph_decode_equals_eager_on_gpu():
     p = prompt_of(eng.tokenizer, "Hello world!")
     for n in (1, 4):
         assert graph.generate_batch(p, num_samples=n, max_tokens=30, temperature=0.0) == eager.generate_batch(p, num_samples=n, max_tokens=30, temperature=0.0)
+    # parameters moved to new memory (as `model.to(...)` or an assigning loader does): the graphs must be recaptured
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.data = prm.data.clone() * 1.5
+    assert graph.generate_batch(p, max_tokens=30, temperature=0.0) == eager.generate_batch(p, max_tokens=30, temperature=0.0)

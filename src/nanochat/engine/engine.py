@@ -102,6 +102,7 @@ class Engine:
             decode = "graph" if self.device.type == "cuda" else "eager"
         self.decode = decode
         self._steps: dict[tuple[int, int], object] = {}  # (batch, cache length) -> StaticDecodeStep, LRU order
+        self._param_ptrs: tuple[int, ...] = ()
 
     def _static_step(self, batch: int, needed: int):
         """The reusable static decode step for `batch` rows and at least `needed` cache slots.
@@ -110,6 +111,12 @@ class Engine:
         reads its whole cache every token: a short chat should not pay for a 2048-slot read."""
         from nanochat.engine.graphs import StaticDecodeStep
 
+        # a captured graph reads the parameters at the addresses they had at capture: if the model's
+        # tensors were replaced since (e.g. `model.to(...)`, a checkpoint loaded by assignment), recapture
+        ptrs = tuple(p.data_ptr() for p in self.model.parameters())
+        if ptrs != self._param_ptrs:
+            self._steps.clear()
+            self._param_ptrs = ptrs
         length = min(self.sequence_len, max(256, 1 << (max(needed, 1) - 1).bit_length()))
         key = (batch, length)
         step = self._steps.pop(key, None)
