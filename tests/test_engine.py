@@ -98,9 +98,9 @@ def test_tool_call_is_executed_and_its_output_forced():
     real_forward = eng._forward
     state = {"i": 0}
 
-    def scripted_forward(idx, cache):
+    def scripted_forward(idx, cache, last_only=True):
         fed.append(idx[:, -1].tolist())
-        logits = real_forward(idx, cache).clone()
+        logits = real_forward(idx, cache, last_only).clone()
         want = script[min(state["i"], len(script) - 1)]
         state["i"] += 1
         logits[:, -1, :] = -1e9

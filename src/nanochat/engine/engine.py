@@ -132,8 +132,9 @@ class Engine:
 
         return KVCache.for_model(self.model, batch, max_len=max_len)
 
-    def _forward(self, idx: torch.Tensor, cache) -> torch.Tensor:
-        return self.model(idx, kv_cache=cache)
+    def _forward(self, idx: torch.Tensor, cache, last_only: bool = True) -> torch.Tensor:
+        """Logits (B, 1, V) of the last position (or (B, T, V) with last_only=False), appending to `cache`."""
+        return self.model(idx, kv_cache=cache, last_only=last_only)
 
     @torch.inference_mode()
     def generate(
@@ -180,7 +181,7 @@ class Engine:
             for i, p in enumerate(row_prompts):
                 padded[i, : len(p)] = torch.tensor(p, dtype=torch.long)
             cache = self._new_cache(rows, longest + (0 if static is not None else max_tokens))
-            out = self._forward(padded.to(dev), cache)
+            out = self._forward(padded.to(dev), cache, last_only=False)  # each row's last position differs
             logits = out[torch.arange(rows, device=dev), (lengths - 1).to(dev)]
             cache.set_lengths(lengths)
         if static is not None:  # static shapes: the prefill goes into the reusable (graph) cache

@@ -4,9 +4,9 @@ An eager decode step of a d20 model launches ~400 small kernels and the CPU laun
 bottleneck (GPU-NOTES: 108 tokens/s at batch 1). Capturing one whole step in a CUDA graph and
 replaying it removes that. A graph needs every shape and address fixed, so:
 
-- `StaticKVCache` is the model's KVCache with `filled()` returning the whole cache (the attention mask
-  already hides slots past each row's length), so one step has the same shapes at every position;
-  positions and the per-row lengths live on the device and advance inside the graph.
+- the KV cache is made with `read_all=True`: attention reads all its slots (the mask hides those past
+  each row's length), so one step has the same shapes at every position; positions and the per-row
+  lengths live on the device and advance inside the graph.
 - `StaticDecodeStep(model, batch, max_len, graph=True)` owns such a cache, an input buffer and (on CUDA)
   the captured graph; `load(cache)` copies a prefilled cache in, `step(ids) -> logits` runs one step.
   With graph=False the same static path runs eagerly (that is how the CPU tests check it).
@@ -23,19 +23,12 @@ import torch
 from nanochat.model.kv_cache import KVCache
 
 
-class StaticKVCache(KVCache):
-    """A KVCache whose attention reads always span all `max_len` slots (static shapes)."""
-
-    def filled(self, layer: int, t_new: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.k[layer], self.v[layer]
-
-
 class StaticDecodeStep:
     """One decode step (batch rows x 1 token) over a static cache, captured as a CUDA graph when asked."""
 
     def __init__(self, model, batch: int, max_len: int, graph: bool = True):
         self.model = model
-        self.cache = StaticKVCache.for_model(model, batch, max_len=max_len)
+        self.cache = KVCache.for_model(model, batch, max_len=max_len, read_all=True)
         device = self.cache.k.device
         self.idx = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.graph = None
@@ -62,13 +55,13 @@ class StaticDecodeStep:
         with torch.cuda.stream(side):
             for _ in range(2):
                 self.cache.reset()
-                self.model(self.idx, kv_cache=self.cache)
+                self.model(self.idx, kv_cache=self.cache, last_only=True)
         torch.cuda.current_stream().wait_stream(side)
         self.cache.reset()
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: other serve workers keep using their own GPUs while this thread captures
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.logits = self.model(self.idx, kv_cache=self.cache)[:, -1, :]
+            self.logits = self.model(self.idx, kv_cache=self.cache, last_only=True)[:, -1, :]
         self.cache.reset()  # capture ran the host-side bookkeeping once; the device state was not touched
 
     def load(self, prefilled: KVCache) -> None:
@@ -81,7 +74,7 @@ class StaticDecodeStep:
             raise RuntimeError("static KV cache is full")
         self.idx.copy_(ids.view(-1, 1))
         if self.graph is None:
-            return self.model(self.idx, kv_cache=self.cache)[:, -1, :]
+            return self.model(self.idx, kv_cache=self.cache, last_only=True)[:, -1, :]
         self.graph.replay()
         self.cache.max_filled += 1  # the graph advanced the device lengths; keep the host bound in step
         return self.logits
