@@ -57,7 +57,22 @@ def plan_relaunch(
             return None
         if device in ("auto", "cuda") and gpu_count > 0 and n > gpu_count:
             raise NanochatError(f"--nproc {n} but only {gpu_count} GPUs are visible; use --nproc {gpu_count} or fewer")
-    return ["torchrun", "--standalone", f"--nproc_per_node={n}", "-m", "nanochat", *argv]
+    return ["torchrun", "--standalone", f"--nproc_per_node={n}", "-m", "nanochat", *strip_nproc(argv)]
+
+
+def strip_nproc(argv: Sequence[str]) -> list[str]:
+    """argv without `--nproc N` / `--nproc=N`: the workers don't need it, and torchrun's own parser
+    would take `--nproc` for an abbreviation of its `--nproc-per-node` and fail."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 def maybe_relaunch(nproc: int | None, device: str = "auto", argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,1 @@
+complete --command nanochat --no-files --arguments "(env _NANOCHAT_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) nanochat)" --condition "env _NANOCHAT_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) nanochat"
