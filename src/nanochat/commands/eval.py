@@ -38,7 +38,7 @@ def eval_(
     import os
 
     from nanochat.common.errors import NanochatError
-    from nanochat.common.logging import console, is_rank0, print0, table
+    from nanochat.common.logging import console, is_rank0, print0
     from nanochat.eval.suite import EvalOptions, parse_tasks
 
     if source not in ("base", "sft", "rl"):
@@ -70,17 +70,28 @@ def eval_(
             raise NanochatError("checkpoint loading is not in this build yet; `nanochat eval` needs the training stage") from e
         model, tokenizer, meta = load_model(source, model_tag, step, device=info.device)
         model.eval()
-        from nanochat.eval.suite import report_data, results_json, run_suite
+        from nanochat.eval.suite import report_data, results_json
 
         rows = _run_with_progress(model, tokenizer, meta, opts, info)
         if not is_rank0():
             return
-        t = table(
-            f"nanochat eval --source {source}",
-            [[r.task, r.metric, "-" if r.value is None or (isinstance(r.value, float) and math.isnan(r.value)) else f"{r.value:.4f}", r.examples, f"{r.seconds:.1f}s", r.source] for r in rows],
-            ["task", "metric", "value", "examples", "time", "data"],
-        )
+        from rich.table import Table
+
+        t = Table(title=f"nanochat eval --source {source}", title_justify="left")
+        for name, justify in (("task", "left"), ("metric", "left"), ("value", "right"), ("examples", "right"), ("time", "right"), ("data", "left")):
+            t.add_column(name, justify=justify, overflow="fold")
+        for r in rows:
+            value = "-" if r.value is None or (isinstance(r.value, float) and math.isnan(r.value)) else f"{r.value:.4f}"
+            t.add_row(r.task, r.metric, value, str(r.examples), f"{r.seconds:.1f}s", r.source)
         console().print(t)
+        for r in rows:
+            if r.task == "core":
+                ct = Table(title=r.metric, title_justify="left")
+                for name in ("task", "type", "shots", "examples", "accuracy", "centered"):
+                    ct.add_column(name, justify="left" if name in ("task", "type") else "right")
+                for label, v in r.details["tasks"].items():
+                    ct.add_row(label, v["type"], str(v["shots"]), str(v["examples"]), f"{v['accuracy']:.4f}", f"{v['centered']:.4f}")
+                console().print(ct)
         for r in rows:
             if r.task == "core" and r.details.get("missing"):
                 print0(f"[dim]{r.metric}: not comparable with reference CORE; missing tasks: {', '.join(r.details['missing'])}[/dim]")

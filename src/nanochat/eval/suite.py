@@ -130,10 +130,35 @@ def run_chat_task(name: str, model, tokenizer, opts: EvalOptions, device, progre
     return EvalRow(name, metric, res.accuracy, res.total, task.data_source, time.time() - t0, {"passed": res.passed})
 
 
+def preflight(opts: EvalOptions, meta: dict) -> None:
+    """Fail before any eval runs if one of them cannot: missing engine, sandbox or corpus."""
+    from nanochat.eval import chat_eval
+    from nanochat.tasks import get_eval_task
+
+    generative = [t for t in opts.tasks if t in ("gsm8k", "humaneval", "spellingbee")]
+    if generative:
+        try:
+            import nanochat.engine.engine  # noqa: F401
+        except ImportError as e:
+            raise NanochatError(f"{', '.join(generative)} need the inference engine (nanochat.engine.engine), which is not in this build; leave them out of --tasks") from e
+    if "humaneval" in opts.tasks:
+        from nanochat.tasks.humaneval import sandbox_runner
+
+        sandbox_runner()
+    if "bpb" in opts.tasks:
+        from nanochat.data.corpus import open_corpus
+
+        open_corpus(corpus_name(meta, opts.data), "val")
+    for name in opts.tasks:
+        if name in chat_eval.BASELINES:
+            get_eval_task(name, source=opts.data_source)  # the data loads (or says why not)
+
+
 def run_suite(model, tokenizer, meta: dict, opts: EvalOptions, device, rank: int = 0, world: int = 1, progress=None, generate=None) -> list[EvalRow]:
     """Every requested eval, in order; then ChatCORE when the six chat tasks all ran."""
     from nanochat.eval.chat_eval import chatcore
 
+    preflight(opts, meta)
     rows: list[EvalRow] = []
     for name in opts.tasks:
         if name == "core":
