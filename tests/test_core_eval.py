@@ -135,3 +135,22 @@ def test_prepared_offline_bundle_is_found(tokenizer):
     assert (path / "eval_data" / "language_understanding" / "hellaswag.jsonl").is_file()  # uncompressed, DCLM layout
     b = find_bundle()
     assert b.root == path and b.label.startswith("CORE-offline") and len(b.task_specs()) == 19
+
+
+def test_results_are_all_reduced_over_ranks(tmp_path):
+    """Two gloo ranks under torchrun each see the accuracy over all items (2 of 3; 3 of 4)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(root / "src"), str(root)]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(root / "tests" / "_dist_eval_worker.py"), str(tmp_path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["world"] == 2
+        assert got["core"] == pytest.approx(2 / 3)
+        assert (got["passed"], got["total"]) == (3, 4)
