@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from nanochat.commands._common import examples, not_built
+from nanochat.commands._common import examples
 from nanochat.commands.prepare_evals import prepare_evals
 
 app = typer.Typer(
@@ -22,24 +22,94 @@ def download(
     for_depth: Optional[int] = typer.Option(None, help="Fetch as many shards as a run at this depth needs."),
     workers: int = typer.Option(4, help="Parallel downloads."),
     dataset: str = typer.Option("climbmix", help="climbmix or fineweb-edu."),
+    ratio: float = typer.Option(12.0, help="With --for-depth: training tokens per scaling parameter."),
+    retries: int = typer.Option(5, help="Attempts per shard (waits 1, 2, 4, ... s between them)."),
 ) -> None:
     """Download pretraining shards (resumable, verified, retried)."""
-    not_built("data download", "data")
+    import os
+
+    from nanochat.common.errors import NanochatError, UsageError
+    from nanochat.common.logging import print0
+    from nanochat.data.corpus import WEB_DATASETS
+    from nanochat.data.download import download_shards, shards_for_depth
+
+    if shards is not None and for_depth is not None:
+        raise UsageError("give --shards or --for-depth, not both")
+    if dataset not in WEB_DATASETS:
+        raise NanochatError(f"unknown --dataset {dataset!r}; use one of {', '.join(WEB_DATASETS)}")
+    ds = WEB_DATASETS[dataset]
+    if for_depth is not None:
+        est = shards_for_depth(for_depth, ratio)
+        shards = min(est["shards"], ds.num_shards - 1)
+        print0(
+            f"depth {for_depth}: {est['scaling_params'] / 1e6:,.1f}M scaling params × {ratio:g} = {est['tokens'] / 1e9:,.2f}B tokens "
+            f"≈ {est['chars'] / 1e9:,.1f}B characters read (incl. ~35% cropped by packing) → {shards} training shards"
+        )
+    elif shards is None:
+        shards = 8
+    backoff = float(os.environ.get("NANOCHAT_DOWNLOAD_BACKOFF", "1.0"))  # tests shorten the waits
+    res = download_shards(dataset, shards, workers=workers, attempts=retries, backoff=backoff, progress=True)
+    print0(
+        f"{ds.name}: {len(res.downloaded)} shards downloaded ({res.bytes / 1e6:,.1f} MB in {res.seconds:.1f} s), "
+        f"{len(res.skipped)} already present, in {res.directory}"
+    )
 
 
 app.command("prepare-evals", epilog=examples("nanochat data prepare-evals", "nanochat data prepare-evals --offline"))(prepare_evals)
 
 
-@app.command("import", epilog=examples("nanochat data import ~/books --name books"))
+@app.command("import", epilog=examples("nanochat data import ~/books --name books", "nanochat data import notes.jsonl.gz --name notes --text-field body"))
 def import_(
     sources: list[str] = typer.Argument(..., help="Files or folders: txt, md, jsonl, parquet, gz/zst."),
     name: str = typer.Option(..., help="Name of the new data set (use it as --data NAME)."),
+    text_field: str = typer.Option("text", help="JSONL field / parquet column holding the text."),
+    max_doc_chars: int = typer.Option(20_000, help="Cut longer text files into documents at blank lines (0: never)."),
+    val_fraction: float = typer.Option(0.01, help="Share of documents kept for validation (at least one)."),
+    seed: int = typer.Option(42, help="Shuffle seed."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing data set of that name."),
 ) -> None:
     """Import your own text into parquet shards."""
-    not_built("data import", "data")
+    from nanochat.common.logging import print0, table
+    from nanochat.data.importer import import_dataset
+
+    r = import_dataset(sources, name, text_field=text_field, max_doc_chars=max_doc_chars, val_fraction=val_fraction, seed=seed, force=force)
+    print0(
+        table(
+            f"Imported {name!r}",
+            [
+                ("files read", f"{r.files:,}" + (f" ({r.skipped_files:,} skipped: hidden or unknown type)" if r.skipped_files else "")),
+                ("train", f"{r.train_docs:,} documents, {r.train_chars:,} characters, {r.train_shards} shard(s)"),
+                ("validation", f"{r.val_docs:,} documents, {r.val_chars:,} characters"),
+                ("folder", str(r.directory)),
+                ("use it", f"nanochat tokenize-train --data {name}; nanochat pretrain --data {name}"),
+            ],
+        )
+    )
 
 
 @app.command("list", epilog=examples("nanochat data list", "nanochat data list --depth 20"))
 def list_(depth: Optional[int] = typer.Option(None, help="Show how many epochs a run at this depth would take.")) -> None:
     """List local data sets and their sizes."""
-    not_built("data list", "data")
+    from nanochat.common import paths
+    from nanochat.common.logging import print0, table
+    from nanochat.data.catalog import list_datasets
+    from nanochat.data.download import shards_for_depth
+
+    need = shards_for_depth(depth)["chars"] if depth is not None else None
+    infos = list_datasets()
+    rows = []
+    for d in infos:
+        row = [d.name, d.kind, f"{d.train_shards}+{1 if d.has_val else 0}", f"{d.docs:,}" if d.docs is not None else "?", d.size_text, d.chars_text]
+        if need is not None:
+            row.append(f"{need / d.train_chars:,.1f}" if d.train_chars else "?")
+        rows.append(row)
+    headers = ["data set", "kind", "shards", "documents", "on disk", "train chars"]
+    if need is not None:
+        headers.append(f"epochs at d{depth}")
+    print0(table(f"Data sets in {paths.data_dir()}", rows, headers))
+    print0("shards: training + validation. demo: Jane Austen's novels, packaged (Persuasion is the validation split).")
+    for d in infos:
+        if d.note:
+            print0(f"{d.name}: {d.note}")
+    if need is not None:
+        print0(f"A depth-{depth} run at ratio 12 reads ≈{need / 1e9:,.1f}B characters (see `nanochat data download --for-depth {depth}`).")

@@ -5,6 +5,6 @@ from __future__ import annotations
 
 def env() -> None:
     """Show python, torch, CUDA, GPUs, dtype, attention backend, home folder, and local files."""
-    from nanochat.common.envinfo import collect, render
+    from nanochat.sysinfo import collect, render
 
     render(collect())

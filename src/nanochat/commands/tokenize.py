@@ -2,20 +2,97 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
-from nanochat.commands._common import not_built
+MAX_VAL_CHARS = 1_000_000  # of the validation split, for tokenize-eval
 
 
 def tokenize_train(
     vocab_size: int = typer.Option(32768, help="Vocabulary size, special tokens included."),
     max_chars: float = typer.Option(2e9, help="Characters of training text to read."),
     data: str = typer.Option("web", help="web, demo, or an imported data set."),
+    doc_cap: int = typer.Option(10_000, help="Characters used from each document (so long documents don't dominate)."),
 ) -> None:
     """Train the byte-level BPE tokenizer."""
-    not_built("tokenize-train", "tokenizer")
+    from nanochat.common import paths
+    from nanochat.common.errors import NanochatError
+    from nanochat.common.logging import print0, table, warn0
+    from nanochat.data.corpus import open_corpus
+    from nanochat.data.tokenizer import Tokenizer
+
+    if max_chars <= 0 or doc_cap <= 0:
+        raise NanochatError("--max-chars and --doc-cap must be positive")
+    corpus = open_corpus(data, "train")
+    print0(f"Training a {vocab_size:,}-token BPE on the train split of {data!r} ({corpus.location}); up to {max_chars:,.0f} chars, {doc_cap:,} per document")
+    tok = Tokenizer.train(corpus.iter_texts(), vocab_size, max_chars=int(max_chars), doc_cap=doc_cap)
+    tok.info["data"] = data
+    if tok.vocab_size < vocab_size:
+        warn0(f"the text held only enough pairs for {tok.vocab_size:,} tokens, not {vocab_size:,}; use more text (or a smaller --vocab-size)")
+    where = tok.save(paths.tokenizer_dir())
+    info = tok.info
+    sample = "Hello world! 12345 tokens."
+    ids = tok.encode(sample)
+    print0(
+        table(
+            "Tokenizer",
+            [
+                ("vocab size", f"{tok.vocab_size:,} ({tok.vocab_size - 9:,} learned + 9 special; <|bos|> = {tok.bos_id})"),
+                ("trained on", f"{info['train_docs']:,} documents, {info['train_chars']:,} characters of {data!r}"),
+                ("time", f"{info['train_seconds']:.1f} s"),
+                ("sample", f"{len(sample.encode())} bytes -> {len(ids)} tokens: " + "|".join(tok.decode([i]) for i in ids)),
+                ("saved to", str(where)),
+            ],
+        )
+    )
 
 
-def tokenize_eval() -> None:
+def tokenize_eval(
+    data: Optional[str] = typer.Option(None, help="Whose validation split to include (default: the data set the tokenizer was trained on)."),
+) -> None:
     """Compare compression against the GPT-2 and GPT-4 tokenizers."""
-    not_built("tokenize-eval", "tokenizer")
+    from nanochat.common import paths
+    from nanochat.common.atomic import atomic_write_json
+    from nanochat.common.errors import NanochatError
+    from nanochat.common.logging import print0, table, warn0
+    from nanochat.data.corpus import open_corpus
+    from nanochat.data.tokenizer import get_tokenizer
+    from nanochat.data.tokenizer_eval import compare, relative, sample_texts
+
+    tok = get_tokenizer()
+    data = data or tok.info.get("data") or "demo"
+    val_text = None
+    try:
+        parts, size = [], 0
+        for text in open_corpus(data, "val").iter_texts():
+            parts.append(text)
+            size += len(text)
+            if size >= MAX_VAL_CHARS:
+                break
+        val_text = "\n\n".join(parts)[:MAX_VAL_CHARS]
+    except NanochatError as e:
+        warn0(f"no validation text from {data!r}: {e}")
+    results = compare(tok, sample_texts(val_text, f"{data} val"))
+    rows = [
+        [
+            r.kind,
+            f"{r.bytes:,}",
+            f"{r.ratio('gpt2'):.2f}",
+            f"{r.ratio('gpt4'):.2f}",
+            f"{r.ratio('ours'):.2f}",
+            f"{relative(r.tokens['ours'], r.tokens['gpt2']):+.1f}%",
+            f"{relative(r.tokens['ours'], r.tokens['gpt4']):+.1f}%",
+        ]
+        for r in results
+    ]
+    headers = ["text", "bytes", "GPT-2", "GPT-4", "ours", "vs GPT-2", "vs GPT-4"]
+    print0(table(f"Bytes per token (higher = better compression): GPT-2 (50K vocab), GPT-4 cl100k (100K), ours ({tok.vocab_size:,})", rows, headers))
+    print0("vs X: how many fewer tokens ours needs than X on that text (negative = more tokens).")
+    atomic_write_json(
+        paths.tokenizer_dir() / "eval.json",
+        {
+            "vocab_size": tok.vocab_size,
+            "results": [{"kind": r.kind, "bytes": r.bytes, "tokens": r.tokens} for r in results],
+        },
+    )

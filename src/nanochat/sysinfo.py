@@ -1,4 +1,4 @@
-"""Facts about this machine for `nanochat env`: software, GPUs, precision, attention, files."""
+"""Facts about this machine for `nanochat env` (a service: it looks at model, data and checkpoints)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,14 @@ def _checkpoints() -> list[str]:
                 if steps:
                     found.append(f"{source}/{tag.name} ({len(steps)} saved, newest {steps[-1]})")
     return found
+
+
+def _datasets() -> str:
+    try:
+        from nanochat.data.catalog import list_datasets
+    except ImportError:
+        return _describe_dir(paths.data_dir())
+    return "; ".join(f"{d.name} ({d.kind}, {d.train_shards} train shards, {d.size_text})" for d in list_datasets())
 
 
 def _describe_dir(path: Path) -> str:
@@ -74,7 +82,7 @@ def collect() -> list[tuple[str, str]]:
     rows.append(("home", f"{home} {'(NANOCHAT_HOME)' if 'NANOCHAT_HOME' in __import__('os').environ else '(default; set NANOCHAT_HOME to move it)'}"))
     tok = paths.tokenizer_dir()
     rows.append(("tokenizer", "trained" if (tok / "tokenizer.json").exists() else "absent (nanochat tokenize-train)"))
-    rows.append(("data", _describe_dir(paths.data_dir())))
+    rows.append(("data", _datasets()))
     rows.append(("eval bundles", _describe_dir(paths.eval_dir())))
     ckpts = _checkpoints()
     rows.append(("checkpoints", "; ".join(ckpts) if ckpts else "none"))

@@ -1,0 +1,112 @@
+"""Chat rendering: token layout, loss mask, system merge, truncation, completion prompts, bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from nanochat.data import resources
+from nanochat.data.chat_format import ConversationError
+from nanochat.data.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    text = resources.read_text("chat/chatterbot_english.jsonl")[:80_000]
+    return Tokenizer.train(text.splitlines(), vocab_size=400)
+
+
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is 12*7?"},
+    {
+        "role": "assistant",
+        "content": [
+            {"type": "text", "text": "Let me compute. "},
+            {"type": "python", "text": "12*7"},
+            {"type": "python_output", "text": "84"},
+            {"type": "text", "text": "It is 84."},
+        ],
+    },
+    {"role": "user", "content": "Thanks!"},
+    {"role": "assistant", "content": "You're welcome."},
+]
+
+
+def expected_layout(tok):
+    """The layout written out by hand, segment by segment: (ids, trained?)."""
+    s, e = tok.special_id, tok.encode
+    return [
+        ([s("<|bos|>")], 0),
+        ([s("<|user_start|>")], 0), (e("Be brief.\n\nWhat is 12*7?"), 0), ([s("<|user_end|>")], 0),
+        ([s("<|assistant_start|>")], 0),
+        (e("Let me compute. "), 1),
+        ([s("<|python_start|>")], 1), (e("12*7"), 1), ([s("<|python_end|>")], 1),
+        ([s("<|output_start|>")], 0), (e("84"), 0), ([s("<|output_end|>")], 0),
+        (e("It is 84."), 1),
+        ([s("<|assistant_end|>")], 1),
+        ([s("<|user_start|>")], 0), (e("Thanks!"), 0), ([s("<|user_end|>")], 0),
+        ([s("<|assistant_start|>")], 0), (e("You're welcome."), 1), ([s("<|assistant_end|>")], 1),
+    ]
+
+
+def test_multi_turn_with_tool_call_layout_and_mask(tok):
+    ids, mask = tok.render_conversation(CONVERSATION)
+    want_ids = [i for seg, _ in expected_layout(tok) for i in seg]
+    want_mask = [m for seg, m in expected_layout(tok) for _ in seg]
+    assert ids == want_ids
+    assert mask == want_mask
+    # What is trained on, decoded: exactly the assistant's own writing and its end markers.
+    trained = tok.decode([i for i, m in zip(ids, mask) if m])
+    assert trained == "Let me compute. <|python_start|>12*7<|python_end|>It is 84.<|assistant_end|>You're welcome.<|assistant_end|>"
+
+
+def test_dict_form_and_truncation(tok):
+    full_ids, full_mask = tok.render_conversation({"messages": CONVERSATION, "source": "hand"})
+    ids, mask = tok.render_conversation(CONVERSATION, max_tokens=7)
+    assert ids == full_ids[:7] and mask == full_mask[:7] and len(ids) == 7
+
+
+def test_render_for_completion(tok):
+    prompt = tok.render_for_completion(CONVERSATION)
+    ids, _ = tok.render_conversation(CONVERSATION)
+    assert prompt[-1] == tok.special_id("<|assistant_start|>")
+    # The prompt is the conversation up to and including the last <|assistant_start|>.
+    assert prompt == ids[: len(prompt)]
+    assert tok.decode(ids[len(prompt) :]) == "You're welcome.<|assistant_end|>"
+    # Ending on a user turn (a chat in progress) gives the same kind of prompt.
+    assert tok.render_for_completion(CONVERSATION[:-1]) == prompt
+    single = tok.render_for_completion([{"role": "user", "content": "Hi"}])
+    assert single == [tok.bos_id, tok.special_id("<|user_start|>"), *tok.encode("Hi"), tok.special_id("<|user_end|>"), tok.special_id("<|assistant_start|>")]
+
+
+@pytest.mark.parametrize(
+    "messages, match",
+    [
+        ([{"role": "assistant", "content": "hi"}], "'user' was expected"),
+        ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "alternate"),
+        ([{"role": "user", "content": ""}], "empty content"),
+        ([{"role": "user", "content": []}], "non-empty"),
+        ([{"role": "robot", "content": "beep"}], "unknown role"),
+        ([{"role": "user", "content": "a"}, {"role": "system", "content": "s"}], "system message may only come first"),
+        ([{"role": "system", "content": "s"}], "only a system message"),
+        ([{"role": "user", "content": [{"type": "python", "text": "1"}]}], "belong to the assistant"),
+        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": [{"type": "image", "text": "x"}]}], "unknown type"),
+        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": [{"type": "python", "text": ""}]}], "empty text"),
+        ([{"role": "user"}], "no content"),
+        ([], "no messages"),
+        ("hello", "list of messages"),
+    ],
+)
+def test_malformed_conversations_are_clear_errors(tok, messages, match):
+    with pytest.raises(ConversationError, match=match):
+        tok.render_conversation(messages)
+
+
+def test_empty_tool_output_is_allowed(tok):
+    conv = [
+        {"role": "user", "content": "run it"},
+        {"role": "assistant", "content": [{"type": "python", "text": "x=1"}, {"type": "python_output", "text": ""}, {"type": "text", "text": "done"}]},
+    ]
+    ids, mask = tok.render_conversation(conv)
+    out_start = ids.index(tok.special_id("<|output_start|>"))
+    assert ids[out_start + 1] == tok.special_id("<|output_end|>") and mask[out_start : out_start + 2] == [0, 0]
