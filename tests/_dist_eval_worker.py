@@ -46,9 +46,12 @@ def main(out: Path) -> None:
     spec = {"num_fewshot": 0, "task_type": "multiple_choice", "continuation_delimiter": " "}
     core_acc = evaluate_task(model, tok, ITEMS, spec, "cpu")
 
-    def generate(prompt, n):  # right on problems 0, 1, 2; wrong on 3
-        i = int(tok.decode(prompt).split("problem ")[1][0])
-        return [tok.encode(f"#### {i if i < 3 else 9}")]
+    def generate(prompts, n):  # right on problems 0, 1, 2; wrong on 3
+        out = []
+        for prompt in prompts:
+            i = int(tok.decode(prompt).split("problem ")[1][0])
+            out.append([tok.encode(f"#### {i if i < 3 else 9}")])
+        return out
 
     gen = run_generative(generate, tok, Task(), "cpu")
     (out / f"rank{info.rank}.json").write_text(json.dumps({"core": core_acc, "passed": gen.passed, "total": gen.total, "world": info.world_size}))

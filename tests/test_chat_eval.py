@@ -71,9 +71,13 @@ class Scripted:
     """A generate() that answers each GSM8K problem from a script keyed by question."""
 
     def __init__(self, tokenizer, answers):
-        self.tok, self.answers = tokenizer, answers
+        self.tok, self.answers, self.calls = tokenizer, answers, []
 
-    def __call__(self, prompt_ids, num_samples):
+    def __call__(self, prompts, num_samples):
+        self.calls.append(len(prompts))
+        return [self.one(p, num_samples) for p in prompts]
+
+    def one(self, prompt_ids, num_samples):
         text = self.tok.decode(prompt_ids)
         for q, outs in self.answers.items():
             if q in text:
@@ -94,8 +98,13 @@ def test_generative_pass_at_k(tokenizer):
     assert run_generative(second, tokenizer, task, "cpu", num_samples=1).accuracy == 0.0
     assert run_generative(second, tokenizer, task, "cpu", num_samples=2).accuracy == 1.0
     half = Scripted(tokenizer, {q: [f"#### {rows[q]}" if i % 2 else "#### -1"] for i, q in enumerate(qs)})
-    res = run_generative(half, tokenizer, task, "cpu", max_problems=4)
-    assert (res.passed, res.total) == (2, 4)
+    res = run_generative(half, tokenizer, task, "cpu", max_problems=4, batch_size=3)
+    assert (res.passed, res.total) == (2, 4) and half.calls == [3, 1]
+    # a prompt that leaves no room to answer fails without being generated
+    lengths = [len(tokenizer.render_for_completion(ex["messages"])) for ex in task]
+    limit = sorted(lengths)[2]  # the two shortest fit
+    res = run_generative(right, tokenizer, task, "cpu", batch_size=4, max_prompt_len=limit)
+    assert (res.passed, res.total, res.too_long) == (2, 4, 2) and right.calls[-1] == 2
 
 
 def test_chatcore_by_hand():

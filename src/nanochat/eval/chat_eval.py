@@ -10,8 +10,8 @@
   the multiple-choice tasks and 0 for the generative ones.
 
 The model is anything callable as `model(ids) -> logits (B, T, vocab)`; generation goes through a
-`generate(prompt_ids, num_samples) -> list of completion token lists` function, by default the
-Engine's `generate_batch`. Problems are strided over ranks and the counts all-reduced.
+`generate(prompts, num_samples) -> per prompt, num_samples completion token lists` function, by
+default the Engine's `generate_batch`. Problems are strided over ranks and the counts all-reduced.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ CHATCORE_TASKS = tuple(BASELINES)
 class ChatResult:
     passed: int
     total: int
+    too_long: int = 0
 
     @property
     def accuracy(self) -> float:
@@ -101,40 +102,57 @@ def run_categorical(model, tokenizer, task, device, batch_size: int = 8, max_pro
 
 
 def engine_generate(model, tokenizer, max_tokens: int = 512, temperature: float = 0.0, top_k: int | None = 50, seed: int = 42) -> Callable:
-    """A `generate(prompt_ids, num_samples)` backed by the Engine (tool calls included)."""
+    """A `generate(prompts, num_samples)` backed by the Engine (tool calls included): for each prompt,
+    `num_samples` completions (token lists without the prompt and the terminal token)."""
     try:
         from nanochat.engine.engine import Engine
     except ImportError as e:
         raise NanochatError("generative evals need the inference engine (nanochat.engine.engine), which is not in this build; evaluate categorical tasks only") from e
     engine = Engine(model, tokenizer)
 
-    def generate(prompt_ids: list[int], num_samples: int) -> list[list[int]]:
-        sequences, _masks = engine.generate_batch(prompt_ids, num_samples=num_samples, max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed)
-        # the Engine may return whole sequences or completions only; keep only what follows the prompt
-        out = []
-        for seq in sequences:
-            seq = list(seq)
-            out.append(seq[len(prompt_ids) :] if seq[: len(prompt_ids)] == list(prompt_ids) else seq)
-        return out
+    def generate(prompts: list[list[int]], num_samples: int) -> list[list[list[int]]]:
+        sequences, _masks = engine.generate_batch(prompts, num_samples=num_samples, max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed)
+        # rows are prompt-major: prompt 0's samples first
+        return [sequences[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]
 
     return generate
 
 
-def run_generative(generate: Callable, tokenizer, task, device, num_samples: int = 1, max_problems: int | None = None, on_item: Callable[[], None] | None = None) -> ChatResult:
-    """pass@num_samples: a problem passes if any sampled completion passes."""
+def run_generative(
+    generate: Callable,
+    tokenizer,
+    task,
+    device,
+    num_samples: int = 1,
+    max_problems: int | None = None,
+    on_item: Callable[[], None] | None = None,
+    batch_size: int = 1,
+    max_prompt_len: int | None = None,
+) -> ChatResult:
+    """pass@num_samples: a problem passes if any sampled completion passes.
+
+    `batch_size` problems go to `generate` together. A prompt of `max_prompt_len` tokens or more
+    (no room left to answer in the model's context) counts as failed, and is counted in `too_long`."""
     _, rank, world = _dist()
     n = len(task) if max_problems is None or max_problems < 0 else min(len(task), max_problems)
-    passed = total = 0
-    for i in range(rank, n, world):
-        conv = task[i]
-        prompt = tokenizer.render_for_completion(conv["messages"])
-        completions = generate(prompt, num_samples)
-        texts = [tokenizer.decode(c) for c in completions]
-        passed += int(any(task.evaluate(conv, t) for t in texts))
-        total += 1
-        if on_item is not None:
-            on_item()
-    return _reduce(passed, total, device)
+    mine = list(range(rank, n, world))
+    passed = total = too_long = 0
+    for s in range(0, len(mine), max(1, batch_size)):
+        convs = [task[i] for i in mine[s : s + batch_size]]
+        prompts = [tokenizer.render_for_completion(c["messages"]) for c in convs]
+        fits = [i for i, p in enumerate(prompts) if max_prompt_len is None or len(p) < max_prompt_len]
+        outs = generate([prompts[i] for i in fits], num_samples) if fits else []
+        completions = {i: o for i, o in zip(fits, outs)}
+        for i, conv in enumerate(convs):
+            texts = [tokenizer.decode(c) for c in completions.get(i, [])]
+            too_long += i not in completions
+            passed += int(any(task.evaluate(conv, t) for t in texts))
+            total += 1
+            if on_item is not None:
+                on_item()
+    result = _reduce(passed, total, device)
+    result.too_long = int(_reduce(too_long, 0, device).passed)
+    return result
 
 
 def chatcore(accuracies: dict[str, float]) -> float | None:

@@ -125,9 +125,14 @@ def run_chat_task(name: str, model, tokenizer, opts: EvalOptions, device, progre
             sandbox_runner()  # fail before generating anything if the sandbox is missing
         if generate is None:
             generate = chat_eval.engine_generate(model, tokenizer, opts.max_new_tokens, opts.temperature, opts.top_k)
-        res = chat_eval.run_generative(generate, tokenizer, task, device, opts.num_samples, n, tick)
+        from nanochat.eval.core import model_max_len
+
+        res = chat_eval.run_generative(generate, tokenizer, task, device, opts.num_samples, n, tick, opts.batch_size, model_max_len(model))
     metric = "accuracy" if task.eval_type == "categorical" else f"pass@{opts.num_samples}"
-    return EvalRow(name, metric, res.accuracy, res.total, task.data_source, time.time() - t0, {"passed": res.passed})
+    details = {"passed": res.passed}
+    if res.too_long:
+        details["too_long"] = res.too_long
+    return EvalRow(name, metric, res.accuracy, res.total, task.data_source, time.time() - t0, details)
 
 
 def preflight(opts: EvalOptions, meta: dict) -> None:
