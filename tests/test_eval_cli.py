@@ -75,3 +75,31 @@ def test_prepare_evals_offline(nanochat_home):
     assert (nanochat_home / "eval" / "eval_bundle_offline" / "core.yaml").is_file()
     bundle = json.loads((nanochat_home / "eval" / "eval_bundle_offline" / "bundle.json").read_text())
     assert bundle["offline"] is True and bundle["tasks"] == 19
+
+
+def test_eval_generative_tasks_through_the_engine(nanochat_home, tmp_path):
+    """sft checkpoint, the generative tasks and ChatCORE (needs the Engine and the sandbox)."""
+    pytest.importorskip("nanochat.engine.engine")
+    pytest.importorskip("nanochat.engine.sandbox")
+    from nanochat.common import paths
+    from nanochat.common.checkpoint import save_checkpoint
+    from nanochat.data.resources import open_resource
+    from nanochat.data.tokenizer import Tokenizer
+    from nanochat.model.config import GPTConfig
+    from nanochat.model.gpt import build_model
+
+    text = open_resource("corpus/austen/emma.txt").read()[:100_000]
+    tok = Tokenizer.train([text[i : i + 2000] for i in range(0, len(text), 2000)], vocab_size=512)
+    tok.save(paths.tokenizer_dir())
+    config = GPTConfig.from_depth(1, vocab_size=tok.vocab_size, sequence_len=1024)
+    save_checkpoint(paths.checkpoints_dir("sft") / "d1", 1, model_state=build_model(config, "cpu", seed=0).state_dict(), meta={"model_config": asdict(config)})
+    out = tmp_path / "r.json"
+    r = run_cli("eval", "--source", "sft", "--max-per-task", "2", "--max-new-tokens", "4", "--device", "cpu", "--offline", "--json", str(out), env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())["results"]
+    assert set(res) == {"arc-easy", "arc-challenge", "mmlu", "gsm8k", "humaneval", "spellingbee", "chatcore"}
+    for name in ("gsm8k", "humaneval", "spellingbee"):
+        assert res[name]["metric"] == "pass@1" and res[name]["examples"] == 2
+    accs = {k: v["value"] for k, v in res.items() if k != "chatcore"}
+    base = {"arc-easy": 0.25, "arc-challenge": 0.25, "mmlu": 0.25}
+    assert res["chatcore"]["value"] == pytest.approx(sum((a - base.get(k, 0.0)) / (1 - base.get(k, 0.0)) for k, a in accs.items()) / 6)

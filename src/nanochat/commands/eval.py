@@ -93,6 +93,8 @@ def eval_(
                     ct.add_row(label, v["type"], str(v["shots"]), str(v["examples"]), f"{v['accuracy']:.4f}", f"{v['centered']:.4f}")
                 console().print(ct)
         for r in rows:
+            if r.details.get("too_long"):
+                print0(f"[yellow]{r.task}: {r.details['too_long']} of {r.examples} prompts leave no room to answer in the model's context; counted as failed[/yellow]")
             if r.task == "core" and r.details.get("missing"):
                 print0(f"[dim]{r.metric}: not comparable with reference CORE; missing tasks: {', '.join(r.details['missing'])}[/dim]")
         checkpoint = {"step": meta.get("step"), "model_config": meta.get("model_config")}
@@ -103,9 +105,11 @@ def eval_(
 
             atomic_write_json(Path(json_file), _finite(results_json(rows, source, checkpoint)))
             print0(f"results written to {json_file}")
-        from nanochat.eval.report import record_section
+        from nanochat.eval.report import record_environment, record_section, sections_dir
 
         record_section(f"eval-{source}", {**report_data(rows), "step": meta.get("step")})
+        if not (sections_dir() / "environment.json").is_file():
+            record_environment()
     finally:
         cleanup()
 
