@@ -154,3 +154,32 @@ def test_results_are_all_reduced_over_ranks(tmp_path):
         assert got["world"] == 2
         assert got["core"] == pytest.approx(2 / 3)
         assert (got["passed"], got["total"]) == (3, 4)
+
+
+def test_batching_items_gives_the_same_answers(tokenizer):
+    """Several items per forward (right-padded) score exactly as one item per forward."""
+    import torch
+
+    from nanochat.eval.core import evaluate_task
+    from nanochat.model.config import GPTConfig
+    from nanochat.model.gpt import build_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads on a loaded 2-core machine spin against each other
+    try:
+        _compare_batched(tokenizer, build_model, GPTConfig, evaluate_task)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compare_batched(tokenizer, build_model, GPTConfig, evaluate_task):
+    model = build_model(GPTConfig.from_depth(1, vocab_size=tokenizer.vocab_size, sequence_len=128), "cpu", seed=0).eval()
+    b = packaged_bundle()
+    specs = {s["label"]: s for s in b.task_specs()}
+    for label in ("hellaswag_zeroshot", "winogrande", "bigbench_operators"):
+        spec = specs[label]
+        data = b.load_data(spec["dataset_uri"])[:12]
+        per_item, batched = [], []
+        one = evaluate_task(model, tokenizer, data, spec, "cpu", lambda: per_item.append(1), batch_rows=1)
+        many = evaluate_task(model, tokenizer, data, spec, "cpu", lambda: batched.append(1), batch_rows=16)
+        assert one == many and len(per_item) == len(batched) == 12, label

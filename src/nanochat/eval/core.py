@@ -262,28 +262,43 @@ def model_max_len(model) -> int | None:
     return getattr(cfg, "sequence_len", None) if cfg is not None else getattr(model, "max_seq_len", None)
 
 
-def score_example(model, tokenizer, task_type: str, item: dict, delim: str, fewshot: list[dict], device) -> bool:
-    """One item: a single forward over its prompts, then the task type's rule."""
+def score_examples(model, tokenizer, task_type: str, examples: list[tuple[dict, list[dict]]], delim: str, device) -> list[bool]:
+    """Several items (each with its few-shot examples) in one forward pass, then the task type's rule.
+
+    The rows of all items are right-padded with BOS into one batch; causal attention means the
+    padding never changes the logits of a real position."""
     import torch
     import torch.nn.functional as F
 
-    rows, starts, ends = example_tokens(tokenizer, task_type, item, delim, fewshot)
-    rows, starts, ends = _crop(rows, starts, ends, model_max_len(model))
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.bos_id, dtype=torch.long)
-    for i, r in enumerate(rows):
+    max_len = model_max_len(model)
+    prepared = [_crop(*example_tokens(tokenizer, task_type, item, delim, fewshot), max_len) for item, fewshot in examples]
+    all_rows = [r for rows, _, _ in prepared for r in rows]
+    width = max(len(r) for r in all_rows)
+    ids = torch.full((len(all_rows), width), tokenizer.bos_id, dtype=torch.long)
+    for i, r in enumerate(all_rows):
         ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
     ids = ids.to(device)
     with torch.no_grad():
         logits = model(ids).float()
     # loss[i, t] = CE of predicting token t+1 from the prefix up to t
-    losses = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="none").view(len(rows), width - 1)
-    if task_type == "language_modeling":
-        s, e = starts[0], ends[0]
-        predicted = logits[0, s - 1 : e - 1].argmax(dim=-1)
-        return bool(torch.equal(predicted, ids[0, s:e]))
-    mean_losses = [losses[i, s - 1 : e - 1].mean().item() for i, (s, e) in enumerate(zip(starts, ends))]
-    return min(range(len(rows)), key=lambda i: mean_losses[i]) == item["gold"]
+    losses = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="none").view(len(all_rows), width - 1)
+    results = []
+    base = 0
+    for (item, _), (rows, starts, ends) in zip(examples, prepared):
+        if task_type == "language_modeling":
+            s, e = starts[0], ends[0]
+            predicted = logits[base, s - 1 : e - 1].argmax(dim=-1)
+            results.append(bool(torch.equal(predicted, ids[base, s:e])))
+        else:
+            mean_losses = [losses[base + i, s - 1 : e - 1].mean().item() for i, (s, e) in enumerate(zip(starts, ends))]
+            results.append(min(range(len(rows)), key=lambda i: mean_losses[i]) == item["gold"])
+        base += len(rows)
+    return results
+
+
+def score_example(model, tokenizer, task_type: str, item: dict, delim: str, fewshot: list[dict], device) -> bool:
+    """One item: a single forward over its prompts, then the task type's rule."""
+    return score_examples(model, tokenizer, task_type, [(item, fewshot)], delim, device)[0]
 
 
 def fewshot_for(data: list[dict], idx: int, k: int) -> list[dict]:
@@ -302,17 +317,35 @@ def _dist():
     return None, 0, 1
 
 
-def evaluate_task(model, tokenizer, data: list[dict], spec: dict, device, on_item: Callable[[], None] | None = None) -> float:
-    """Accuracy on one task's (already shuffled and cut) data, over every rank."""
+def evaluate_task(
+    model, tokenizer, data: list[dict], spec: dict, device, on_item: Callable[[], None] | None = None, batch_rows: int = 1
+) -> float:
+    """Accuracy on one task's (already shuffled and cut) data, over every rank.
+
+    batch_rows > 1 puts consecutive items of this rank into one forward while their rows fit."""
     import torch
 
     dist, rank, world = _dist()
     correct = torch.zeros(len(data), dtype=torch.float32, device=device)
-    for idx in range(rank, len(data), world):
-        fewshot = fewshot_for(data, idx, spec["num_fewshot"])
-        correct[idx] = float(score_example(model, tokenizer, spec["task_type"], data[idx], spec["continuation_delimiter"], fewshot, device))
-        if on_item is not None:
-            on_item()
+    mine = list(range(rank, len(data), world))
+    kind = spec["task_type"]
+
+    def rows_of(item: dict) -> int:
+        return len(item["choices"]) if kind == "multiple_choice" else len(item["context_options"]) if kind == "schema" else 1
+
+    i = 0
+    while i < len(mine):
+        group = [mine[i]]
+        rows = rows_of(data[mine[i]])
+        while i + len(group) < len(mine) and rows + rows_of(data[mine[i + len(group)]]) <= batch_rows:
+            rows += rows_of(data[mine[i + len(group)]])
+            group.append(mine[i + len(group)])
+        examples = [(data[idx], fewshot_for(data, idx, spec["num_fewshot"])) for idx in group]
+        for idx, ok in zip(group, score_examples(model, tokenizer, spec["task_type"], examples, spec["continuation_delimiter"], device)):
+            correct[idx] = float(ok)
+            if on_item is not None:
+                on_item()
+        i += len(group)
     if dist is not None:
         dist.all_reduce(correct, op=dist.ReduceOp.SUM)
     return correct.mean().item() if len(data) else float("nan")
@@ -342,6 +375,7 @@ def evaluate_core(
     device,
     max_per_task: int = -1,
     progress: Callable[[str, int], Callable[[], None]] | None = None,
+    batch_rows: int = 1,
 ) -> CoreResult:
     """Every task of the bundle; `progress(label, n)` may return a per-item callback (a progress bar)."""
     baselines = bundle.baselines()
@@ -354,7 +388,7 @@ def evaluate_core(
         if max_per_task > 0:
             data = data[:max_per_task]
         tick = progress(spec["label"], len(data)) if progress is not None else None
-        acc = evaluate_task(model, tokenizer, data, spec, device, tick)
+        acc = evaluate_task(model, tokenizer, data, spec, device, tick, batch_rows)
         result.tasks[spec["label"]] = {
             "accuracy": acc,
             "centered": centered(acc, baselines[spec["label"]]),

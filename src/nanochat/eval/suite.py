@@ -102,7 +102,7 @@ def run_core(model, tokenizer, opts: EvalOptions, device, progress) -> EvalRow:
 
     bundle = find_bundle()
     t0 = time.time()
-    res = evaluate_core(model, tokenizer, bundle, device, opts.max_per_task, progress)
+    res = evaluate_core(model, tokenizer, bundle, device, opts.max_per_task, progress, batch_rows=opts.batch_size)
     n = sum(t["examples"] for t in res.tasks.values())
     details = {"label": res.label, "tasks": res.tasks, "missing": res.missing}
     return EvalRow("core", res.label, res.core, n, res.origin, time.time() - t0, details)
