@@ -164,3 +164,32 @@ def test_unreachable_hub_falls_back_to_packaged_and_says_so(monkeypatch, capsys)
     monkeypatch.setenv("NANOCHAT_OFFLINE", "1")
     with pytest.raises(HubUnavailable, match="NANOCHAT_OFFLINE"):
         fetch_split("cais/mmlu", "all", "dev")
+
+
+def test_core_bundle_download_and_unpack(hub, tmp_path, monkeypatch, nanochat_home):
+    """The DCLM bundle zip (top folder eval_bundle/) is unpacked to <home>/eval/eval_bundle and preferred."""
+    import io
+    import zipfile
+
+    from nanochat.eval.core import download_bundle, find_bundle
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("eval_bundle/core.yaml", "icl_tasks:\n- {label: copa, dataset_uri: commonsense_reasoning/copa.jsonl, num_fewshot: [0], icl_task_type: multiple_choice}\n")
+        z.writestr("eval_bundle/eval_meta_data.csv", "Eval Task,Random baseline\ncopa,50\n")
+        z.writestr("eval_bundle/eval_data/commonsense_reasoning/copa.jsonl", json.dumps({"query": "q", "choices": ["a", "b"], "gold": 0}) + "\n")
+    hub.files["/eval_bundle.zip"] = buf.getvalue()
+    hub.files["/broken.zip"] = b"not a zip"
+    monkeypatch.setenv("NANOCHAT_CORE_BUNDLE_URL", hub.base + "/eval_bundle.zip")
+    path = download_bundle()
+    assert path == nanochat_home / "eval" / "eval_bundle"
+    b = find_bundle()
+    assert b.label == "CORE" and not b.offline and b.root == path
+    assert [s["label"] for s in b.task_specs()] == ["copa"] and b.task_specs()[0]["continuation_delimiter"] == " "
+    assert b.baselines() == {"copa": 50.0} and b.load_data("commonsense_reasoning/copa.jsonl")[0]["gold"] == 0
+    import shutil
+
+    shutil.rmtree(path)
+    with pytest.raises(NanochatError, match="not a valid zip"):
+        download_bundle(hub.base + "/broken.zip")
+    assert not path.exists() and not [p for p in path.parent.iterdir() if p.name.startswith(".tmp")]
