@@ -17,6 +17,7 @@ def _record_a_run():
     rpt.record_section("pretrain", {"min_val_bpb": 1.25}, series={"val_bpb": [[0, 3.0], [20, 1.25]]})
     rpt.record_section("eval-base", {"core": 0.1234, "core_label": "CORE-offline (19 tasks, squad 1k, coqa 4.9k)", "val_bpb": 1.2, "core_tasks": {"piqa": 0.2, "copa": 0.1}})
     rpt.record_section("sft", {"total_time_s": 600.0})
+    rpt.record_section("tokenizer-eval", {"comparison": "| text | ratio |\n|---|---|\n| news | 4.5 |"})
     rpt.record_section("eval-sft", {"arc-easy": 0.5, "mmlu": 0.3, "gsm8k": 0.05, "chatcore": 0.11})
 
 
@@ -27,7 +28,7 @@ def test_sections_merge_and_are_json(nanochat_home):
     assert set(s["series"]) == {"train_loss", "val_bpb"} and s["title"] == "Base model training"
     rpt.record_section("pretrain", {"nan_is_null": float("nan")})
     assert json.loads((nanochat_home / "report" / "sections" / "pretrain.json").read_text())["data"]["nan_is_null"] is None
-    assert list(rpt.load_sections()) == ["environment", "pretrain", "eval-base", "sft", "eval-sft"]
+    assert list(rpt.load_sections()) == ["environment", "tokenizer-eval", "pretrain", "eval-base", "sft", "eval-sft"]
 
 
 def test_only_rank_zero_records(nanochat_home, monkeypatch):
@@ -57,6 +58,7 @@ def test_report_md_summary_and_images_open(nanochat_home):
     assert "| ARC-Easy | - | 0.5000 |" in md and "| ChatCORE | - | 0.1100 |" in md
     assert "HumanEval" not in md.split("## Timings")[0]  # never measured: no row
     assert "not comparable with reference CORE" in md
+    assert "**comparison**\n\n| text | ratio |\n|---|---|\n| news | 4.5 |" in md
     # timings and cost: 3600 s in all on 8 H100s at $3/h = $24.00
     assert "1h00m" in md and "$24.00" in md
     linked = re.findall(r"!\[[^\]]*\]\((plots/[^)]+)\)", md)

@@ -6,7 +6,8 @@ A section is one JSON file, `<home>/report/sections/<name>.json`, written atomic
      "data":   {"depth": 20, "total_time_s": 3600.0, "min_val_bpb": 0.81, ...},   # scalars, strings
      "series": {"train_loss": [[step, value], ...], "val_bpb": [[step, value], ...]}}
 
-`record_section(name, data, series=None)` merges into the existing file, so a stage may record
+A string value with a newline is markdown (a table, say) and is placed as a block under the
+section's bullets. `record_section(name, data, series=None)` merges into the existing file, so a stage may record
 its configuration at the start and its results at the end. Names the report knows, in its order:
 environment, tokenizer, tokenizer-eval, pretrain, eval-base, sft, eval-sft, rl, eval-rl (any
 other name is added after them). Keys the summary reads: in eval-* sections `core`, `core_label`,
@@ -298,7 +299,10 @@ def generate_report(out: Path | None = None) -> tuple[Path, list[Path], bool]:
     for name, s in sections.items():
         lines += [f"## {s['title']}", "", f"recorded: {s.get('updated', '-')}", ""]
         data = {k: v for k, v in s["data"].items() if k != "core_tasks"}
-        lines += [f"- {k}: {fmt(v)}" for k, v in data.items()]
+        blocks = {k: v for k, v in data.items() if isinstance(v, str) and "\n" in v}  # markdown (tables)
+        lines += [f"- {k}: {fmt(v)}" for k, v in data.items() if k not in blocks]
+        for k, v in blocks.items():
+            lines += ["", f"**{k}**", "", v.strip()]
         if isinstance(s["data"].get("core_tasks"), dict):
             lines += ["", _md_table(["CORE task", "centered"], [[k, fmt(v)] for k, v in s["data"]["core_tasks"].items()])]
         lines.append("")
