@@ -380,10 +380,13 @@ def evaluate_core(
     """Every task of the bundle; `progress(label, n)` may return a per-item callback (a progress bar)."""
     baselines = bundle.baselines()
     result = CoreResult(bundle.label, float("nan"), missing=bundle.missing_tasks(), origin=bundle.origin)
+    loaded: dict[str, list[dict]] = {}  # hellaswag serves two tasks: read it once
     for spec in bundle.task_specs():
         if spec["label"] not in baselines:
             raise NanochatError(f"{bundle.origin}: eval_meta_data.csv has no random baseline for {spec['label']}; the bundle is damaged")
-        data = bundle.load_data(spec["dataset_uri"])
+        if spec["dataset_uri"] not in loaded:
+            loaded[spec["dataset_uri"]] = bundle.load_data(spec["dataset_uri"])
+        data = list(loaded[spec["dataset_uri"]])
         random.Random(1337).shuffle(data)
         if max_per_task > 0:
             data = data[:max_per_task]
