@@ -1,0 +1,593 @@
+"""Run untrusted Python (HumanEval solutions, a code tool) in a locked-down child process.
+
+`run_python(code)` returns an `ExecutionResult`; it never raises for anything the code does.
+
+How the code is contained (secure mode, the default; needs bubblewrap, `apt-get install bubblewrap`):
+- `bwrap` gives the child new pid, network, ipc, uts and cgroup namespaces: no network at all (not even
+  127.0.0.1 of the host), no view of the host's processes, and when bwrap goes, every process in the sandbox
+  goes with it (`--die-with-parent`; the sandbox's pid 1 takes the rest down).
+- The file system is built from nothing: `/usr` and the `/bin`, `/lib*` links read-only, the Python
+  installation's prefix read-only at its own path, a fresh `/proc` and minimal `/dev`, private size-limited
+  tmpfs `/tmp` and `/dev/shm`, and a fresh size-limited tmpfs `/sandbox` as the working directory (it
+  vanishes with the sandbox, so nothing is left on the host). The code itself is copied in read-only at `/code/main.py`.
+  Nothing else of the host (home directories, /etc, /work, the caller's temporary files) exists inside.
+- The environment is cleared (`--clearenv`; bwrap itself is started with the same minimal environment, so the
+  caller's secrets are not even in the sandbox's pid 1): PATH, HOME=/tmp, LANG only. `--new-session` detaches
+  it from any terminal. The interpreter runs with `-I -S -u`: isolated, standard library only (no
+  site-packages, so results do not depend on what happens to be installed; `exit()` is not defined, use
+  `sys.exit()`), unbuffered so output printed before a crash or a timeout is kept.
+- A trusted bootstrap inside the sandbox sets the rlimits before the user's code starts: CPU seconds,
+  address space (`memory_mb`), file size, process count, open files, no core files. It is a `-c` program
+  that then `exec`s the user's script, so no `preexec_fn` is needed and `run_python` is safe to call from
+  many threads at once.
+- When the caller is root, the bootstrap also drops to a random unprivileged uid used for this run only
+  (bwrap runs privileged, without a user namespace, and grants only CAP_SETUID/CAP_SETGID for the drop).
+  Two reasons: the kernel never enforces RLIMIT_NPROC for uid 0, and a uid of its own means the code cannot
+  signal or write anything of anyone else's. When the caller is not root, bwrap runs in an unprivileged user
+  namespace and RLIMIT_NPROC is set to the caller's current number of tasks plus the allowance (older kernels
+  count all of the caller's tasks).
+- The parent enforces a wall-clock timeout and kills the whole process group; stdout and stderr are read
+  as they come and each is capped (`max_output_bytes`): a program that prints more is stopped at once and
+  the result says so, so a flood costs neither time nor memory.
+- A seccomp filter (x86_64 and aarch64) refuses new user namespaces (clone/unshare with CLONE_NEWUSER;
+  clone3, whose flags it cannot see, answers ENOSYS so libc falls back to clone), io_uring, bpf, keyrings,
+  ptrace, userfaultfd, perf events, mounts and module loading, and kills a process that switches to another
+  syscall ABI (32-bit `int 0x80`, x32).
+
+Residual risks (documented, not hidden): the rest of the kernel's system calls are reachable (a kernel bug is
+an escape); /usr and the interpreter's files are readable; on CPUs other than x86_64 and aarch64 there is no
+seccomp filter; in the rare case a program exits with a code above 128 it reads as a signal.
+
+Insecure mode (`allow_insecure=True`, only when bubblewrap is missing or cannot make namespaces): the same
+bootstrap, rlimits, uid drop (as root; refused if that uid cannot run the interpreter; after the run every
+process of that uid is killed), timeout, output caps and scrubbed environment, in a fresh host temporary
+directory that is deleted afterwards — but with the host's network, file system and process table in view,
+and no seccomp filter. A warning is printed once per process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+
+from nanochat.common.errors import NanochatError
+
+MAX_OUTPUT_BYTES = 64 * 1024  # per stream
+MAX_INPUT_BYTES = 8 * 1024 * 1024  # code, and stdin
+TMPFS_BYTES = 64 * 1024 * 1024  # size of each of the sandbox's tmpfs /tmp and /sandbox
+SHM_BYTES = 16 * 1024 * 1024  # size of its /dev/shm
+MAX_FILE_BYTES = 16 * 1024 * 1024  # RLIMIT_FSIZE: the largest file the code may write
+MAX_PROCESSES = 32  # RLIMIT_NPROC allowance (threads count too)
+MAX_OPEN_FILES = 64  # RLIMIT_NOFILE
+SANDBOX_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
+WORK_DIR = "/sandbox"
+CODE_PATH = "/code/main.py"
+
+# Runs first inside the sandbox (trusted code, ours): drop the uid if asked, set the limits, then exec the
+# user's script. argv: uid cpu_seconds address_space_bytes file_bytes nproc nofile, then the command to exec.
+_BOOTSTRAP = """\
+import os, resource as R, sys
+uid, cpu, mem, fsize, nproc, nofile = (int(a) for a in sys.argv[1:7])
+if uid >= 0:
+    os.setgroups([]); os.setgid(uid); os.setuid(uid)
+for lim, soft, hard in ((R.RLIMIT_CORE, 0, 0), (R.RLIMIT_CPU, cpu, cpu + 1), (R.RLIMIT_AS, mem, mem),
+                        (R.RLIMIT_FSIZE, fsize, fsize), (R.RLIMIT_NPROC, nproc, nproc),
+                        (R.RLIMIT_NOFILE, nofile, nofile)):
+    R.setrlimit(lim, (soft, hard))
+os.execv(sys.argv[7], sys.argv[7:])
+"""
+
+
+@dataclass
+class ExecutionResult:
+    """What happened to one run. `error` is one line (the exception line of a traceback, or why it was stopped)."""
+
+    success: bool
+    stdout: str
+    stderr: str
+    error: str | None
+    timed_out: bool
+    memory_exceeded: bool
+    exit_code: int | None
+    output_truncated: bool = False
+
+
+def run_python(
+    code: str,
+    timeout: float = 5.0,
+    memory_mb: int = 256,
+    allow_insecure: bool = False,
+    stdin: str | bytes | None = None,
+    max_output_bytes: int = MAX_OUTPUT_BYTES,
+) -> ExecutionResult:
+    """Run `code` as a Python script in the sandbox and report what it did.
+
+    `timeout` is wall-clock seconds for the whole run; `memory_mb` caps the address space; `stdin` is fed to
+    the program (empty if None). Raises NanochatError only for bad arguments or when bubblewrap is unusable
+    and `allow_insecure` is False.
+    """
+    if not isinstance(code, str):
+        raise NanochatError(f"run_python needs the code as a str, got {type(code).__name__}; pass the source text")
+    if not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and 0 < timeout <= 3600 and math.isfinite(timeout)):
+        raise NanochatError(f"sandbox timeout must be between 0 and 3600 seconds, got {timeout!r}")
+    if not (isinstance(memory_mb, int) and 64 <= memory_mb <= 1 << 20):
+        raise NanochatError(f"sandbox memory_mb must be an int of at least 64 (MiB), got {memory_mb!r}")
+    if not (isinstance(max_output_bytes, int) and max_output_bytes > 0):
+        raise NanochatError(f"sandbox max_output_bytes must be a positive int, got {max_output_bytes!r}")
+    stdin_bytes = stdin.encode("utf-8", "surrogateescape") if isinstance(stdin, str) else (stdin or b"")
+    code_bytes = code.encode("utf-8", "surrogateescape")
+    if len(code_bytes) > MAX_INPUT_BYTES or len(stdin_bytes) > MAX_INPUT_BYTES:
+        raise NanochatError(f"sandbox code and stdin are limited to {MAX_INPUT_BYTES} bytes each; pass less")
+
+    problem = bwrap_problem()
+    if problem is not None:
+        if not allow_insecure:
+            raise NanochatError(
+                f"cannot sandbox Python code: {problem}; install bubblewrap (apt-get install bubblewrap) "
+                "or, on a machine you do not mind exposing, opt into the insecure mode"
+            )
+        _warn_insecure_once(problem)
+
+    uid = _run_uid()
+    limits = _limits(uid, timeout, memory_mb)
+    exe = _python_executable()
+    with tempfile.TemporaryDirectory(prefix="nanochat-sandbox-") as host_dir:
+        stdin_file = tempfile.TemporaryFile(dir=host_dir)
+        stdin_file.write(stdin_bytes)
+        stdin_file.seek(0)
+        try:
+            if problem is None:
+                proc = _spawn_bwrap(exe, code_bytes, uid, limits, stdin_file, host_dir)
+            else:
+                argv, work = _insecure_argv(exe, host_dir, code, uid, limits)
+                proc = _spawn(argv, stdin_file, cwd=work, pass_fds=())
+        finally:
+            stdin_file.close()
+        try:
+            out, err, timed_out, flooded = _collect(proc, timeout, max_output_bytes)
+        finally:
+            _kill_everything(proc, uid, secure=problem is None)
+    return _result(proc.returncode, out, err, timed_out, flooded, timeout, memory_mb, max_output_bytes, limits)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# launching
+
+
+def _spawn(argv: list[str], stdin_file, cwd: str, pass_fds: tuple[int, ...]) -> subprocess.Popen:
+    # The same minimal environment for the launcher itself: the sandbox's pid 1 (bwrap) keeps its environment
+    # in /proc/1/environ, so the caller's environment must never reach it.
+    return subprocess.Popen(
+        argv,
+        stdin=stdin_file,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env=dict(SANDBOX_ENV),
+        start_new_session=True,  # its own process group, killed as a whole
+        close_fds=True,
+        pass_fds=pass_fds,
+    )
+
+
+def _spawn_bwrap(exe: str, code: bytes, uid: int, limits: _Limits, stdin_file, tmp_dir: str | None) -> subprocess.Popen:
+    """Start bwrap; the code and the seccomp filter go in through unlinked files that bwrap reads by fd."""
+    files = []
+    try:
+        for data in (code, seccomp_program()):
+            if data is None:
+                files.append(None)
+                continue
+            f = tempfile.TemporaryFile(dir=tmp_dir)
+            f.write(data)
+            f.seek(0)
+            files.append(f)
+        code_fd, seccomp_fd = (f.fileno() if f is not None else None for f in files)
+        argv = _bwrap_argv(exe, code_fd, uid, limits, seccomp_fd)
+        return _spawn(argv, stdin_file, cwd="/", pass_fds=tuple(f.fileno() for f in files if f is not None))
+    finally:
+        for f in files:
+            if f is not None:
+                f.close()
+
+
+def _python_executable() -> str:
+    """The base interpreter (not a venv's wrapper): its prefix is all the sandbox needs to bind."""
+    name = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (os.path.join(sys.base_exec_prefix, "bin", name), os.path.realpath(sys.executable)):
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return os.path.realpath(candidate)
+    raise NanochatError(f"cannot find the Python interpreter to sandbox (looked for {name} under {sys.base_exec_prefix})")
+
+
+def _run_uid() -> int:
+    """A fresh unprivileged uid for this run when we are root (-1: keep ours)."""
+    if os.geteuid() != 0:
+        return -1
+    return (1 << 30) + secrets.randbelow(1 << 30)
+
+
+@dataclass(frozen=True)
+class _Limits:
+    cpu_seconds: int
+    address_space: int
+    file_bytes: int
+    nproc: int
+    nofile: int
+
+
+def _limits(uid: int, timeout: float, memory_mb: int) -> _Limits:
+    nproc = MAX_PROCESSES
+    if uid < 0:  # our own uid: RLIMIT_NPROC counts its existing tasks too (on kernels before 5.14 at least)
+        nproc += _count_tasks(os.getuid())
+    return _Limits(math.ceil(timeout) + 1, memory_mb * 1024 * 1024, MAX_FILE_BYTES, nproc, MAX_OPEN_FILES)
+
+
+def _count_tasks(uid: int) -> int:
+    count = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{pid}").st_uid == uid:
+                count += len(os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            continue
+    return count
+
+
+def _bootstrap_argv(exe: str, uid: int, limits: _Limits, script: str) -> list[str]:
+    return [
+        exe, "-I", "-S", "-c", _BOOTSTRAP,
+        str(uid), str(limits.cpu_seconds), str(limits.address_space), str(limits.file_bytes),
+        str(limits.nproc), str(limits.nofile),
+        exe, "-I", "-S", "-u", script,
+    ]  # fmt: skip
+
+
+def _bwrap_argv(exe: str, code_fd: int, uid: int, limits: _Limits, seccomp_fd: int | None) -> list[str]:
+    privileged = os.geteuid() == 0
+    argv = [shutil.which("bwrap") or "bwrap"]
+    if privileged:
+        # No user namespace: uid 0 inside would still be uid 0 to the kernel's RLIMIT_NPROC check. The
+        # bootstrap drops to `uid` instead; bwrap grants only the two capabilities that needs.
+        argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        argv += ["--unshare-user"] + (["--disable-userns"] if _bwrap_supports("--disable-userns") else [])
+    argv += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    argv += ["--die-with-parent", "--new-session", "--hostname", "sandbox", "--clearenv"]
+    for key, value in SANDBOX_ENV.items():
+        argv += ["--setenv", key, value]
+    argv += _filesystem_argv(exe)
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    argv += ["--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm"]  # POSIX semaphores (multiprocessing)
+    argv += ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
+    argv += ["--perms", "0777", "--size", str(TMPFS_BYTES), "--tmpfs", WORK_DIR]
+    argv += ["--perms", "0755", "--dir", os.path.dirname(CODE_PATH)]
+    argv += ["--perms", "0444", "--ro-bind-data", str(code_fd), CODE_PATH]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
+    argv += ["--chdir", WORK_DIR, "--"]
+    return argv + _bootstrap_argv(exe, uid, limits, CODE_PATH)
+
+
+def _filesystem_argv(exe: str) -> list[str]:
+    """Read-only /usr, the host's /bin, /sbin, /lib* (links stay links), and the interpreter's prefix."""
+    argv = ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            argv += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            argv += ["--ro-bind", top, top]
+    prefix = os.path.dirname(os.path.dirname(exe))  # <prefix>/bin/pythonX.Y
+    roots = {os.path.realpath(p) for p in (prefix, sys.base_prefix, sys.base_exec_prefix)}
+    covered = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]
+    made: set[str] = set()
+    for root in sorted(roots):
+        if any(root == c or root.startswith(c + "/") for c in covered):
+            continue
+        # parents are made world-traversable: the host's may be private (/root is 0700)
+        parts = root.strip("/").split("/")
+        for i in range(1, len(parts)):
+            parent = "/" + "/".join(parts[:i])
+            if parent not in made:
+                argv += ["--perms", "0755", "--dir", parent]
+                made.add(parent)
+        argv += ["--ro-bind", root, root]
+        covered.append(root)
+    return argv
+
+
+def _insecure_argv(exe: str, host_dir: str, code: str, uid: int, limits: _Limits) -> tuple[list[str], str]:
+    if uid >= 0 and not _others_can_run(exe):
+        # As root we only run untrusted code under a throwaway uid; that uid must be able to run the interpreter.
+        raise NanochatError(
+            f"the insecure mode runs code as an unprivileged user, who cannot run {exe} (a parent directory is "
+            "private); install bubblewrap (apt-get install bubblewrap), or use a Python installed outside private "
+            "directories"
+        )
+    script = os.path.join(host_dir, "main.py")
+    with open(script, "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.write(code)
+    os.chmod(script, 0o444)
+    work = os.path.join(host_dir, "work")
+    os.mkdir(work)
+    os.chmod(host_dir, 0o755)
+    if uid >= 0:
+        os.chown(work, uid, uid)
+    return _bootstrap_argv(exe, uid, limits, script), work
+
+
+def _others_can_run(exe: str) -> bool:
+    """Whether a user with no relation to the file's owners can reach and execute `exe`."""
+    path = os.path.realpath(exe)
+    try:
+        if not os.stat(path).st_mode & stat.S_IXOTH:
+            return False
+        parent = os.path.dirname(path)
+        while True:
+            if not os.stat(parent).st_mode & stat.S_IXOTH:
+                return False
+            if parent == "/":
+                return True
+            parent = os.path.dirname(parent)
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------------------
+# seccomp: a classic-BPF filter bwrap installs before the bootstrap starts
+
+# system calls that no sandboxed program needs and that are the usual ways into kernel bugs or out of a sandbox
+_DENIED = ["keyctl", "add_key", "request_key", "bpf", "userfaultfd", "perf_event_open", "kexec_load",
+           "kexec_file_load", "init_module", "finit_module", "delete_module", "io_uring_setup", "io_uring_enter",
+           "io_uring_register", "ptrace", "mount", "umount2", "pivot_root", "swapon", "swapoff", "reboot", "setns",
+           "open_by_handle_at", "name_to_handle_at", "acct", "quotactl", "syslog", "open_tree", "move_mount",
+           "fsopen", "fsconfig", "fsmount", "fspick"]  # fmt: skip
+_SYSCALLS = {  # from the kernel's unistd headers
+    "x86_64": (0xC000003E, dict(keyctl=250, add_key=248, request_key=249, bpf=321, userfaultfd=323,
+        perf_event_open=298, kexec_load=246, kexec_file_load=320, init_module=175, finit_module=313,
+        delete_module=176, io_uring_setup=425, io_uring_enter=426, io_uring_register=427, ptrace=101, mount=165,
+        umount2=166, pivot_root=155, swapon=167, swapoff=168, reboot=169, setns=308, open_by_handle_at=304,
+        name_to_handle_at=303, acct=163, quotactl=179, syslog=103, open_tree=428, move_mount=429, fsopen=430,
+        fsconfig=431, fsmount=432, fspick=433, unshare=272, clone=56, clone3=435)),
+    "aarch64": (0xC00000B7, dict(keyctl=219, add_key=217, request_key=218, bpf=280, userfaultfd=282,
+        perf_event_open=241, kexec_load=104, kexec_file_load=294, init_module=105, finit_module=273,
+        delete_module=106, io_uring_setup=425, io_uring_enter=426, io_uring_register=427, ptrace=117, mount=40,
+        umount2=39, pivot_root=41, swapon=224, swapoff=225, reboot=142, setns=268, open_by_handle_at=265,
+        name_to_handle_at=264, acct=89, quotactl=60, syslog=116, open_tree=428, move_mount=429, fsopen=430,
+        fsconfig=431, fsmount=432, fspick=433, unshare=97, clone=220, clone3=435)),
+}  # fmt: skip
+_CLONE_NEWUSER = 0x10000000
+
+
+def seccomp_program(machine: str | None = None) -> bytes | None:
+    """The filter for this CPU (None where we have no syscall table: then the sandbox runs without one).
+
+    Denies (EPERM) the calls in `_DENIED`, new user namespaces through clone/unshare, and clone3 (ENOSYS, whose
+    flags a filter cannot read; libc falls back to clone); kills a process that switches to another syscall ABI
+    (32-bit int 0x80 on x86_64); on x86_64 refuses the x32 ABI's numbers.
+    """
+    import platform
+    import struct
+
+    machine = machine or platform.machine()
+    if machine not in _SYSCALLS:
+        return None
+    audit_arch, nr = _SYSCALLS[machine]
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|{JEQ,JGE,JSET}|K, BPF_RET|K
+    allow, kill = 0x7FFF0000, 0x80000000
+    eperm, enosys = 0x00050000 | 1, 0x00050000 | 38
+    prog = [(ld, 0, 0, 4), (jeq, 1, 0, audit_arch), (ret, 0, 0, kill), (ld, 0, 0, 0)]  # arch check, then nr
+    if machine == "x86_64":
+        prog += [(jge, 0, 1, 0x40000000), (ret, 0, 0, enosys)]
+    for name in _DENIED:
+        prog += [(jeq, 0, 1, nr[name]), (ret, 0, 0, eperm)]
+    prog += [(jeq, 0, 1, nr["clone3"]), (ret, 0, 0, enosys)]
+    for name in ("clone", "unshare"):  # flags are the first argument: its low 32 bits at offset 16
+        prog += [(jeq, 0, 4, nr[name]), (ld, 0, 0, 16), (jset, 0, 1, _CLONE_NEWUSER), (ret, 0, 0, eperm), (ret, 0, 0, allow)]
+    prog += [(ret, 0, 0, allow)]
+    return b"".join(struct.pack("=HBBI", code, jt, jf, k) for code, jt, jf, k in prog)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bubblewrap availability (probed once per process)
+
+_probe_lock = threading.Lock()
+_probe_result: list[str | None] = []
+
+
+def bwrap_problem() -> str | None:
+    """None when bubblewrap can run a sandbox here, else a short reason. Probed once per process."""
+    with _probe_lock:
+        if not _probe_result:
+            _probe_result.append(_probe())
+        return _probe_result[0]
+
+
+def _probe() -> str | None:
+    if shutil.which("bwrap") is None:
+        return "bubblewrap (bwrap) is not installed"
+    if not _bwrap_supports("--size") or not _bwrap_supports("--ro-bind-data"):
+        return "this bubblewrap is too old (needs --size and --ro-bind-data, bubblewrap >= 0.5)"
+    uid = _run_uid()
+    try:
+        with tempfile.TemporaryFile() as stdin_file:
+            proc = _spawn_bwrap(_python_executable(), b"print('ok')\n", uid, _limits(uid, 10, 512), stdin_file, None)
+        out, err = proc.communicate(timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"bubblewrap failed to start ({e})"
+    finally:
+        if "proc" in locals():
+            _kill_everything(proc, uid, secure=True)
+    if proc.returncode != 0 or out != b"ok\n":
+        lines = err.decode("utf-8", "replace").strip().splitlines()
+        return f"bubblewrap cannot create a sandbox here ({lines[-1] if lines else f'exit code {proc.returncode}'})"
+    return None
+
+
+_help_text: list[str] = []
+
+
+def _bwrap_supports(flag: str) -> bool:
+    if not _help_text:
+        try:
+            done = subprocess.run(["bwrap", "--help"], capture_output=True, text=True, timeout=10, env=dict(SANDBOX_ENV))
+            _help_text.append(done.stdout + done.stderr)
+        except (OSError, subprocess.TimeoutExpired):
+            _help_text.append("")
+    return flag in _help_text[0]
+
+
+_warned: list[bool] = []
+
+
+def _warn_insecure_once(problem: str) -> None:
+    if not _warned:
+        _warned.append(True)
+        from nanochat.common.logging import warn0
+
+        warn0(f"running untrusted code WITHOUT a sandbox ({problem}): rlimits and a timeout only; "
+              "install bubblewrap (apt-get install bubblewrap) to contain it")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# collecting output, stopping, reporting
+
+
+def _collect(proc: subprocess.Popen, timeout: float, cap: int) -> tuple[bytes, bytes, bool, str | None]:
+    """Read both pipes until EOF or the deadline; stop the run when a stream passes `cap` bytes.
+
+    Returns (stdout, stderr, timed_out, name of the stream that flooded or None). Each buffer holds at most
+    cap + one read.
+    """
+    deadline = time.monotonic() + timeout
+    buffers = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    names = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}
+    timed_out, flooded = False, None
+    exit_seen = None
+    with selectors.DefaultSelector() as sel:
+        for fd in buffers:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map():
+            now = time.monotonic()
+            if now >= deadline:
+                timed_out = True
+                break
+            if proc.poll() is not None:
+                # Something outside the process group may still hold the pipes (only possible in insecure mode):
+                # give it a moment to drain, then stop waiting.
+                exit_seen = exit_seen or now
+                if now - exit_seen > 0.2:
+                    break
+            for key, _ in sel.select(timeout=min(0.05, deadline - now)):
+                try:
+                    chunk = os.read(key.fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    sel.unregister(key.fd)
+                    continue
+                buf = buffers[key.fd]
+                buf += chunk
+                if len(buf) > cap:
+                    del buf[cap:]
+                    flooded = names[key.fd]
+                    break
+            if flooded:
+                break
+    return bytes(buffers[proc.stdout.fileno()]), bytes(buffers[proc.stderr.fileno()]), timed_out, flooded
+
+
+def _kill_everything(proc: subprocess.Popen, uid: int, secure: bool) -> None:
+    """Kill the launcher's process group, reap it, and (as root) every process left with the run's uid."""
+    # Once the launcher is reaped its pid may be reused, so its group is signalled only while it is ours: the
+    # launcher is still there, or (insecure mode) children of the group keep the id alive. In secure mode the
+    # sandbox's processes are in a session of their own and die with bwrap.
+    if proc.returncode is None or not secure:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if uid >= 0 and not secure:
+        # kill(-1) from the run's uid reaches exactly the processes of that uid: escapees of the process group.
+        # (In secure mode there are none: the sandbox's pid namespace is gone with bwrap, see the tests.)
+        killer = shutil.which("kill")
+        argv = [killer, "-9", "-1"] if killer else [_python_executable(), "-S", "-c", "import os; os.kill(-1, 9)"]
+        for _ in range(2):
+            subprocess.run(argv, user=uid, group=uid, extra_groups=[], env=dict(SANDBOX_ENV), cwd="/",
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    for stream in (proc.stdout, proc.stderr):
+        stream.close()
+
+
+def _result(
+    returncode: int,
+    out: bytes,
+    err: bytes,
+    timed_out: bool,
+    flooded: str | None,
+    timeout: float,
+    memory_mb: int,
+    cap: int,
+    limits: _Limits,
+) -> ExecutionResult:
+    stdout = out.decode("utf-8", "replace")
+    stderr = err.decode("utf-8", "replace")
+    if flooded == "stdout":
+        stdout += f"\n[output truncated at {cap} bytes]"
+    elif flooded == "stderr":
+        stderr += f"\n[output truncated at {cap} bytes]"
+    last_line = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "")
+    # A child killed by signal N: bwrap exits with 128 + N, a bare interpreter (insecure mode) reports -N.
+    # (So in secure mode a program's own sys.exit(137) also reads as SIGKILL: exit codes above 128 are theirs.)
+    signum = -returncode if returncode < 0 else (returncode - 128 if 128 < returncode < 128 + 65 else 0)
+    cpu_killed = signum == signal.SIGXCPU and not flooded and not timed_out
+    timed_out = timed_out or cpu_killed
+    memory_exceeded = last_line.startswith("MemoryError") or "Cannot allocate memory" in last_line
+    if timed_out:
+        error = f"timed out after {timeout:g} s" if not cpu_killed else f"CPU time limit of {limits.cpu_seconds} s exceeded"
+        exit_code = None
+    elif flooded:
+        error = f"output limit exceeded: more than {cap} bytes on {flooded}; the program was stopped"
+        exit_code = None
+    else:
+        exit_code = -signum if signum else returncode
+        if returncode == 0:
+            error = None
+        elif memory_exceeded:
+            error = f"memory limit of {memory_mb} MiB exceeded ({last_line})"
+        elif signum == signal.SIGXFSZ:
+            error = f"file size limit of {limits.file_bytes} bytes exceeded"
+        elif signum:
+            error = f"killed by signal {_signal_name(signum)}"
+        elif last_line:
+            error = last_line
+        else:
+            error = f"exit code {returncode}"
+    success = exit_code == 0 and not timed_out and not flooded
+    return ExecutionResult(success, stdout, stderr, error, timed_out, memory_exceeded, exit_code, flooded is not None)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)

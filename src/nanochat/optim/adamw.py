@@ -1,0 +1,34 @@
+"""The AdamW update of one tensor (decoupled weight decay, bias-corrected moments).
+
+Same math as torch.optim.AdamW: p *= 1 - lr*wd; m <- lerp(m, g, 1-b1); v <- lerp(v, g^2, 1-b2);
+p -= lr/(1-b1^t) * m / (sqrt(v/(1-b2^t)) + eps). Hyperparameters arrive as 0-d tensors so that one compiled
+kernel serves every step and every schedule value without recompiling.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def adamw_step(
+    p: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step: torch.Tensor,
+    lr: torch.Tensor,
+    beta1: torch.Tensor,
+    beta2: torch.Tensor,
+    eps: torch.Tensor,
+    weight_decay: torch.Tensor,
+) -> None:
+    """Update p (a parameter or a shard of one) in place; `step` counts from 1."""
+    g = grad.to(exp_avg.dtype)
+    # the operations in torch.optim.AdamW's order, so the two agree to rounding
+    p.mul_(1 - lr * weight_decay)
+    exp_avg.lerp_(g, 1 - beta1)
+    exp_avg_sq.mul_(beta2).add_(g * g * (1 - beta2))
+    bias1 = 1 - beta1**step
+    bias2 = 1 - beta2**step
+    denom = exp_avg_sq.sqrt() / bias2.sqrt() + eps
+    p.sub_((lr / bias1) * (exp_avg / denom))
