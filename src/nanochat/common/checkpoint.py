@@ -1,0 +1,456 @@
+"""Checkpoints: save, verify, discover and load `checkpoints/{base,sft,rl}/<tag>/step_XXXXXX/`.
+
+One checkpoint is one folder:
+
+    model.safetensors          the weights (rank 0)
+    meta.json                  model config, step, run options, loop state ... (rank 0)
+    optim_rank{r}.safetensors  the tensors of rank r's optimizer state (every rank: it is sharded)
+    rank{r}.json               rank r's optimizer state without its tensors, RNG states, data-loader state
+    manifest.json              sha256 and size of every file above (written last, by rank 0)
+
+No pickle anywhere: tensors go to safetensors, everything else to JSON (nested containers whose
+tensors are replaced by references into the safetensors file, see `encode_tree`).
+
+Crash safety: the files are written into a temporary folder beside the final one, fsynced, and the
+folder is renamed to `step_XXXXXX` only when complete. A checkpoint is *valid* when its manifest
+reads back and every file matches its size and sha256; `find_latest` returns the newest valid one
+and reports (and skips) any that fail, so a damaged disk never feeds a corrupt state to a run.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nanochat.common import paths
+from nanochat.common.atomic import fsync_dir, publish_dir
+from nanochat.common.errors import NanochatError
+from nanochat.common.logging import print0, warn0
+
+FORMAT_VERSION = 1
+SOURCES = ("base", "sft", "rl")
+STEP_RE = re.compile(r"^step_(\d{6,})$")
+MODEL_FILE = "model.safetensors"
+META_FILE = "meta.json"
+MANIFEST_FILE = "manifest.json"
+
+
+def optim_file(rank: int) -> str:
+    return f"optim_rank{rank}.safetensors"
+
+
+def rank_file(rank: int) -> str:
+    return f"rank{rank}.json"
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    source: str
+    tag: str
+    step: int
+
+
+class CorruptCheckpoint(NanochatError):
+    """A checkpoint folder that fails its manifest."""
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON encoding of state trees (optimizer state dicts, RNG states) without pickle
+
+
+def encode_tree(obj: Any, tensors: dict[str, Any]) -> Any:
+    """A JSON-able copy of `obj`; tensors move into `tensors` (name → CPU tensor) and leave a reference.
+
+    Dicts with non-string keys, tuples and non-finite floats are tagged so `decode_tree` restores
+    them exactly (optimizer state dicts key their state by int; Python floats round-trip through repr).
+    """
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        name = f"t{len(tensors)}"
+        # a private CPU copy: safetensors refuses views that share storage
+        tensors[name] = obj.detach().to("cpu", copy=True).contiguous()
+        return {"__tensor__": name}
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else {"__float__": repr(obj)}
+    if isinstance(obj, torch.dtype):
+        return {"__dtype__": str(obj).removeprefix("torch.")}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [encode_tree(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [encode_tree(v, tensors) for v in obj]
+    if isinstance(obj, Mapping):
+        if all(isinstance(k, str) for k in obj) and not any(k.startswith("__") and k.endswith("__") for k in obj):
+            return {k: encode_tree(v, tensors) for k, v in obj.items()}
+        return {"__items__": [[encode_tree(k, tensors), encode_tree(v, tensors)] for k, v in obj.items()]}
+    if hasattr(obj, "item") and hasattr(obj, "dtype"):  # numpy scalars
+        return encode_tree(obj.item(), tensors)
+    raise NanochatError(f"cannot store a {type(obj).__name__} in a checkpoint (only tensors, numbers, strings and containers)")
+
+
+def decode_tree(obj: Any, tensors: Mapping[str, Any]) -> Any:
+    """The inverse of `encode_tree`."""
+    import torch
+
+    if isinstance(obj, list):
+        return [decode_tree(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__float__" in obj:
+            return float(obj["__float__"])
+        if "__dtype__" in obj:
+            return getattr(torch, obj["__dtype__"])
+        if "__tuple__" in obj:
+            return tuple(decode_tree(v, tensors) for v in obj["__tuple__"])
+        if "__items__" in obj:
+            return {decode_tree(k, tensors): decode_tree(v, tensors) for k, v in obj["__items__"]}
+        return {k: decode_tree(v, tensors) for k, v in obj.items()}
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG states: Python, numpy, torch CPU and CUDA, as JSON
+
+
+def capture_rng() -> dict:
+    import random
+
+    import numpy as np
+    import torch
+
+    version, state, gauss = random.getstate()
+    np_state = np.random.get_state()
+    out = {
+        "python": [version, list(state), gauss],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode("ascii"),
+        "cuda": [],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode("ascii") for s in torch.cuda.get_rng_state_all()]
+    return out
+
+
+def restore_rng(state: dict) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    version, py_state, gauss = state["python"]
+    random.setstate((version, tuple(py_state), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8))
+    if state.get("cuda") and torch.cuda.is_available():
+        cuda_states = [torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8) for s in state["cuda"]]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+# ---------------------------------------------------------------------------------------------
+# saving
+
+
+def checkpoint_dir(source: str, tag: str) -> Path:
+    if source not in SOURCES:
+        raise NanochatError(f"unknown checkpoint source {source!r}; use one of {', '.join(SOURCES)}")
+    if not tag or "/" in tag or tag.startswith("."):
+        raise NanochatError(f"model tag {tag!r} is not a folder name; use something like d12")
+    return paths.checkpoints_dir(source) / tag
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, sort_keys=True, allow_nan=False)
+        f.write("\n")
+
+
+def _cleanup_stale(tag_dir: Path) -> None:
+    """Remove what crashed saves left behind; put back a step folder a crash left renamed aside."""
+    for p in tag_dir.iterdir():
+        if p.name.startswith(".old-"):
+            original = tag_dir / p.name[len(".old-") :].rsplit(".", 1)[0]
+            if STEP_RE.match(original.name) and not original.exists():
+                os.replace(p, original)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+        elif p.name.startswith(".tmp-"):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _default_barrier() -> None:
+    from nanochat.common.dist import barrier
+
+    barrier()
+
+
+def save_checkpoint(
+    directory: Path,
+    step: int,
+    *,
+    model_state: Mapping[str, Any] | None = None,
+    meta: dict | None = None,
+    optimizer_state: dict | None = None,
+    rank_state: dict | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    keep_last: int | None = None,
+    barrier: Callable[[], None] | None = None,
+) -> Path:
+    """Write one checkpoint atomically; every rank calls this with its own optimizer and rank state.
+
+    Rank 0 passes `model_state` and `meta`. `rank_state` is any JSON-able tree (tensors allowed:
+    they are stored with the optimizer tensors). With `keep_last`, older step folders beyond the
+    newest K are deleted after the new one is published. Returns the final folder.
+    """
+    from safetensors.torch import save_file
+
+    barrier = barrier or _default_barrier
+    directory = Path(directory)
+    final = directory / step_name(step)
+    tmp = directory / f".tmp-{step_name(step)}"
+    if rank == 0:
+        if model_state is None or meta is None:
+            raise ValueError("rank 0 must pass model_state and meta")
+        directory.mkdir(parents=True, exist_ok=True)
+        _cleanup_stale(directory)
+        tmp.mkdir()
+    if world_size > 1:
+        barrier()
+
+    files: dict[str, dict] = {}
+
+    def record(name: str) -> None:
+        p = tmp / name
+        files[name] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+
+    tensors: dict[str, Any] = {}
+    tree = {"optimizer": encode_tree(optimizer_state, tensors), "state": encode_tree(rank_state, tensors)}
+    save_file(tensors, str(tmp / optim_file(rank)), metadata={"format": str(FORMAT_VERSION)})
+    record(optim_file(rank))
+    _write_json(tmp / rank_file(rank), tree)
+    record(rank_file(rank))
+    if rank == 0:
+        weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model_state.items()}
+        save_file(weights, str(tmp / MODEL_FILE), metadata={"format": str(FORMAT_VERSION)})
+        record(MODEL_FILE)
+        _write_json(tmp / META_FILE, {**meta, "step": step, "world_size": world_size, "format": FORMAT_VERSION})
+        record(META_FILE)
+    _write_json(tmp / f"hashes_rank{rank}.json", files)
+    for name in [*files, f"hashes_rank{rank}.json"]:
+        with open(tmp / name, "rb") as f:
+            os.fsync(f.fileno())
+    if world_size > 1:
+        barrier()
+    if rank == 0:
+        manifest = {"format": FORMAT_VERSION, "step": step, "world_size": world_size, "created": time.time(), "files": {}}
+        for r in range(world_size):
+            part = tmp / f"hashes_rank{r}.json"
+            manifest["files"].update(json.loads(part.read_text()))
+            part.unlink()
+        _write_json(tmp / MANIFEST_FILE, manifest)
+        publish_dir(tmp, final)
+        if keep_last is not None and keep_last > 0:
+            prune(directory, keep_last)
+    if world_size > 1:
+        barrier()
+    return final
+
+
+def prune(directory: Path, keep_last: int) -> list[Path]:
+    """Delete step folders older than the newest `keep_last` ones; returns what was deleted."""
+    steps = sorted(_step_dirs(directory), key=lambda x: x[0])
+    doomed = [p for _, p in steps[:-keep_last]] if keep_last > 0 else []
+    for p in doomed:
+        # rename first so a crash mid-delete never leaves a half-deleted folder under a step name
+        aside = p.with_name(f".tmp-deleting-{p.name}")
+        os.replace(p, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    if doomed:
+        fsync_dir(directory)
+    return doomed
+
+
+# ---------------------------------------------------------------------------------------------
+# verification and discovery
+
+
+def verify_checkpoint(path: Path) -> dict:
+    """Check the manifest; returns it, or raises CorruptCheckpoint saying what is wrong."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text())
+        files = manifest["files"]
+        world = int(manifest["world_size"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorruptCheckpoint(f"checkpoint {path} has no readable manifest ({type(e).__name__}); it is incomplete or damaged") from None
+    required = [MODEL_FILE, META_FILE] + [optim_file(r) for r in range(world)] + [rank_file(r) for r in range(world)]
+    for name in required:
+        if name not in files:
+            raise CorruptCheckpoint(f"checkpoint {path} lists no {name} in its manifest")
+    for name, want in files.items():
+        p = path / name
+        if not p.is_file():
+            raise CorruptCheckpoint(f"checkpoint {path} is missing {name}")
+        if p.stat().st_size != want["bytes"]:
+            raise CorruptCheckpoint(f"checkpoint {path}: {name} has {p.stat().st_size} bytes, the manifest says {want['bytes']}")
+        if _sha256(p) != want["sha256"]:
+            raise CorruptCheckpoint(f"checkpoint {path}: {name} fails its sha256 check")
+    return manifest
+
+
+def _step_dirs(directory: Path) -> list[tuple[int, Path]]:
+    if not directory.is_dir():
+        return []
+    out = []
+    for p in directory.iterdir():
+        m = STEP_RE.match(p.name)
+        if m and p.is_dir():
+            out.append((int(m.group(1)), p))
+    return out
+
+
+def list_steps(source: str, tag: str) -> list[int]:
+    """Every step folder of a tag, valid or not, ascending."""
+    return sorted(s for s, _ in _step_dirs(checkpoint_dir(source, tag)))
+
+
+def list_tags(source: str) -> list[str]:
+    root = paths.checkpoints_dir(source)
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+
+
+def latest_valid(directory: Path, report: Callable[[str], None] | None = warn0) -> tuple[int, Path] | None:
+    """The newest step folder under `directory` that passes its manifest; failures are reported."""
+    for step, p in sorted(_step_dirs(Path(directory)), key=lambda x: -x[0]):
+        try:
+            verify_checkpoint(p)
+        except CorruptCheckpoint as e:
+            if report:
+                report(f"{e}; skipping it and using an older one")
+            continue
+        return step, p
+    return None
+
+
+def find_latest(source: str, tag: str | None = None, report: Callable[[str], None] | None = warn0) -> CheckpointInfo | None:
+    """The newest valid checkpoint of `tag`, or (tag None) of the tag written to most recently."""
+    tags = [tag] if tag else list_tags(source)
+    best: CheckpointInfo | None = None
+    best_time = -1.0
+    for t in tags:
+        found = latest_valid(checkpoint_dir(source, t), report)
+        if found is None:
+            continue
+        step, p = found
+        written = (p / MANIFEST_FILE).stat().st_mtime
+        if best is None or written > best_time:
+            best, best_time = CheckpointInfo(p, source, t, step), written
+    return best
+
+
+def resolve_checkpoint(source: str, tag: str | None = None, step: int | None = None) -> CheckpointInfo:
+    """What a consumer loads: the given step (verified), or the newest valid one; errors say how to fix."""
+    if step is None:
+        info = find_latest(source, tag)
+        if info is None:
+            where = checkpoint_dir(source, tag) if tag else paths.checkpoints_dir(source)
+            stage = {"base": "nanochat pretrain", "sft": "nanochat sft", "rl": "nanochat rl"}[source]
+            raise NanochatError(f"no valid {source} checkpoint under {where}; train one with `{stage}` (or pass --source/--model-tag)")
+        return info
+    if tag is None:
+        candidates = [t for t in list_tags(source) if (checkpoint_dir(source, t) / step_name(step)).is_dir()]
+        if len(candidates) != 1:
+            raise NanochatError(f"step {step} exists under {len(candidates)} {source} model tags ({', '.join(candidates) or 'none'}); pass --model-tag")
+        tag = candidates[0]
+    p = checkpoint_dir(source, tag) / step_name(step)
+    if not p.is_dir():
+        have = ", ".join(str(s) for s in list_steps(source, tag)) or "none"
+        raise NanochatError(f"no checkpoint {p}; saved steps of {source}/{tag}: {have}")
+    verify_checkpoint(p)
+    return CheckpointInfo(p, source, tag, step)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def load_meta(path: Path) -> dict:
+    return json.loads((Path(path) / META_FILE).read_text())
+
+
+def load_weights(path: Path, device: str = "cpu") -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / MODEL_FILE), device=str(device))
+
+
+def load_rank_state(path: Path, rank: int = 0, device: str = "cpu") -> tuple[Any, Any]:
+    """(optimizer state dict, rank state) that rank `rank` saved, tensors on `device`."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / rank_file(rank)).is_file():
+        meta = load_meta(path)
+        raise NanochatError(
+            f"checkpoint {path} was saved by {meta.get('world_size')} processes and has no state for rank {rank}; "
+            f"resume with the same number of processes (--nproc {meta.get('world_size')})"
+        )
+    tensors = load_file(str(path / optim_file(rank)), device=str(device))
+    tree = json.loads((path / rank_file(rank)).read_text())
+    return decode_tree(tree["optimizer"], tensors), decode_tree(tree["state"], tensors)
+
+
+def load_model(source: str, model_tag: str | None = None, step: int | None = None, device: str = "cpu", quiet: bool = False):
+    """Build the model of a checkpoint with its weights: returns (model, tokenizer, meta).
+
+    Prints which checkpoint it chose. The tokenizer is the one in NANOCHAT_HOME; its vocabulary
+    must match the model's.
+    """
+    from nanochat.data.tokenizer import get_tokenizer
+    from nanochat.model.config import GPTConfig
+    from nanochat.model.gpt import build_model
+
+    info = resolve_checkpoint(source, model_tag, step)
+    meta = load_meta(info.path)
+    config = GPTConfig(**meta["model_config"])
+    model = build_model(config, device, init=False)
+    state = load_weights(info.path, device)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    tokenizer = get_tokenizer()
+    if tokenizer.vocab_size != config.vocab_size:
+        raise NanochatError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but {info.path} was trained with {config.vocab_size}; "
+            "retrain the tokenizer that model used or point NANOCHAT_HOME at the home it was trained in"
+        )
+    if not quiet:
+        print0(f"loaded {source}/{info.tag} step {info.step} from {info.path}")
+    return model, tokenizer, meta

@@ -1,0 +1,258 @@
+"""What the training loops (pretrain, sft, rl) share: progress lines, the metrics file, the stop signal,
+the non-finite-loss guard, val bits-per-byte and greedy samples.
+
+- `Progress`: one line per step on rank 0 — a rich progress bar on a terminal, plain lines otherwise.
+- `MetricsLog`: `metrics.jsonl` in the run folder, one JSON object per line (rank 0); on resume it is
+  cut back to the steps before the checkpoint so a resumed run's file reads like an uninterrupted one.
+- `StopSignal`: SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the next step boundary and
+  exits 0. A second signal stops at once.
+- `sync_step_stats`: one all-reduce per step carrying the loss and the stop flag, so every rank skips
+  a non-finite step, and stops, together.
+- `evaluate_bpb`: bits per byte with the tokenizer's token-bytes table (special tokens count 0 bytes).
+- `greedy_samples`: a few greedy continuations of fixed prompts, to read during training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from nanochat.common.logging import console, is_rank0
+
+SAMPLE_PROMPTS = [
+    "The capital of France is",
+    "The chemical symbol of gold is",
+    "If yesterday was Friday, then tomorrow will be",
+    "The opposite of hot is",
+    "It is a truth universally acknowledged, that",
+    "My dear Emma,",
+    "If 5*x + 3 = 13, then x is",
+]
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class Progress:
+    """Per-step progress on rank 0: a rich bar on a TTY, one plain line per step otherwise."""
+
+    def __init__(self, total: int, start: int = 0, enabled: bool | None = None, tty: bool | None = None) -> None:
+        self.enabled = is_rank0() if enabled is None else enabled
+        self.tty = sys.stdout.isatty() if tty is None else tty
+        self._bar = None
+        if self.enabled and self.tty:
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
+                                     console=console(), transient=False)
+            self._task = self._bar.add_task("", total=total, completed=start)
+            self._bar.start()
+
+    def step(self, line: str, completed: int) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(self._task, completed=completed, description=line)
+        else:
+            print(line, flush=True)
+
+    def note(self, line: str) -> None:
+        """A line that stays (evals, samples, saves)."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+class MetricsLog:
+    """Append-only JSON lines (rank 0), flushed per record."""
+
+    def __init__(self, path: Path, resume_step: int | None = None, enabled: bool | None = None) -> None:
+        self.path = Path(path)
+        self.enabled = is_rank0() if enabled is None else enabled
+        self._f = None
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            if resume_step is None:
+                self.path.unlink()
+            else:
+                self._truncate(resume_step)
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def _truncate(self, step: int) -> None:
+        """Keep the records of steps before `step` (a killed run may have logged past its checkpoint)."""
+        from nanochat.common.atomic import atomic_write_text
+
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line cut short by a kill
+                continue
+            if rec.get("step", -1) < step or (rec.get("step") == step and rec.get("kind") == "eval"):
+                kept.append(line)
+        atomic_write_text(self.path, "".join(k + "\n" for k in kept))
+
+    def write(self, record: dict) -> None:
+        if self._f is None:
+            return
+        self._f.write(json.dumps(record, allow_nan=True) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics file (lines cut short by a crash are skipped)."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+class StopSignal:
+    """SIGTERM/SIGINT → `requested` becomes True; a second signal restores the default and re-raises."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signame = ""
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> "StopSignal":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            self.uninstall()
+            signal.raise_signal(signum)
+            return
+        self.requested = True
+        self.signame = signal.Signals(signum).name
+
+    def uninstall(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+def sync_step_stats(loss_sum, micro_steps: int, stop: bool, world_size: int) -> tuple[float, bool]:
+    """(mean loss over micro-steps and ranks, any rank asked to stop) with one all-reduce.
+
+    A non-finite loss on any rank makes the mean non-finite everywhere, so all ranks skip together."""
+    import torch
+
+    stats = torch.stack([loss_sum.detach().float().reshape(()), torch.tensor(float(stop), device=loss_sum.device)])
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(stats, op=dist.ReduceOp.SUM)
+    loss, stops = stats.tolist()
+    return loss / (micro_steps * world_size), stops > 0
+
+
+def evaluate_bpb(model, batches: Iterable, steps: int, token_bytes) -> float:
+    """Bits per byte over `steps` batches: Σ nats of targets with bytes / (ln 2 · Σ bytes), all ranks summed."""
+    import torch
+
+    total = None
+    for i, (x, y) in enumerate(batches):
+        if i >= steps:
+            break
+        if total is None:
+            total = torch.zeros(2, dtype=torch.float64, device=y.device)
+            token_bytes = torch.as_tensor(token_bytes, dtype=torch.int64, device=y.device)
+        with torch.no_grad():
+            loss = model(x, y, loss_reduction="none").reshape(-1)
+        flat = y.reshape(-1)
+        nbytes = torch.where(flat >= 0, token_bytes[flat.clamp(min=0)], torch.zeros_like(flat))
+        total[0] += (loss.double() * (nbytes > 0)).sum()
+        total[1] += nbytes.sum()
+    if total is None:
+        return float("inf")
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    nats, nbytes = total.tolist()
+    return float("inf") if nbytes == 0 else nats / (math.log(2) * nbytes)
+
+
+def greedy_samples(model, tokenizer, prompts: list[str] = SAMPLE_PROMPTS, max_tokens: int = 16, device: str = "cpu") -> list[str]:
+    """Greedy continuations (full recompute per token: short and rare, so no KV cache needed)."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = tokenizer.encode(prompt, prepend=tokenizer.bos_id)
+            x = torch.tensor([ids], dtype=torch.long, device=device)
+            for _ in range(max_tokens):
+                logits = model(x[:, -model.config.sequence_len :])
+                x = torch.cat([x, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+            out.append(prompt + tokenizer.decode(x[0, len(ids) :].tolist()))
+    return out
+
+
+class StepClock:
+    """Wall time per step; the first `warmup` steps (compilation) are left out of the training time."""
+
+    def __init__(self, warmup: int = 10, total: float = 0.0) -> None:
+        self.warmup = warmup
+        self.total = total
+        self.timed_steps = 0
+        self._t0 = 0.0
+
+    def start(self, device_type: str) -> None:
+        _sync(device_type)
+        self._t0 = time.perf_counter()
+
+    def stop(self, device_type: str, step_index: int) -> float:
+        _sync(device_type)
+        dt = time.perf_counter() - self._t0
+        if step_index >= self.warmup:
+            self.total += dt
+            self.timed_steps += 1
+        return dt
+
+    def eta(self, steps_left: int, last_dt: float) -> float:
+        per = self.total / self.timed_steps if self.timed_steps else last_dt
+        return per * steps_left
+
+
+def _sync(device_type: str) -> None:
+    if device_type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()

@@ -1,0 +1,530 @@
+"""Pretraining the base GPT: `run_pretrain(PretrainConfig(...))` is what `nanochat pretrain` runs.
+
+One entry point for CPU, one GPU and several (torchrun; gloo on CPU, NCCL on CUDA; the optimizer
+synchronises gradients, no DDP wrapper). The steps of a run:
+
+1. tokenizer, model config from `--depth`, model (seeded init, identical on every rank);
+2. every derived number from `train.scaling`, printed as one table before step 0;
+3. optimizer (Muon + AdamW), data loader (BOS best-fit packing), resume from a checkpoint;
+4. the loop over steps 0..num_iterations: val bpb every `eval_every` steps, greedy samples every
+   `sample_every`, a checkpoint every `save_every` (and at the end, and on SIGTERM/SIGINT), then one
+   optimizer step of `grad_accum_steps` micro-batches (bf16 on CUDA, fp32 on CPU; compiled on CUDA).
+   A step whose loss is not finite is skipped without touching parameters or optimizer state; after
+   `max_bad_steps` such steps in a row the run stops with an error (the last checkpoint is intact).
+
+Resuming is exact: weights, per-rank optimizer state, data-loader state (position and packing buffer),
+RNG states and loop state are restored, so a run cut at step k and resumed in a new process
+computes the same losses, bit for bit, as one that never stopped (same device, threads, world size).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from nanochat.common import checkpoint as ck
+from nanochat.common.errors import NanochatError, UsageError
+from nanochat.common.logging import console, print0, table, warn0
+from nanochat.optim import schedules
+from nanochat.train.loop import (
+    MetricsLog,
+    Progress,
+    StepClock,
+    StopSignal,
+    evaluate_bpb,
+    format_duration,
+    greedy_samples,
+    sync_step_stats,
+)
+from nanochat.train.scaling import B_REF, REF_DEPTH, ModelFacts, ScalingOptions, TrainPlan, plan_rows, plan_training
+
+
+@dataclass
+class PretrainConfig:
+    """Options of `nanochat pretrain` (names match the CLI flags)."""
+
+    depth: int = 20
+    data: str = "web"
+    aspect_ratio: int = 64
+    head_dim: int = 128
+    n_kv_head: int | None = None
+    window_pattern: str = "SSSL"
+    max_seq_len: int = 2048
+    device_batch_size: int = 32
+    total_batch_size: int = -1  # -1 = auto
+    num_iterations: int = -1
+    target_flops: float = -1.0
+    target_param_data_ratio: float = 12.0
+    embedding_lr: float = 0.3
+    unembedding_lr: float = 0.008
+    matrix_lr: float = 0.02
+    scalar_lr: float = 0.5
+    weight_decay: float = 0.28
+    warmup_steps: int = 40
+    warmdown_ratio: float = 0.65
+    final_lr_frac: float = 0.05
+    eval_every: int = 250
+    eval_tokens: int = -1  # -1 = auto: 80 × 2^19 on CUDA, 20 micro-batches elsewhere
+    sample_every: int = 2000
+    save_every: int = -1
+    keep_last: int | None = None
+    resume: str = "auto"  # auto | never | STEP
+    model_tag: str | None = None
+    device: str = "auto"
+    seed: int = 42
+    compile: bool | None = None  # None = on CUDA only
+    max_bad_steps: int = 5
+    tokenizer_threads: int = 4
+    run: str = "dummy"  # wandb run name; "dummy" = no wandb
+    dry_run: bool = False
+    # for tests: restore the data loader / RNG on resume (a negative control turns them off)
+    restore_loader: bool = field(default=True, repr=False)
+    restore_rng: bool = field(default=True, repr=False)
+
+    @property
+    def tag(self) -> str:
+        return self.model_tag or f"d{self.depth}"
+
+    def validate(self) -> None:
+        if self.depth < 1:
+            raise UsageError(f"--depth {self.depth} must be at least 1")
+        if self.max_seq_len < 8:
+            raise UsageError(f"--max-seq-len {self.max_seq_len} is too short; use at least 8")
+        if self.device_batch_size < 1:
+            raise UsageError(f"--device-batch-size {self.device_batch_size} must be at least 1")
+        if not (0.0 <= self.warmdown_ratio <= 1.0):
+            raise UsageError(f"--warmdown-ratio {self.warmdown_ratio} must be between 0 and 1")
+        if self.warmup_steps < 0:
+            raise UsageError(f"--warmup-steps {self.warmup_steps} must be 0 or more")
+        if self.keep_last is not None and self.keep_last < 1:
+            raise UsageError(f"--keep-last {self.keep_last} must be at least 1")
+        if self.resume not in ("auto", "never") and not self.resume.isdigit():
+            raise UsageError(f"--resume {self.resume!r} must be auto, never or a step number")
+        if self.max_bad_steps < 1:
+            raise UsageError("--max-bad-steps must be at least 1")
+
+
+# ------------------------------------------------------------------------------------------------
+# setup
+
+
+def model_config(cfg: PretrainConfig, vocab_size: int, depth: int | None = None):
+    from nanochat.model.config import GPTConfig
+
+    return GPTConfig.from_depth(
+        cfg.depth if depth is None else depth, vocab_size, cfg.max_seq_len,
+        aspect_ratio=cfg.aspect_ratio, head_dim=cfg.head_dim, n_kv_head=cfg.n_kv_head if depth is None else None,
+        window_pattern=cfg.window_pattern,
+    )  # fmt: skip
+
+
+def model_facts(cfg: PretrainConfig, model, vocab_size: int) -> ModelFacts:
+    """The numbers the scaling laws need, from the model and a meta-device depth-12 twin."""
+    import torch
+
+    from nanochat.model.gpt import GPT
+
+    with torch.device("meta"):
+        ref = GPT(model_config(cfg, vocab_size, depth=REF_DEPTH))
+    counts = model.param_counts()
+    return ModelFacts(
+        depth=cfg.depth,
+        model_dim=model.config.n_embd,
+        n_head=model.config.n_head,
+        total_params=counts["total"],
+        scaling_params=counts["scaling"],
+        ref_scaling_params=ref.param_counts()["scaling"],
+        flops_per_token=model.flops_per_token(),
+    )
+
+
+def scaling_options(cfg: PretrainConfig, world_size: int) -> ScalingOptions:
+    return ScalingOptions(
+        device_batch_size=cfg.device_batch_size, max_seq_len=cfg.max_seq_len, world_size=world_size,
+        total_batch_size=cfg.total_batch_size, num_iterations=cfg.num_iterations, target_flops=cfg.target_flops,
+        target_param_data_ratio=cfg.target_param_data_ratio, embedding_lr=cfg.embedding_lr,
+        unembedding_lr=cfg.unembedding_lr, matrix_lr=cfg.matrix_lr, scalar_lr=cfg.scalar_lr, weight_decay=cfg.weight_decay,
+    )  # fmt: skip
+
+
+def memory_estimate(facts: ModelFacts, cfg: PretrainConfig, vocab_size: int, dtype_bytes: int) -> tuple[float, float]:
+    """(state bytes, activation bytes), rough: fp32 weights + grads + ~2 optimizer moments; activations
+    of ~20 d-wide tensors per layer per token in the compute dtype plus three fp32 copies of the logits."""
+    tokens = cfg.device_batch_size * cfg.max_seq_len
+    state = facts.total_params * 4 * 4
+    acts = tokens * (facts.depth * facts.model_dim * 20 * dtype_bytes + vocab_size * 4 * 3)
+    return float(state), float(acts)
+
+
+def _resolve_resume(cfg: PretrainConfig, rank: int, world_size: int, device: str) -> ck.CheckpointInfo | None:
+    """The checkpoint to resume from (rank 0 decides; the others follow its choice)."""
+    import torch
+
+    step = -1
+    if rank == 0:
+        if cfg.resume == "auto":
+            info = ck.find_latest("base", cfg.tag)
+            step = info.step if info else -1
+        elif cfg.resume != "never":
+            step = ck.resolve_checkpoint("base", cfg.tag, int(cfg.resume)).step
+    if world_size > 1:
+        import torch.distributed as dist
+
+        t = torch.tensor([step], dtype=torch.long, device=device)
+        dist.broadcast(t, 0)
+        step = int(t.item())
+    if step < 0:
+        return None
+    if rank == 0:
+        return ck.CheckpointInfo(ck.checkpoint_dir("base", cfg.tag) / ck.step_name(step), "base", cfg.tag, step)
+    return ck.resolve_checkpoint("base", cfg.tag, step)
+
+
+def _data_summary(data: str) -> str:
+    from nanochat.data.corpus import open_corpus
+
+    try:
+        train = open_corpus(data, "train")
+        open_corpus(data, "val")
+    except NanochatError as e:
+        return f"absent: {e}"
+    return f"{data}: {train.num_shards} train shards ({train.location})"
+
+
+# ------------------------------------------------------------------------------------------------
+# dry run
+
+
+def dry_run(cfg: PretrainConfig) -> dict:
+    """Build on the meta device and print the plan; no training, no data read."""
+    import torch
+
+    from nanochat.common import paths
+    from nanochat.model.gpt import GPT
+
+    cfg.validate()
+    try:
+        from nanochat.data.tokenizer import get_tokenizer
+
+        tok = get_tokenizer()
+        vocab, tok_line = tok.vocab_size, f"present, {tok.vocab_size} tokens ({paths.tokenizer_dir()})"
+    except NanochatError as e:
+        vocab, tok_line = 32768, f"absent ({e}); planning with vocab 32768"
+    device_type = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    with torch.device("meta"):
+        model = GPT(model_config(cfg, vocab))
+    facts = model_facts(cfg, model, vocab)
+    opts = scaling_options(cfg, world)
+    plan = plan_training(opts, facts, power_law_batch=device_type == "cuda")
+    state, acts = memory_estimate(facts, cfg, vocab, 2 if device_type == "cuda" else 4)
+    rows = plan_rows(facts, opts, plan) + [
+        ("device (planned)", f"{device_type} × {world}"),
+        ("memory per device (rough)", f"{state / 2**30:.2f} GiB weights+grads+optimizer, {acts / 2**30:.2f} GiB activations"),
+        ("tokenizer", tok_line),
+        ("data", _data_summary(cfg.data)),
+        ("checkpoints", str(ck.checkpoint_dir("base", cfg.tag))),
+    ]
+    console().print(table(f"nanochat pretrain --dry-run (depth {cfg.depth})", rows))
+    print0("dry run: nothing trained")
+    return {"plan": plan.to_dict(), "facts": asdict(facts)}
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+
+
+def _finite(x: float | None) -> float | None:
+    """JSON has no inf/nan: a missing or non-finite value is stored as null."""
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _wandb(cfg: PretrainConfig, rank: int, config: dict):
+    if cfg.run == "dummy" or rank != 0:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        warn0(f"--run {cfg.run} asks for wandb, which is not installed (pip install wandb); logging to metrics.jsonl only")
+        return None
+    return wandb.init(project="nanochat", name=cfg.run, config=config)
+
+
+def _record_report(data: dict, series: dict) -> None:
+    try:
+        from nanochat.eval.report import record_section
+    except ImportError:
+        return
+    try:
+        record_section("pretrain", data, series=series, title="Base model training")
+    except NanochatError as e:
+        warn0(f"could not record the report section: {e}")
+
+
+def run_pretrain(cfg: PretrainConfig) -> dict:
+    """Train (or resume) a base model; returns a summary dict (rank 0's view)."""
+    if cfg.dry_run:
+        return dry_run(cfg)
+    cfg.validate()
+    from nanochat.common.device import detect_device
+    from nanochat.common.dist import cleanup, init_distributed
+
+    device_type = detect_device(cfg.device)
+    dist_info = init_distributed(device_type)
+    try:
+        return _train(cfg, device_type, dist_info.rank, dist_info.world_size, dist_info.device)
+    finally:
+        cleanup()
+
+
+def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device: str) -> dict:
+    import torch
+
+    from nanochat.common.device import choose_dtype, peak_flops
+    from nanochat.data.corpus import open_corpus
+    from nanochat.data.loader import PackingLoader
+    from nanochat.data.tokenizer import get_tokenizer
+    from nanochat.model.gpt import build_model
+    from nanochat.optim import build_optimizer
+
+    master = rank == 0
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+    _seed_everything(cfg.seed)
+    tokenizer = get_tokenizer()
+    vocab = tokenizer.vocab_size
+    gpt_config = model_config(cfg, vocab)
+    dtype = choose_dtype(device_type).dtype
+    model = build_model(gpt_config, device, init=True, dtype=dtype, seed=cfg.seed)
+    facts = model_facts(cfg, model, vocab)
+    opts = scaling_options(cfg, world)
+    plan: TrainPlan = plan_training(opts, facts, power_law_batch=device_type == "cuda")
+    n = plan.num_iterations
+    optimizer = build_optimizer(
+        model, matrix_lr=plan.matrix_lr, embedding_lr=plan.embedding_lr, unembedding_lr=plan.unembedding_lr,
+        scalar_lr=plan.scalar_lr, weight_decay=plan.weight_decay,
+    )  # fmt: skip
+    run_dir = ck.checkpoint_dir("base", cfg.tag)
+
+    # ---- resume
+    start_step, loop_state, loader_state = 0, {}, None
+    info = _resolve_resume(cfg, rank, world, device)
+    if info is not None:
+        meta = ck.load_meta(info.path)
+        if meta.get("model_config") != gpt_config.to_dict():
+            raise NanochatError(
+                f"{info.path} holds a different model ({meta.get('model_config')}); pass --resume never, or another --model-tag"
+            )
+        if meta.get("world_size", 1) != world:
+            raise NanochatError(
+                f"{info.path} was saved by {meta.get('world_size')} processes and this run has {world}: the optimizer state is "
+                f"sharded per process; resume with --nproc {meta.get('world_size')}, or start afresh with --resume never"
+            )
+        model.load_state_dict(ck.load_weights(info.path, device), strict=True)
+        opt_state, rank_state = ck.load_rank_state(info.path, rank, device)
+        optimizer.load_state_dict(opt_state)
+        if cfg.restore_loader:
+            loader_state = rank_state["loader"]
+        if cfg.restore_rng:
+            ck.restore_rng(rank_state["rng"])
+        loop_state = meta.get("loop_state", {})
+        start_step = info.step
+        if meta.get("plan", {}).get("num_iterations") not in (None, n):
+            warn0(f"the checkpoint was planned for {meta['plan']['num_iterations']} iterations, this run for {n}; the schedules follow this run")
+        print0(f"resuming {cfg.tag} from step {start_step} ({info.path})")
+    elif cfg.resume == "never" and master and ck.list_steps("base", cfg.tag):
+        warn0(f"--resume never: starting afresh; checkpoints saved by this run replace those in {run_dir}")
+
+    # ---- print every derived value
+    peak = peak_flops(device_type)
+    eval_tokens = cfg.eval_tokens if cfg.eval_tokens > 0 else (80 * B_REF if device_type == "cuda" else 20 * cfg.device_batch_size * cfg.max_seq_len * world)
+    eval_steps = max(1, eval_tokens // (cfg.device_batch_size * cfg.max_seq_len * world))
+    compile_model = cfg.compile if cfg.compile is not None else device_type == "cuda"
+    rows = plan_rows(facts, opts, plan) + [
+        ("schedule", f"warmup {cfg.warmup_steps}, warmdown {cfg.warmdown_ratio:g} → {cfg.final_lr_frac:g}× LR; Muon momentum 0.85→0.97→0.90; WD cosine to 0"),
+        ("device", f"{device} × {world} ({str(dtype).removeprefix('torch.')}{', compiled' if compile_model else ''}; attention {model.attn_backend})"),
+        ("peak FLOP/s (MFU)", f"{peak * world:.3g}" if peak else "unknown (MFU not shown)"),
+        ("data", f"{cfg.data} (train) / val bpb every {cfg.eval_every} steps on {eval_steps * cfg.device_batch_size * cfg.max_seq_len * world:,} tokens"),
+        ("checkpoints", f"{run_dir} (every {cfg.save_every if cfg.save_every > 0 else '-'} steps and at the end; keep {cfg.keep_last or 'all'})"),
+        ("start", f"step {start_step}" + (" (resumed)" if info else "")),
+    ]
+    print0(table(f"nanochat pretrain: depth {cfg.depth}", rows))
+
+    # ---- data, compile, logs
+    train_corpus = open_corpus(cfg.data, "train")
+    val_corpus = open_corpus(cfg.data, "val")
+    threads = max(1, min(cfg.tokenizer_threads, os.cpu_count() or 1))
+    loader = PackingLoader(train_corpus, tokenizer, cfg.device_batch_size, cfg.max_seq_len, rank=rank, world_size=world, device=device,
+                           threads=threads, state=loader_state)  # fmt: skip
+    token_bytes = torch.tensor(tokenizer.token_bytes(), dtype=torch.int64, device=device)
+    train_model = torch.compile(model, dynamic=False) if compile_model else model
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if info else None, enabled=master)
+    user_config = {k: v for k, v in asdict(cfg).items() if k not in ("restore_loader", "restore_rng")}
+    wb = _wandb(cfg, rank, {**user_config, **plan.to_dict()})
+    stop = StopSignal().install()
+    clock = StepClock(total=loop_state.get("total_training_time", 0.0))
+    progress = Progress(n, start_step, enabled=master)
+
+    smooth = loop_state.get("smooth_loss", 0.0)
+    smooth_n = loop_state.get("smooth_n", 0)
+    min_val = loop_state.get("min_val_bpb")
+    min_val = float("inf") if min_val is None else min_val
+    val_bpb = loop_state.get("val_bpb")
+    bad_in_row = 0
+    tokens_per_step = plan.total_batch_size
+    flops_per_step = facts.flops_per_token * tokens_per_step
+    train_series: list = []
+    val_series: list = []
+    step = start_step
+    t_run = time.time()
+    gc_frozen = False
+    stopped_by_signal = False
+    stop_synced = False  # the stop request as all ranks agreed on it (set by the per-step all-reduce)
+    top_done_for = -1  # eval/sample/save run once per step, even when a skipped step repeats it
+
+    def save(at_step: int) -> None:
+        t0 = time.time()
+        loop = {"smooth_loss": smooth, "smooth_n": smooth_n, "min_val_bpb": _finite(min_val), "val_bpb": _finite(val_bpb),
+                "total_training_time": clock.total}  # fmt: skip
+        meta = {
+            "model_config": gpt_config.to_dict(), "user_config": user_config, "plan": plan.to_dict(),
+            "device_batch_size": cfg.device_batch_size, "max_seq_len": cfg.max_seq_len, "total_batch_size": plan.total_batch_size,
+            "val_bpb": _finite(val_bpb), "loop_state": loop, "tokenizer_vocab_size": vocab, "data": cfg.data,
+        } if master else None  # fmt: skip
+        rank_state = {"loader": loader.state_dict(), "rng": ck.capture_rng()}
+        path = ck.save_checkpoint(
+            run_dir, at_step, model_state=model.state_dict() if master else None, meta=meta,
+            optimizer_state=optimizer.state_dict(), rank_state=rank_state, rank=rank, world_size=world, keep_last=cfg.keep_last,
+        )  # fmt: skip
+        progress.note(f"saved step {at_step} to {path} ({time.time() - t0:.1f}s)")
+
+    try:
+        while True:
+            last = step == n
+            top = top_done_for != step
+            top_done_for = step
+            # ---- evaluate, sample, save (at the top of a step: the state after `step` updates)
+            if top and cfg.eval_every > 0 and (last or step % cfg.eval_every == 0) and not (info and step == start_step and val_bpb is not None):
+                val_loader = PackingLoader(val_corpus, tokenizer, cfg.device_batch_size, cfg.max_seq_len, rank=rank, world_size=world,
+                                           device=device, threads=threads, buffer_size=100)  # fmt: skip
+                model.eval()
+                val_bpb = evaluate_bpb(train_model, val_loader, eval_steps, token_bytes)
+                model.train()
+                val_loader.close()
+                min_val = min(min_val, val_bpb)
+                val_series.append([step, val_bpb])
+                progress.note(f"step {step:05d} | val bpb {val_bpb:.4f} (best {min_val:.4f})")
+                metrics.write({"kind": "eval", "step": step, "val_bpb": val_bpb})
+                if wb:
+                    wb.log({"step": step, "val/bpb": val_bpb})
+            if top and master and cfg.sample_every > 0 and (last or step % cfg.sample_every == 0) and step > 0:
+                model.eval()
+                for line in greedy_samples(model, tokenizer, device=device):
+                    progress.note(f"sample: {line!r}")
+                model.train()
+            if last or stop_synced or (top and cfg.save_every > 0 and step % cfg.save_every == 0 and step != start_step):
+                save(step)
+            if last or stop_synced:
+                stopped_by_signal = stop_synced and not last
+                break
+
+            # ---- one optimizer step
+            clock.start(device_type)
+            loss_sum = torch.zeros((), device=device)
+            for _ in range(plan.grad_accum_steps):
+                x, y = next(loader)
+                loss = train_model(x, y)
+                loss_sum += loss.detach()
+                (loss / plan.grad_accum_steps).backward()
+            loss_value, stop_synced = sync_step_stats(loss_sum, plan.grad_accum_steps, stop.requested, world)
+            if not math.isfinite(loss_value):
+                optimizer.zero_grad(set_to_none=True)  # parameters and optimizer state untouched
+                bad_in_row += 1
+                clock.stop(device_type, 0)
+                progress.note(f"step {step:05d} | loss {loss_value} is not finite: step skipped ({bad_in_row}/{cfg.max_bad_steps})")
+                metrics.write({"kind": "skip", "step": step, "loss": str(loss_value)})
+                if bad_in_row >= cfg.max_bad_steps:
+                    raise NanochatError(
+                        f"{bad_in_row} steps in a row had a non-finite loss at step {step}; lower the learning rates "
+                        f"(e.g. --matrix-lr) and resume from the last checkpoint in {run_dir}"
+                    )
+                continue
+            bad_in_row = 0
+            lrm = schedules.lr_multiplier(step, n, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac)
+            momentum = schedules.muon_momentum(step, n, warmdown_ratio=cfg.warmdown_ratio)
+            wd = schedules.weight_decay(step, n, plan.weight_decay)
+            optimizer.set_schedule(lrm, momentum, wd)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            dt = clock.stop(device_type, step - start_step)
+            step += 1
+
+            smooth = 0.9 * smooth + 0.1 * loss_value
+            smooth_n += 1
+            debiased = smooth / (1 - 0.9**smooth_n)
+            tok_s = tokens_per_step / dt
+            mfu = flops_per_step / dt / (peak * world) if peak else None
+            eta = clock.eta(n - step, dt)
+            line = (f"step {step:05d}/{n:05d} ({100 * step / n:.1f}%) | loss {debiased:.4f} | lrm {lrm:.3f} | dt {dt * 1000:.0f}ms | "
+                    f"tok/s {tok_s:,.0f} | mfu {f'{100 * mfu:.2f}%' if mfu is not None else '-'} | epoch {loader.epoch} | eta {format_duration(eta)}")  # fmt: skip
+            progress.step(line, step)
+            metrics.write({"kind": "train", "step": step - 1, "loss": loss_value, "smooth_loss": debiased, "lrm": lrm, "dt": dt,
+                           "tok_per_s": tok_s, "mfu": mfu, "epoch": loader.epoch, "time": time.time()})  # fmt: skip
+            train_series.append([step - 1, loss_value])
+            if wb and step % 100 == 0:
+                wb.log({"step": step, "train/loss": debiased, "train/lrm": lrm, "train/tok_per_s": tok_s, "train/mfu": mfu})
+            # the reference's GC policy: freeze what exists after the first step, collect by hand rarely
+            if not gc_frozen:
+                gc.collect()
+                gc.freeze()
+                gc.disable()
+                gc_frozen = True
+            elif step % 5000 == 0:
+                gc.collect()
+    finally:
+        progress.close()
+        stop.uninstall()
+        loader.close()
+        metrics.close()
+        if gc_frozen:
+            gc.enable()
+
+    summary = {
+        "depth": cfg.depth, "model_tag": cfg.tag, "data": cfg.data, "params": facts.total_params, "scaling_params": facts.scaling_params,
+        "flops_per_token": facts.flops_per_token, "iterations": n, "final_step": step, "tokens": plan.total_tokens,
+        "total_batch_size": plan.total_batch_size, "world_size": world, "device": device_type,
+        "min_val_bpb": min_val if math.isfinite(min_val) else None, "final_val_bpb": val_bpb, "total_time_s": clock.total, "wall_time_s": time.time() - t_run,
+        "mfu_pct": (100 * flops_per_step * clock.timed_steps / clock.total / (peak * world)) if (peak and clock.total) else None,
+        "stopped_by": stop.signame if stopped_by_signal else None,
+    }  # fmt: skip
+    if device_type == "cuda":
+        summary["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    if master:
+        if stopped_by_signal:
+            print0(f"{stop.signame}: saved step {step} and stopped; `nanochat pretrain ... --resume auto` continues")
+        else:
+            print0(f"done: {step} steps, min val bpb {min_val:.4f}, training time {format_duration(clock.total)}")
+            _record_report(summary, {"train_loss": train_series, "val_bpb": val_series})
+    if wb:
+        wb.finish()
+    return summary
+
+
+def config_from_kwargs(**kwargs: Any) -> PretrainConfig:
+    names = {f.name for f in fields(PretrainConfig)}
+    return PretrainConfig(**{k: v for k, v in kwargs.items() if k in names})

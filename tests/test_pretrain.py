@@ -1,0 +1,163 @@
+"""`nanochat pretrain` end to end on the demo data: val bpb falls, a valid checkpoint loads, the dry run,
+the non-finite-loss guard, and SIGTERM → checkpoint → exit 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import run_cli
+from tests.train_helpers import TINY, install_tokenizer, train_losses, val_bpbs
+
+
+def test_demo_run_val_bpb_falls_and_checkpoint_loads(nanochat_home):
+    # the issue's demo command, shortened: depth 4, 256-token rows of 8, fewer iterations
+    install_tokenizer(nanochat_home)
+    args = ["pretrain", "--data", "demo", "--depth", "4", "--max-seq-len", "256", "--device-batch-size", "8", "--num-iterations", "24",
+            "--device", "cpu", "--eval-every", "12", "--eval-tokens", "8192", "--sample-every", "24", "--warmup-steps", "4",
+            "--matrix-lr", "0.1", "--embedding-lr", "1.5", "--unembedding-lr", "0.04", "--tokenizer-threads", "1"]  # fmt: skip
+    r = run_cli(*args, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for derived in ("total batch (tokens)", "gradient accumulation", "iterations", "matrix LR", "weight decay", "FLOPs per token"):
+        assert derived in r.stdout
+    assert "step 00024/00024" in r.stdout and "tok/s" in r.stdout and "eta" in r.stdout and "sample:" in r.stdout
+    run_dir = nanochat_home / "checkpoints" / "base" / "d4"
+    bpb = val_bpbs(run_dir)
+    assert sorted(bpb) == [0, 12, 24]
+    assert bpb[24] < bpb[12] < bpb[0], bpb
+    assert len(train_losses(run_dir)) == 24
+
+    from nanochat.common.checkpoint import find_latest, load_model
+
+    assert find_latest("base", "d4").step == 24
+    model, tokenizer, meta = load_model("base", device="cpu")
+    assert meta["step"] == 24 and meta["model_config"]["n_layer"] == 4 and tokenizer.vocab_size == 512
+    assert meta["val_bpb"] == pytest.approx(bpb[24])
+    # the loaded weights give the final val bpb again (a second code path over the same data)
+    from nanochat.data.corpus import open_corpus
+    from nanochat.data.loader import PackingLoader
+    from nanochat.train.loop import evaluate_bpb
+
+    val = PackingLoader(open_corpus("demo", "val"), tokenizer, 8, 256, threads=1, buffer_size=100)
+    again = evaluate_bpb(model, val, 4, tokenizer.token_bytes())
+    val.close()
+    assert again == pytest.approx(bpb[24], rel=1e-5)
+    assert not list(nanochat_home.rglob("*.pt")) and not list(nanochat_home.rglob("*.pkl"))
+
+
+def test_dry_run_builds_on_meta_and_trains_nothing(nanochat_home):
+    r = run_cli("pretrain", "--depth", "12", "--dry-run", "--data", "web", "--device", "cuda")
+    assert r.returncode == 0, r.stderr
+    out = " ".join(r.stdout.split())
+    assert "dry run: nothing trained" in out
+    assert "768" in out and "524,288" in out  # width and the power-law batch at depth 12
+    assert "tokenizer" in out and "absent" in out and "nanochat data download" in out
+    assert not (nanochat_home / "checkpoints").exists()
+
+
+def test_bad_options_fail_in_one_line(nanochat_home):
+    install_tokenizer(nanochat_home)
+    r = run_cli("pretrain", *TINY, "--num-iterations", "2", "--total-batch-size", "1000")
+    assert r.returncode == 2 and "not a multiple" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("pretrain", *TINY, "--num-iterations", "2", "--resume", "sometimes")
+    assert r.returncode == 2 and "--resume" in r.stderr
+    r = run_cli("pretrain", *TINY, "--num-iterations", "2", "--resume", "7")
+    assert r.returncode == 1 and "no checkpoint" in r.stderr
+
+
+def _in_process_run(monkeypatch, home, nan_calls, max_bad_steps=3, iterations=6):
+    """Pretraining in this process, the training loss made NaN on the given forward calls; returns
+    (config, pretrain module, snapshots) where snapshots[k] = (params, optimizer state) after real step k."""
+    install_tokenizer(home)
+    import nanochat.optim
+    from nanochat.model import gpt
+    from nanochat.train import pretrain
+
+    real_forward, real_build_opt = gpt.GPT.forward, nanochat.optim.build_optimizer
+    calls = {"n": 0}
+    snapshots = []
+
+    def forward(self, idx, targets=None, *a, **k):
+        out = real_forward(self, idx, targets, *a, **k)
+        if targets is not None and torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] in nan_calls:
+                out = out * float("nan")
+        return out
+
+    def build_opt(model, **kw):
+        opt = real_build_opt(model, **kw)
+        real_step = opt.step
+
+        def step(*a, **k):
+            real_step(*a, **k)
+            state = {(i, key): v.clone() for i, (p, st) in enumerate(opt.state.items()) for key, v in st.items() if torch.is_tensor(v)}
+            snapshots.append(([p.detach().clone() for p in model.parameters()], state, model, opt))
+
+        opt.step = step
+        return opt
+
+    monkeypatch.setattr(gpt.GPT, "forward", forward)
+    monkeypatch.setattr(nanochat.optim, "build_optimizer", build_opt)
+    cfg = pretrain.PretrainConfig(depth=2, data="demo", aspect_ratio=32, head_dim=32, max_seq_len=64, device_batch_size=4,
+                                  num_iterations=iterations, device="cpu", eval_every=-1, sample_every=-1, warmup_steps=2,
+                                  tokenizer_threads=1, max_bad_steps=max_bad_steps, model_tag="guard")  # fmt: skip
+    return cfg, pretrain, snapshots
+
+
+def test_nonfinite_loss_skips_the_step(monkeypatch, nanochat_home):
+    cfg, pretrain, snapshots = _in_process_run(monkeypatch, nanochat_home, nan_calls={3})
+    summary = pretrain.run_pretrain(cfg)
+    assert summary["final_step"] == 6 and len(snapshots) == 6
+    from nanochat.train.loop import read_metrics
+
+    recs = read_metrics(nanochat_home / "checkpoints" / "base" / "guard" / "metrics.jsonl")
+    kinds = [(r["kind"], r["step"]) for r in recs]
+    # the third forward is step 2's: skipped, then step 2 is done again on the next batch
+    assert kinds == [("train", 0), ("train", 1), ("skip", 2)] + [("train", s) for s in range(2, 6)]
+    assert all(torch.isfinite(p).all() for p in snapshots[-1][0])
+
+
+def test_repeated_nonfinite_losses_stop_without_touching_the_model(monkeypatch, nanochat_home):
+    from nanochat.common.errors import NanochatError
+
+    cfg, pretrain, snapshots = _in_process_run(monkeypatch, nanochat_home, nan_calls=set(range(3, 100)), max_bad_steps=3)
+    with pytest.raises(NanochatError, match="3 steps in a row"):
+        pretrain.run_pretrain(cfg)
+    assert len(snapshots) == 2  # steps 0 and 1 ran; three NaN attempts at step 2 were skipped
+    params, opt_state, model, opt = snapshots[-1]
+    for before, now in zip(params, model.parameters()):
+        assert torch.equal(before, now)  # bit for bit: NaN gradients never reached the weights
+    now_state = {(i, key): v for i, (p, st) in enumerate(opt.state.items()) for key, v in st.items() if torch.is_tensor(v)}
+    assert now_state.keys() == opt_state.keys() and len(now_state) > 0
+    for key, v in opt_state.items():
+        assert torch.equal(v, now_state[key]), key
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_sigterm_saves_and_exits_zero(nanochat_home):
+    install_tokenizer(nanochat_home)
+    env = dict(os.environ)
+    p = subprocess.Popen([sys.executable, "-m", "nanochat", "pretrain", *TINY, "--num-iterations", "100000", "--eval-every", "-1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    seen = 0
+    for line in p.stdout:
+        if line.startswith("step 0"):
+            seen += 1
+            if seen == 3:
+                p.send_signal(signal.SIGTERM)
+                break
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-2000:]
+    assert "SIGTERM: saved step" in out
+    from nanochat.common.checkpoint import find_latest
+
+    info = find_latest("base", "d2")
+    assert info is not None and info.step >= 3
+    assert f"saved step {info.step}" in out
