@@ -60,7 +60,7 @@ def test_report_md_summary_and_images_open(nanochat_home):
     assert "not comparable with reference CORE" in md
     assert "**comparison**\n\n| text | ratio |\n|---|---|\n| news | 4.5 |" in md
     # timings and cost: 3600 s in all on 8 H100s at $3/h = $24.00
-    assert "1h00m" in md and "$24.00" in md
+    assert "| Base model training | 50m00s |" in md and "| **Total** | **1h00m** |" in md and "$24.00" in md
     linked = re.findall(r"!\[[^\]]*\]\((plots/[^)]+)\)", md)
     assert len(linked) == 4  # train_loss, val_bpb, two eval bar charts
     assert sorted(out.parent / p for p in linked) == sorted(images)
@@ -86,3 +86,8 @@ def test_report_command(nanochat_home):
     r = run_cli("report")
     assert r.returncode == 0, r.stderr
     assert "report written to" in r.stdout and (nanochat_home / "report" / "report.md").is_file()
+
+
+def test_number_and_duration_formats():
+    assert [rpt.fmt(v) for v in (0.12345, 12345.6, 3637320.0, 12345, 42, None, True)] == ["0.1235", "12,346", "3.637e+06", "12,345", "42", "-", "True"]
+    assert [rpt.fmt_duration(s) for s in (4.2, 185, 3600, 7620)] == ["4s", "3m05s", "1h00m", "2h07m"]

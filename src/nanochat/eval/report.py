@@ -165,13 +165,21 @@ def fmt(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}" if abs(value) >= 10000 else str(value)
     if isinstance(value, float):
-        return f"{value:.4f}"
+        if abs(value) >= 1e6:
+            return f"{value:.4g}"
+        return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4f}"
     if isinstance(value, (list, dict)):
         return json.dumps(value)
     return str(value)
 
 
 def fmt_duration(seconds: float) -> str:
+    """`42s`, `3m05s`, `2h07m`."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
     m = int(round(seconds / 60))
     return f"{m // 60}h{m % 60:02d}m"
 
