@@ -149,7 +149,9 @@ def preflight(opts: EvalOptions, meta: dict) -> None:
     if "humaneval" in opts.tasks:
         from nanochat.tasks.humaneval import sandbox_runner
 
-        sandbox_runner()
+        probe = sandbox_runner()("print(1)")  # raises with the fix (e.g. install bubblewrap) if it cannot run
+        if not probe.success:
+            raise NanochatError(f"the code sandbox cannot run Python here ({probe.error}); leave humaneval out of --tasks")
     if "bpb" in opts.tasks:
         from nanochat.data.corpus import open_corpus
 
