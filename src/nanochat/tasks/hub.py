@@ -6,7 +6,8 @@ files once to `<home>/task_data/{repo--id}/{subset}/{split}/NNNNN.parquet`, writ
 last (so a folder without a manifest is an unfinished download), and read them with pyarrow.
 
 `NANOCHAT_HF_BASE` replaces `https://huggingface.co` (tests point it at a loopback server);
-`NANOCHAT_OFFLINE=1` forbids any network access (tasks then read the packaged data).
+`NANOCHAT_OFFLINE=1` (or `HF_HUB_OFFLINE=1`) forbids any network access (tasks then read the
+packaged data).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def hf_base() -> str:
 
 
 def offline() -> bool:
-    return os.environ.get("NANOCHAT_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    """NANOCHAT_OFFLINE=1 (or Hugging Face's own HF_HUB_OFFLINE=1) forbids downloads."""
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in ("NANOCHAT_OFFLINE", "HF_HUB_OFFLINE"))
 
 
 def split_dir(repo_id: str, subset: str, split: str) -> Path:
