@@ -69,6 +69,7 @@ def hub(monkeypatch):
     h = Hub()
     monkeypatch.setenv("NANOCHAT_HF_BASE", h.base)
     monkeypatch.delenv("NANOCHAT_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     yield h
     h.close()
 
@@ -156,6 +157,7 @@ def test_unreachable_hub_falls_back_to_packaged_and_says_so(monkeypatch, capsys)
 
     monkeypatch.setenv("NANOCHAT_HF_BASE", "http://127.0.0.1:9")  # the discard port: connection refused
     monkeypatch.delenv("NANOCHAT_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     t = MMLU(split="dev")
     assert t.data_source == "packaged:tasks/mmlu_dev.jsonl" and len(t) == 285
     assert "packaged" in capsys.readouterr().out
