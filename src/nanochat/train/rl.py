@@ -1,0 +1,460 @@
+"""Reinforcement learning on GSM8K: `run_rl(RLConfig(...))` is what `nanochat rl` runs.
+
+The algorithm is the reference's "GRPO", which is really REINFORCE with a group baseline:
+
+- no KL term and no reference model; on-policy, so no PPO ratio or clipping;
+- per question, `num_samples` rollouts from the Engine (prompt prefilled once per sampling batch,
+  temperature, top-k, calculator calls executed and their output forced into the sequence);
+- reward = GSM8K exact match (0/1); advantage = reward − mean reward of the question's rollouts (no std);
+- loss = −Σ logp(token)·advantage / (valid tokens of the micro-batch × micro-batches per question ×
+  questions per rank): DAPO-style token-level normalisation. Only sampled tokens count: the prompt,
+  the calculator output the Engine forced (mask 0) and the padding have target −1;
+- one optimizer step per `examples_per_step` questions (split across ranks; the optimizer averages the
+  gradients), LR multiplier 1 − step/num_steps on LRs scaled by `init_lr_frac`, no weight decay.
+
+Which question a rank trains on at a step, and the sampling seed of every rollout batch
+(`hash((step, example_idx, sampling_step)) & 0x7FFFFFFF`, as the reference), are functions of the step
+alone, so a resumed run repeats exactly what an uninterrupted one would have done.
+
+Data: GSM8K train (7,473 problems, from the Hugging Face Hub), evaluated on GSM8K test. Offline there is
+only the packaged test split: the run then trains on a partition carved out of it (`train-from-test`,
+1,000 problems) and evaluates only on the other 319 (`test-heldout`), and says so everywhere it reports.
+
+Evaluation: pass@1..pass@k (k = device batch size) at the sampling temperature on held-out problems,
+every `eval_every` steps and at the end, with the unbiased estimator 1 − C(n−c, k)/C(n, k) over the
+n = k samples drawn per problem (the same expectation as the reference's "any of the first k").
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from nanochat.common import checkpoint as ck
+from nanochat.common.errors import NanochatError, UsageError
+from nanochat.common.logging import print0, table, warn0
+from nanochat.train.loop import MetricsLog, Progress, StepClock, StopSignal, format_duration, sync_step_stats
+
+OFFLINE_TRAIN_LABEL = "GSM8K train partition carved from the test split (1,000 problems)"
+OFFLINE_EVAL_LABEL = "GSM8K test, held-out 319 problems (disjoint from the train partition)"
+
+
+@dataclass
+class RLConfig:
+    """Options of `nanochat rl` (names match the CLI flags)."""
+
+    source: str = "sft"
+    model_tag: str | None = None
+    step: int | None = None
+    train_split: str = "auto"  # auto | train | train-from-test
+    num_epochs: int = 1
+    num_iterations: int = -1  # -1: epochs × problems // examples_per_step
+    device_batch_size: int = 8
+    examples_per_step: int = 16
+    num_samples: int = 16
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int = 50
+    embedding_lr: float = 0.2
+    unembedding_lr: float = 0.004
+    matrix_lr: float = 0.02
+    scalar_lr: float = 0.5
+    init_lr_frac: float = 0.05
+    eval_every: int = 60
+    eval_examples: int = 400
+    save_every: int = 60
+    keep_last: int | None = None
+    resume: str = "auto"  # auto | never | STEP
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if self.train_split not in ("auto", "train", "train-from-test"):
+            raise UsageError(f"--train-split {self.train_split!r} must be auto, train or train-from-test")
+        for name in ("device_batch_size", "examples_per_step", "num_samples", "max_new_tokens", "num_epochs"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
+        if self.num_samples % self.sampling_batch:
+            raise UsageError(f"--num-samples {self.num_samples} must be a multiple of --device-batch-size {self.device_batch_size}")
+        if self.temperature < 0:
+            raise UsageError(f"--temperature {self.temperature} must be 0 or more")
+        if not (0.0 < self.init_lr_frac <= 1.0):
+            raise UsageError(f"--init-lr-frac {self.init_lr_frac} must be in (0, 1]")
+        if self.keep_last is not None and self.keep_last < 1:
+            raise UsageError(f"--keep-last {self.keep_last} must be at least 1")
+        if self.resume not in ("auto", "never") and not self.resume.isdigit():
+            raise UsageError(f"--resume {self.resume!r} must be auto, never or a step number")
+
+    @property
+    def sampling_batch(self) -> int:
+        """Rollouts per Engine call and per forward/backward micro-batch."""
+        return min(self.device_batch_size, self.num_samples)
+
+
+# ------------------------------------------------------------------------------------------------
+# rollouts and the policy-gradient loss
+
+
+def rollout_seed(step: int, example_idx: int, sampling_step: int) -> int:
+    """The reference's per-batch sampling seed (tuples of ints hash the same in every process)."""
+    return hash((step, example_idx, sampling_step)) & 0x7FFFFFFF
+
+
+def example_index(step: int, example_step: int, examples_per_rank: int, rank: int, world: int, num_examples: int) -> int:
+    """The problem rank `rank` trains on at (step, example_step): its strided share of the data, cycled."""
+    mine = range(rank, num_examples, world)
+    return mine[(step * examples_per_rank + example_step) % len(mine)]
+
+
+def sample_completions(engine, prompt: list[int], n: int, max_tokens: int, temperature: float, top_k: int | None, seed: int):
+    """n completions of `prompt` with their Engine masks, each ending with the terminal token it sampled
+    (if it ended before `max_tokens`): choosing to stop is an action the policy is trained on."""
+    seqs: list[list[int]] = [[] for _ in range(n)]
+    masks: list[list[int]] = [[] for _ in range(n)]
+    done = [False] * n
+    for column, mcol in engine.generate(prompt, num_samples=n, max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed):
+        for i, (t, m) in enumerate(zip(column, mcol)):
+            if not done[i]:
+                seqs[i].append(t)
+                masks[i].append(m)
+                done[i] = t in engine.terminal
+    return seqs, masks
+
+
+@dataclass
+class Rollouts:
+    """One question's rollouts as a training batch."""
+
+    inputs: Any  # (N, T) long
+    targets: Any  # (N, T) long, -1 where no gradient goes (prompt, forced tool output, padding)
+    rewards: Any  # (N,) float
+    advantages: Any  # (N,) float
+    lengths: list[int]  # completion lengths in tokens (terminal included)
+
+
+def build_batch(prompt: list[int], completions: list[list[int]], masks: list[list[int]], rewards: list[float], pad_id: int, device="cpu") -> Rollouts:
+    """Rows `prompt + completion`, right-padded; a target counts only where the Engine sampled it (mask 1)."""
+    import torch
+
+    width = len(prompt) + max(len(c) for c in completions)
+    ids = torch.full((len(completions), width), pad_id, dtype=torch.long)
+    keep = torch.zeros((len(completions), width), dtype=torch.bool)
+    for i, (c, m) in enumerate(zip(completions, masks)):
+        if len(c) != len(m):
+            raise NanochatError(f"rollout {i} has {len(c)} tokens but {len(m)} mask entries")
+        ids[i, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+        if c:
+            ids[i, len(prompt) : len(prompt) + len(c)] = torch.tensor(c, dtype=torch.long)
+            keep[i, len(prompt) : len(prompt) + len(c)] = torch.tensor(m, dtype=torch.long) == 1
+    targets = ids[:, 1:].clone()
+    targets[~keep[:, 1:]] = -1
+    r = torch.tensor(rewards, dtype=torch.float32)
+    return Rollouts(ids[:, :-1].to(device), targets.to(device), r.to(device), (r - r.mean()).to(device), [len(c) for c in completions])
+
+
+def policy_gradient_loss(nll, targets, advantages, num_passes: int, examples_per_rank: int):
+    """−Σ logp·A over valid targets / (valid targets × num_passes × examples_per_rank).
+
+    `nll` (B, T) is −log p of each target (anything where targets == −1 is ignored); `advantages` (B,)."""
+    import torch
+
+    valid = targets >= 0
+    logp = torch.where(valid, -nll, torch.zeros_like(nll))
+    objective = (logp * advantages.unsqueeze(-1)).sum()
+    count = valid.sum().clamp(min=1)
+    return -objective / (count * num_passes * examples_per_rank)
+
+
+def collect_rollouts(engine, tokenizer, task, example_idx: int, step: int, cfg: RLConfig, device) -> Rollouts:
+    """Sample `num_samples` answers to one problem (in batches of `sampling_batch`), score and batch them."""
+    conversation = task[example_idx]
+    prompt = tokenizer.render_for_completion(conversation["messages"])
+    batch = cfg.sampling_batch
+    seqs: list[list[int]] = []
+    masks: list[list[int]] = []
+    for sampling_step in range(cfg.num_samples // batch):
+        s, m = sample_completions(engine, prompt, batch, cfg.max_new_tokens, cfg.temperature, cfg.top_k or None, rollout_seed(step, example_idx, sampling_step))
+        seqs += s
+        masks += m
+    rewards = [task.reward(conversation, tokenizer.decode([t for t in s if t not in engine.terminal])) for s in seqs]
+    return build_batch(prompt, seqs, masks, rewards, engine.ids["assistant_end"], device)
+
+
+def backward_rollouts(model, ro: Rollouts, batch: int, examples_per_rank: int) -> float:
+    """Forward/backward the rollouts in micro-batches of `batch` rows; returns the summed loss."""
+    num_passes = -(-ro.inputs.size(0) // batch)
+    total = 0.0
+    for p in range(num_passes):
+        sl = slice(p * batch, (p + 1) * batch)
+        nll = model(ro.inputs[sl], ro.targets[sl], loss_reduction="none")
+        loss = policy_gradient_loss(nll, ro.targets[sl], ro.advantages[sl], num_passes, examples_per_rank)
+        loss.backward()
+        total += float(loss.detach())
+    return total
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c passed (Chen et al. 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def evaluate_passk(engine, tokenizer, task, num_examples: int, k: int, cfg: RLConfig, rank: int, world: int, device) -> dict[str, float]:
+    """pass@1..pass@k over the first `num_examples` problems of `task` (strided over ranks, summed).
+
+    Every problem gets the same seed at every evaluation, so successive evaluations differ only by the model."""
+    import torch
+
+    n = min(num_examples, len(task))
+    sums = torch.zeros(k + 1, dtype=torch.float64, device=device)  # Σ pass@1..k, then the problem count
+    for idx in range(rank, n, world):
+        conversation = task[idx]
+        prompt = tokenizer.render_for_completion(conversation["messages"])
+        sums[k] += 1
+        if len(prompt) >= engine.sequence_len:  # no room to answer: a failure
+            continue
+        seqs, _ = engine.generate_batch(prompt, num_samples=k, max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                        top_k=cfg.top_k or None, seed=rollout_seed(-1, idx, 0))  # fmt: skip
+        c = sum(bool(task.evaluate(conversation, tokenizer.decode(s))) for s in seqs)
+        for j in range(1, k + 1):
+            sums[j - 1] += pass_at_k(k, c, j)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+    total = max(1.0, float(sums[k]))
+    return {f"pass@{j}": float(sums[j - 1]) / total for j in range(1, k + 1)}
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+
+
+def load_tasks(train_split: str, rank: int):
+    """(train task, eval task, train label, eval label). `auto`: GSM8K train from the Hub, else (offline)
+    the partition carved from the test split, evaluated on the rest of the test split only."""
+    from nanochat.tasks.gsm8k import GSM8K
+    from nanochat.tasks.hub import offline
+
+    split = train_split
+    if split == "auto":
+        split = "train-from-test" if offline() else "train"
+    if split == "train":
+        try:
+            train, test = GSM8K(split="train"), GSM8K(split="test")
+            return train, test, f"GSM8K train ({len(train):,} problems, {train.data_source})", f"GSM8K test ({test.data_source})"
+        except NanochatError as e:
+            if train_split == "train":
+                raise
+            if rank == 0:
+                warn0(f"GSM8K train is not available ({str(e).split(';')[0]}); training on a partition carved from the test split instead")
+    train, test = GSM8K(split="train-from-test"), GSM8K(split="test-heldout")
+    return train, test, OFFLINE_TRAIN_LABEL, OFFLINE_EVAL_LABEL
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+
+
+def _resume_step(cfg: RLConfig, tag: str) -> int | None:
+    """The rl checkpoint step to resume from (every rank reads the same folder), or None."""
+    if cfg.resume == "never":
+        return None
+    if cfg.resume == "auto":
+        info = ck.find_latest("rl", tag)
+        return info.step if info else None
+    return ck.resolve_checkpoint("rl", tag, int(cfg.resume)).step
+
+
+def run_rl(cfg: RLConfig) -> dict:
+    """Train (or resume) a policy on GSM8K; returns a summary dict (rank 0's view)."""
+    cfg.validate()
+    from nanochat.common.device import detect_device
+    from nanochat.common.dist import cleanup, init_distributed
+
+    info = init_distributed(detect_device(cfg.device))
+    try:
+        return _train(cfg, info)
+    finally:
+        cleanup()
+
+
+def _train(cfg: RLConfig, info) -> dict:
+    import torch
+
+    from nanochat.engine.engine import Engine
+    from nanochat.optim import build_optimizer
+
+    rank, world, device = info.rank, info.world_size, info.device
+    device_type = device.split(":")[0]
+    master = rank == 0
+    if cfg.examples_per_step % world:
+        raise UsageError(f"--examples-per-step {cfg.examples_per_step} must be a multiple of the {world} processes")
+    examples_per_rank = cfg.examples_per_step // world
+
+    # ---- the starting checkpoint, or the rl checkpoint to resume
+    src = ck.resolve_checkpoint(cfg.source, cfg.model_tag, cfg.step)
+    tag = src.tag
+    resume_at = _resume_step(cfg, tag)
+    if resume_at is not None:
+        model, tokenizer, meta = ck.load_model("rl", tag, resume_at, device=device)
+        started_from = meta.get("started_from", {})
+    else:
+        model, tokenizer, meta = ck.load_model(cfg.source, src.tag, src.step, device=device)
+        started_from = {"source": cfg.source, "model_tag": src.tag, "step": src.step}
+        if master and ck.list_steps("rl", tag):
+            warn0(f"--resume never: starting afresh; checkpoints saved by this run replace those in {ck.checkpoint_dir('rl', tag)}")
+    model_config = meta["model_config"]
+    engine = Engine(model, tokenizer)
+
+    train_task, eval_task, train_label, eval_label = load_tasks(cfg.train_split, rank)
+    n = cfg.num_iterations if cfg.num_iterations > 0 else (len(train_task) // cfg.examples_per_step) * cfg.num_epochs
+    if n < 1:
+        raise UsageError(f"{len(train_task)} training problems make no step of {cfg.examples_per_step}; lower --examples-per-step")
+
+    f = cfg.init_lr_frac
+    optimizer = build_optimizer(model, matrix_lr=cfg.matrix_lr * f, embedding_lr=cfg.embedding_lr * f, unembedding_lr=cfg.unembedding_lr * f,
+                                scalar_lr=cfg.scalar_lr * f, weight_decay=0.0)  # fmt: skip
+    for group in optimizer.param_groups:  # RL uses no weight decay in any group (AdamW ones included)
+        group["weight_decay"] = 0.0
+
+    run_dir = ck.checkpoint_dir("rl", tag)
+    loop_state: dict = {}
+    start_step = 0
+    if resume_at is not None:
+        path = run_dir / ck.step_name(resume_at)
+        opt_state, _ = ck.load_rank_state(path, rank, device)
+        optimizer.load_state_dict(opt_state)
+        loop_state = meta.get("loop_state", {})
+        start_step = resume_at
+        if meta.get("num_steps") not in (None, n):
+            warn0(f"the checkpoint was planned for {meta['num_steps']} steps, this run for {n}; the LR schedule follows this run")
+        print0(f"resuming rl/{tag} from step {start_step} ({path})")
+
+    batch = cfg.sampling_batch
+    eval_k = batch
+    rows = [
+        ("start from", f"{started_from.get('source')}/{started_from.get('model_tag')} step {started_from.get('step')}"),
+        ("model", f"depth {model_config['n_layer']}, width {model_config['n_embd']}, context {model_config['sequence_len']}, {model.param_counts()['total']:,} parameters"),
+        ("train data", train_label),
+        ("eval data", f"{eval_label}: pass@1..{eval_k} on {min(cfg.eval_examples, len(eval_task))} problems every {cfg.eval_every} steps and at the end"),
+        ("steps", f"{n} ({cfg.examples_per_step} problems per step, {examples_per_rank} per process × {world})"),
+        ("rollouts", f"{cfg.num_samples} per problem in batches of {batch}, ≤ {cfg.max_new_tokens} new tokens, T={cfg.temperature:g}, top-k {cfg.top_k or 'off'}"),
+        ("sequences per step", f"{cfg.examples_per_step * cfg.num_samples}"),
+        ("learning rates", f"matrix {cfg.matrix_lr * f:.4g}, embedding {cfg.embedding_lr * f:.4g}, unembedding {cfg.unembedding_lr * f:.4g}, scalar {cfg.scalar_lr * f:.4g} (× init-lr-frac {f:g}; before width scaling)"),
+        ("schedule", "LR × (1 − step/steps); no weight decay; no warmup"),
+        ("device", f"{device} × {world}"),
+        ("checkpoints", f"{run_dir} (every {cfg.save_every if cfg.save_every > 0 else '-'} steps and at the end; keep {cfg.keep_last or 'all'})"),
+        ("start", f"step {start_step}" + (" (resumed)" if resume_at is not None else "")),
+    ]
+    print0(table("nanochat rl: REINFORCE on GSM8K", rows))
+
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if resume_at is not None else None, enabled=master)
+    stop = StopSignal().install()
+    clock = StepClock(warmup=1, total=loop_state.get("total_training_time", 0.0))
+    progress = Progress(n, start_step, enabled=master)
+    user_config = asdict(cfg)
+    passk: dict | None = loop_state.get("passk")
+    reward_series: list = []
+    passk_series: list = []
+    step = start_step
+    stop_synced = False
+    stopped_by_signal = False
+    t_run = time.time()
+
+    def save(at_step: int) -> None:
+        t0 = time.time()
+        meta_out = {
+            "model_config": model_config, "user_config": user_config, "started_from": started_from, "num_steps": n,
+            "train_data": train_label, "eval_data": eval_label, "passk": passk,
+            "loop_state": {"passk": passk, "total_training_time": clock.total},
+        } if master else None  # fmt: skip
+        path = ck.save_checkpoint(run_dir, at_step, model_state=model.state_dict() if master else None, meta=meta_out,
+                                  optimizer_state=optimizer.state_dict(), rank_state={"rank": rank}, rank=rank, world_size=world,
+                                  keep_last=cfg.keep_last)  # fmt: skip
+        progress.note(f"saved step {at_step} to {path} ({time.time() - t0:.1f}s)")
+
+    try:
+        while True:
+            last = step == n
+            if cfg.eval_every > 0 and (last or step % cfg.eval_every == 0) and not (resume_at is not None and step == start_step and passk):
+                model.eval()
+                t0 = time.time()
+                passk = evaluate_passk(engine, tokenizer, eval_task, cfg.eval_examples, eval_k, cfg, rank, world, device)
+                passk_series.append([step, passk["pass@1"]])
+                progress.note(f"step {step:05d} | " + ", ".join(f"{k} {v:.4f}" for k, v in passk.items()) + f" ({time.time() - t0:.0f}s)")
+                metrics.write({"kind": "eval", "step": step, **passk})
+            if last or stop_synced or (cfg.save_every > 0 and step % cfg.save_every == 0 and step != start_step):
+                save(step)
+            if last or stop_synced:
+                stopped_by_signal = stop_synced and not last
+                break
+
+            # ---- one optimizer step: rollouts, then forward/backward per question
+            clock.start(device_type)
+            loss_sum = torch.zeros((), device=device)
+            rewards, lengths = [], []
+            for e in range(examples_per_rank):
+                idx = example_index(step, e, examples_per_rank, rank, world, len(train_task))
+                model.eval()
+                ro = collect_rollouts(engine, tokenizer, train_task, idx, step, cfg, device)
+                model.train()
+                loss_sum += backward_rollouts(model, ro, batch, examples_per_rank)
+                rewards.append(float(ro.rewards.mean()))
+                lengths += ro.lengths
+            # the loss is already divided by examples_per_rank: its sum over questions is this rank's loss
+            loss_value, stop_synced = sync_step_stats(loss_sum, 1, stop.requested, world)
+            stats = torch.tensor([sum(rewards) / len(rewards), sum(lengths) / len(lengths), sum(lengths)], dtype=torch.float64, device=device)
+            if world > 1:
+                import torch.distributed as dist
+
+                dist.all_reduce(stats, op=dist.ReduceOp.SUM)
+            mean_reward, mean_length, tokens = stats[0].item() / world, stats[1].item() / world, stats[2].item()
+            lrm = 1.0 - step / n
+            optimizer.set_schedule(lrm)
+            if math.isfinite(loss_value):
+                optimizer.step()
+            else:  # parameters and optimizer state untouched
+                progress.note(f"step {step:05d} | loss {loss_value} is not finite: update skipped")
+            optimizer.zero_grad(set_to_none=True)
+            dt = clock.stop(device_type, step - start_step)
+            step += 1
+
+            line = (f"step {step:05d}/{n:05d} ({100 * step / n:.1f}%) | reward {mean_reward:.4f} | seq len {mean_length:.1f} | "
+                    f"loss {loss_value:+.5f} | lrm {lrm:.3f} | dt {dt * 1000:.0f}ms | sampled tok/s {tokens / dt:,.0f} | "
+                    f"eta {format_duration(clock.eta(n - step, dt))}")  # fmt: skip
+            progress.step(line, step)
+            metrics.write({"kind": "train", "step": step - 1, "reward": mean_reward, "sequence_length": mean_length, "loss": loss_value,
+                           "lrm": lrm, "dt": dt, "sampled_tokens": tokens, "time": time.time()})  # fmt: skip
+            reward_series.append([step - 1, mean_reward])
+    finally:
+        progress.close()
+        stop.uninstall()
+        metrics.close()
+
+    summary = {
+        "model_tag": tag, "started_from": f"{started_from.get('source')}/{started_from.get('model_tag')} step {started_from.get('step')}",
+        "train_data": train_label, "eval_data": eval_label, "steps": n, "final_step": step, "examples_per_step": cfg.examples_per_step,
+        "num_samples": cfg.num_samples, "world_size": world, "device": device_type, "total_time_s": clock.total,
+        "wall_time_s": time.time() - t_run, "stopped_by": stop.signame if stopped_by_signal else None,
+        **({f"gsm8k {k} (held out)": v for k, v in passk.items()} if passk else {}),
+    }  # fmt: skip
+    if master:
+        if stopped_by_signal:
+            print0(f"{stop.signame}: saved step {step} and stopped; `nanochat rl ... --resume auto` continues")
+        else:
+            print0(f"done: {step} steps, training time {format_duration(clock.total)}" + (f", pass@1 {passk['pass@1']:.4f} on {eval_label}" if passk else ""))
+            from nanochat.eval.report import record_section
+
+            try:
+                record_section("rl", summary, series={"reward": reward_series, "gsm8k_pass@1": passk_series}, title="Reinforcement learning")
+            except NanochatError as e:
+                warn0(f"could not record the report section: {e}")
+    return summary
+

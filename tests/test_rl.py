@@ -1,0 +1,287 @@
+"""`nanochat rl`: the policy-gradient loss against hand-computed values, the masks of prompt and tool
+tokens, a toy environment in which reward must go up, pass@k against brute force, and a tiny offline
+end-to-end run that checkpoints, resumes and never evaluates on the problems it trained on."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from tests.conftest import run_cli
+
+ENV = {"OMP_NUM_THREADS": "1", "COLUMNS": "200", "NANOCHAT_OFFLINE": "1"}
+
+
+# ------------------------------------------------------------------------------------------------
+# (a) the loss, by hand
+
+
+def test_policy_gradient_loss_matches_a_hand_computation():
+    from nanochat.train.rl import policy_gradient_loss
+
+    # two rollouts of one question, rewards 1 and 0 -> advantages +0.5, -0.5
+    nll = torch.tensor([[0.5, 1.0, 2.0, 9.0], [0.25, 3.0, 7.0, 1.5]], requires_grad=True)
+    targets = torch.tensor([[-1, 11, 12, -1], [-1, 21, -1, 22]])  # 4 valid targets
+    adv = torch.tensor([0.5, -0.5])
+    loss = policy_gradient_loss(nll, targets, adv, num_passes=2, examples_per_rank=3)
+    # Σ logp·A over valid = (-1.0)(0.5) + (-2.0)(0.5) + (-3.0)(-0.5) + (-1.5)(-0.5) = 0.75
+    # loss = -0.75 / (4 valid × 2 passes × 3 examples) = -0.03125
+    assert loss.item() == pytest.approx(-0.03125, abs=1e-9)
+    loss.backward()
+    # d loss / d nll = A / 24 at valid targets (nll = -logp), 0 elsewhere
+    expected = torch.tensor([[0, 0.5, 0.5, 0], [0, -0.5, 0, -0.5]]) / 24
+    assert torch.allclose(nll.grad, expected, atol=1e-9)
+
+
+def test_loss_of_a_batch_without_valid_targets_is_zero_not_nan():
+    from nanochat.train.rl import policy_gradient_loss
+
+    loss = policy_gradient_loss(torch.ones(2, 3), torch.full((2, 3), -1), torch.tensor([1.0, -1.0]), 1, 1)
+    assert loss.item() == 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# (d) prompt, forced tool output and padding get no gradient
+
+
+class ScriptedEngine:
+    """Stands in for the Engine: replays fixed (token, mask) columns, like a calculator call would make."""
+
+    def __init__(self, rows, ids):
+        self.rows, self.ids = rows, ids
+        self.terminal = {ids["bos"], ids["assistant_end"]}
+
+    def generate(self, prompt, num_samples, max_tokens, temperature, top_k, seed):
+        assert num_samples == len(self.rows)
+        width = max(len(r) for r in self.rows)
+        for t in range(width):
+            yield [r[t][0] if t < len(r) else self.ids["bos"] for r in self.rows], [r[t][1] if t < len(r) else 0 for r in self.rows]
+
+
+def test_prompt_forced_tool_tokens_and_padding_are_masked_and_get_zero_gradient():
+    from nanochat.train.rl import RLConfig, backward_rollouts, collect_rollouts
+
+    from tests.inference_helpers import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    s = tok.special_id
+    ids = {"bos": tok.bos_id, "assistant_end": s("<|assistant_end|>")}
+    py, pe, os_, oe, end = s("<|python_start|>"), s("<|python_end|>"), s("<|output_start|>"), s("<|output_end|>"), s("<|assistant_end|>")
+    a, b, c, d = 40, 41, 42, 43
+    rows = [
+        # sampled: python call; forced (mask 0): the tool's output; sampled again, then the stop token
+        [(py, 1), (a, 1), (pe, 1), (os_, 0), (b, 0), (oe, 0), (c, 1), (end, 1)],
+        [(d, 1), (end, 1)],  # short: padded afterwards
+    ]
+    task = [{"messages": [{"role": "user", "content": "hi"}]}]
+
+    class Task(list):
+        def reward(self, conversation, text):
+            return 1.0 if "hi" not in text and len(text) > 2 else 0.0
+
+    cfg = RLConfig(num_samples=2, device_batch_size=2, max_new_tokens=8)
+    ro = collect_rollouts(ScriptedEngine(rows, ids), tok, Task(task), 0, 0, cfg, "cpu")
+    prompt = tok.render_for_completion(task[0]["messages"])
+    P = len(prompt)
+    # targets[t] is the token at t+1; only sampled completion tokens are targets
+    row0 = [-1] * (P - 1) + [py, a, pe, -1, -1, -1, c, end]
+    row1 = [-1] * (P - 1) + [d, end] + [-1] * 6
+    assert ro.targets.tolist() == [row0, row1]
+    assert ro.inputs[0, : P].tolist() == prompt and ro.inputs[1, : P].tolist() == prompt
+    assert ro.rewards.tolist() == [1.0, 0.0] and ro.advantages.tolist() == [0.5, -0.5]
+    assert ro.lengths == [8, 2]
+
+    # through a real model: the gradient w.r.t. the logits is zero exactly where targets are -1
+    model = tiny_model(tok, n_layer=1, sequence_len=64)
+    grads = []
+    head = model.lm_head
+    handle = head.register_full_backward_hook(lambda m, gin, gout: grads.append(gout[0].detach().clone()))
+    backward_rollouts(model, ro, batch=2, examples_per_rank=1)
+    handle.remove()
+    g = grads[0].abs().sum(-1)  # (2, T) gradient reaching each position's logits
+    assert torch.equal(g == 0, ro.targets == -1)
+
+
+# ------------------------------------------------------------------------------------------------
+# (c) reward goes up in a toy environment (would catch a sign error)
+
+
+def test_reward_goes_up_when_one_token_is_rewarded():
+    from nanochat.engine.engine import Engine
+    from nanochat.model.config import GPTConfig
+    from nanochat.model.gpt import build_model
+    from nanochat.optim import build_optimizer
+    from nanochat.train.rl import RLConfig, backward_rollouts, collect_rollouts
+
+    from tests.inference_helpers import tiny_tokenizer
+
+    torch.manual_seed(0)
+    tok = tiny_tokenizer()
+    model = build_model(GPTConfig(sequence_len=64, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=2, n_embd=64, window_pattern="L"), "cpu", seed=0)
+    conv = {"messages": [{"role": "user", "content": "Say the word."}]}
+    prompt = torch.tensor([tok.render_for_completion(conv["messages"])])
+
+    def probs():
+        with torch.no_grad():
+            return torch.softmax(model(prompt)[0, -1], -1)
+
+    # the target: an ordinary token the fresh model ranks 4th (top-k 8 gives it a fair first chance)
+    order = [t for t in probs().argsort(descending=True).tolist() if not tok.is_special(t)]
+    target = order[3]
+    text = tok.decode([target])
+
+    class Toy(list):
+        def reward(self, conversation, completion):
+            return float(completion == text)
+
+    task = Toy([conv])
+    engine = Engine(model, tok, calculator=lambda e: None)
+    cfg = RLConfig(num_samples=16, device_batch_size=16, max_new_tokens=1, temperature=1.0, top_k=8)
+    opt = build_optimizer(model, matrix_lr=0.01, embedding_lr=0.01, unembedding_lr=0.01, scalar_lr=0.0, weight_decay=0.0)
+    p0 = probs()[target].item()
+    rewards = []
+    for step in range(6):
+        ro = collect_rollouts(engine, tok, task, 0, step, cfg, "cpu")
+        backward_rollouts(model, ro, cfg.sampling_batch, 1)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        rewards.append(ro.rewards.mean().item())
+    p1 = probs()[target].item()
+    # with the sign of the advantage flipped, p(target) falls to ~1e-5 and the reward to 0 instead
+    assert p0 < 0.05 and p1 > 0.5, (p0, p1, rewards)
+    assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2 + 0.3, rewards
+
+
+# ------------------------------------------------------------------------------------------------
+# pass@k and the deterministic schedule
+
+
+def test_pass_at_k_is_the_mean_over_all_k_subsets():
+    from nanochat.train.rl import pass_at_k
+
+    for n, c in [(8, 0), (8, 1), (8, 3), (8, 8), (5, 2)]:
+        outcomes = [1] * c + [0] * (n - c)
+        for k in range(1, n + 1):
+            subsets = list(itertools.combinations(outcomes, k))
+            assert pass_at_k(n, c, k) == pytest.approx(sum(any(s) for s in subsets) / len(subsets))
+
+
+def test_each_rank_cycles_through_its_own_share_of_problems():
+    from nanochat.train.rl import example_index, rollout_seed
+
+    seen = [[example_index(s, e, 2, r, 2, 7) for s in range(4) for e in range(2)] for r in range(2)]
+    assert seen[0] == [0, 2, 4, 6, 0, 2, 4, 6] and seen[1] == [1, 3, 5, 1, 3, 5, 1, 3]
+    assert rollout_seed(3, 5, 1) == hash((3, 5, 1)) & 0x7FFFFFFF != rollout_seed(3, 5, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# (b) end to end, offline
+
+
+@pytest.fixture
+def sft_checkpoint(nanochat_home):
+    """A depth-1 random model saved as sft/d1 step 5, with a 512-token tokenizer."""
+    from nanochat.common import paths
+    from nanochat.common.checkpoint import save_checkpoint
+    from nanochat.data.resources import open_resource
+    from nanochat.data.tokenizer import Tokenizer
+    from nanochat.model.config import GPTConfig
+    from nanochat.model.gpt import build_model
+
+    text = open_resource("corpus/austen/emma.txt").read()[:60_000]
+    tok = Tokenizer.train([text[i : i + 2000] for i in range(0, len(text), 2000)], vocab_size=512)
+    tok.save(paths.tokenizer_dir())
+    config = GPTConfig(sequence_len=640, vocab_size=tok.vocab_size, n_layer=1, n_head=1, n_kv_head=1, n_embd=32, window_pattern="L")
+    save_checkpoint(paths.checkpoints_dir("sft") / "d1", 5, model_state=build_model(config, "cpu", seed=0).state_dict(), meta={"model_config": asdict(config)})
+    return nanochat_home
+
+
+TINY = ["--device", "cpu", "--examples-per-step", "2", "--num-samples", "4", "--device-batch-size", "2", "--max-new-tokens", "4",
+        "--eval-every", "2", "--eval-examples", "2", "--save-every", "1", "--num-iterations", "3", "--top-k", "20"]  # fmt: skip
+
+
+def test_offline_run_checkpoints_records_metrics_and_resumes(sft_checkpoint):
+    from nanochat.common import paths
+    from nanochat.common.checkpoint import find_latest, load_meta
+    from nanochat.train.loop import read_metrics
+
+    r = run_cli("rl", *TINY, env=ENV)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "loaded sft/d1 step 5" in out
+    assert "train partition carved from the test split" in out and "held-out 319" in out
+    run_dir = paths.checkpoints_dir("rl") / "d1"
+    assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_000001", "step_000002", "step_000003"]
+    meta = load_meta(run_dir / "step_000003")
+    assert meta["started_from"] == {"source": "sft", "model_tag": "d1", "step": 5}
+    assert "carved from the test split" in meta["train_data"] and set(meta["passk"]) == {"pass@1", "pass@2"}
+    first = read_metrics(run_dir / "metrics.jsonl")
+    train = {m["step"]: m for m in first if m["kind"] == "train"}
+    assert sorted(train) == [0, 1, 2] and sorted(m["step"] for m in first if m["kind"] == "eval") == [0, 2, 3]
+    for m in train.values():
+        assert 0.0 <= m["reward"] <= 1.0 and 1 <= m["sequence_length"] <= 4 and math.isfinite(m["loss"])
+    assert [train[s]["lrm"] for s in range(3)] == pytest.approx([1.0, 2 / 3, 1 / 3])
+    assert json.loads((paths.report_dir() / "sections" / "rl.json").read_text())["data"]["final_step"] == 3
+
+    # lose the last checkpoint: `--resume auto` continues from step 2 (exactness: the in-process test below)
+    import shutil
+
+    shutil.rmtree(run_dir / "step_000003")
+    r = run_cli("rl", *TINY, env=ENV)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resuming rl/d1 from step 2" in r.stdout
+    assert find_latest("rl", "d1").step == 3
+    again = read_metrics(run_dir / "metrics.jsonl")
+    redo = {m["step"]: m for m in again if m["kind"] == "train"}
+    assert sorted(redo) == [0, 1, 2] and redo[2]["lrm"] == train[2]["lrm"]  # the file reads like one uninterrupted run
+
+
+def test_bad_options_fail_with_one_line(sft_checkpoint):
+    r = run_cli("rl", "--device", "cpu", "--num-samples", "6", "--device-batch-size", "4", env=ENV)
+    assert r.returncode == 2 and "multiple of --device-batch-size" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("rl", "--device", "cpu", "--source", "rl", env=ENV)
+    assert r.returncode == 1 and "no valid rl checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+class EvenLength(list):
+    """A toy task whose reward (an even number of characters) is hit about half the time by a random model."""
+
+    def __init__(self):
+        super().__init__({"messages": [{"role": "user", "content": f"Question {i}?"}]} for i in range(6))
+
+    def reward(self, conversation, completion):
+        return float(len(completion) % 2 == 0)
+
+
+def test_resume_repeats_the_uninterrupted_run_exactly(sft_checkpoint, monkeypatch):
+    """With rewards that vary, a run resumed from step 2 computes step 2's loss and step 3's weights
+    bit for bit as the uninterrupted run (weights, optimizer state and sampling seeds all restored)."""
+    import shutil
+
+    from nanochat.common import paths
+    from nanochat.common.checkpoint import load_weights
+    from nanochat.train import rl
+    from nanochat.train.loop import read_metrics
+
+    monkeypatch.setattr(rl, "load_tasks", lambda split, rank: (EvenLength(), EvenLength(), "toy", "toy"))
+    cfg = rl.RLConfig(device="cpu", examples_per_step=2, num_samples=4, device_batch_size=2, max_new_tokens=3, eval_every=-1,
+                      save_every=1, num_iterations=3, init_lr_frac=1.0, matrix_lr=0.05, embedding_lr=0.5, unembedding_lr=0.05)  # fmt: skip
+    rl.run_rl(cfg)
+    run_dir = paths.checkpoints_dir("rl") / "d1"
+    first = {m["step"]: m for m in read_metrics(run_dir / "metrics.jsonl") if m["kind"] == "train"}
+    w3 = load_weights(run_dir / "step_000003")
+    w2 = load_weights(run_dir / "step_000002")
+    assert any(not torch.equal(w3[k], w2[k]) for k in w3), "the toy run should change the weights"
+    assert any(m["loss"] != 0.0 for m in first.values())
+
+    shutil.rmtree(run_dir / "step_000003")
+    rl.run_rl(cfg)
+    again = {m["step"]: m for m in read_metrics(run_dir / "metrics.jsonl") if m["kind"] == "train"}
+    assert sorted(again) == [0, 1, 2] and again[2]["loss"] == first[2]["loss"] and again[2]["reward"] == first[2]["reward"]
+    w3b = load_weights(run_dir / "step_000003")
+    assert all(torch.equal(w3[k], w3b[k]) for k in w3)
