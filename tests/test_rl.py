@@ -248,15 +248,6 @@ def test_bad_options_fail_with_one_line(sft_checkpoint):
     assert r.returncode == 1 and "no valid rl checkpoint" in r.stderr and "Traceback" not in r.stderr
 
 
-class EvenLength(list):
-    """A toy task whose reward (an even number of characters) is hit about half the time by a random model."""
-
-    def __init__(self):
-        super().__init__({"messages": [{"role": "user", "content": f"Question {i}?"}]} for i in range(6))
-
-    def reward(self, conversation, completion):
-        return float(len(completion) % 2 == 0)
-
 
 def test_resume_repeats_the_uninterrupted_run_exactly(sft_checkpoint, monkeypatch):
     """With rewards that vary, a run resumed from step 2 computes step 2's loss and step 3's weights
@@ -268,9 +259,10 @@ def test_resume_repeats_the_uninterrupted_run_exactly(sft_checkpoint, monkeypatc
     from nanochat.train import rl
     from nanochat.train.loop import read_metrics
 
+    from tests._rl_dist_worker import EvenLength, toy_config
+
     monkeypatch.setattr(rl, "load_tasks", lambda split, rank: (EvenLength(), EvenLength(), "toy", "toy"))
-    cfg = rl.RLConfig(device="cpu", examples_per_step=2, num_samples=4, device_batch_size=2, max_new_tokens=3, eval_every=-1,
-                      save_every=1, num_iterations=3, init_lr_frac=1.0, matrix_lr=0.05, embedding_lr=0.5, unembedding_lr=0.05)  # fmt: skip
+    cfg = toy_config()
     rl.run_rl(cfg)
     run_dir = paths.checkpoints_dir("rl") / "d1"
     first = {m["step"]: m for m in read_metrics(run_dir / "metrics.jsonl") if m["kind"] == "train"}
@@ -285,3 +277,34 @@ def test_resume_repeats_the_uninterrupted_run_exactly(sft_checkpoint, monkeypatc
     assert sorted(again) == [0, 1, 2] and again[2]["loss"] == first[2]["loss"] and again[2]["reward"] == first[2]["reward"]
     w3b = load_weights(run_dir / "step_000003")
     assert all(torch.equal(w3[k], w3b[k]) for k in w3)
+
+
+def test_two_processes_train_the_same_weights_as_one(sft_checkpoint, tmp_path):
+    """examples-per-step 2 over 2 gloo ranks: the same problems and seeds, per-rank advantages, gradients
+    averaged by the optimizer, so the weights match a one-process run (up to summation order), and the
+    pass@k all-reduce counts every problem once."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from nanochat.common import paths
+    from nanochat.common.checkpoint import load_meta, load_weights
+    from nanochat.train.loop import read_metrics
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(root / "src"), str(root)]))
+    worker = str(root / "tests" / "_rl_dist_worker.py")
+    run_dir = paths.checkpoints_dir("rl") / "d1"
+    start = load_weights(paths.checkpoints_dir("sft") / "d1" / "step_000005")
+    results = []
+    for launcher in ([], ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]):
+        r = subprocess.run([sys.executable, *launcher, worker], capture_output=True, text=True, env=env, timeout=240)
+        assert r.returncode == 0, r.stderr[-3000:]
+        evals = {m["step"]: m for m in read_metrics(run_dir / "metrics.jsonl") if m["kind"] == "eval"}
+        results.append((load_weights(run_dir / "step_000002"), load_meta(run_dir / "step_000002")["world_size"], evals))
+    (one, w1, e1), (two, w2, e2) = results
+    assert (w1, w2) == (1, 2)
+    assert max((one[k] - start[k]).abs().max().item() for k in one) > 1e-2  # training moved the weights
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-4
+    assert e1[0] == e2[0] and set(e1[0]) == {"kind", "step", "pass@1", "pass@2"}
