@@ -314,9 +314,15 @@ def _train(cfg: RLConfig, info) -> dict:
     engine = Engine(model, tokenizer)
 
     train_task, eval_task, train_label, eval_label = load_tasks(cfg.train_split, rank)
-    n = cfg.num_iterations if cfg.num_iterations > 0 else (len(train_task) // cfg.examples_per_step) * cfg.num_epochs
+    # problems whose prompt leaves no room to answer in the context cannot be trained on: leave them out
+    usable = [i for i in range(len(train_task)) if len(tokenizer.render_for_completion(train_task[i]["messages"])) < engine.sequence_len]
+    if len(usable) < len(train_task):
+        warn0(f"{len(train_task) - len(usable)} of {len(train_task)} training problems leave no room to answer in the {engine.sequence_len}-token context; skipping them")
+    if len(usable) < world:
+        raise NanochatError(f"only {len(usable)} training problems fit the model's {engine.sequence_len}-token context; use a model with a longer context")
+    n = cfg.num_iterations if cfg.num_iterations > 0 else (len(usable) // cfg.examples_per_step) * cfg.num_epochs
     if n < 1:
-        raise UsageError(f"{len(train_task)} training problems make no step of {cfg.examples_per_step}; lower --examples-per-step")
+        raise UsageError(f"{len(usable)} training problems make no step of {cfg.examples_per_step}; lower --examples-per-step")
 
     f = cfg.init_lr_frac
     optimizer = build_optimizer(model, matrix_lr=cfg.matrix_lr * f, embedding_lr=cfg.embedding_lr * f, unembedding_lr=cfg.unembedding_lr * f,
@@ -342,7 +348,7 @@ def _train(cfg: RLConfig, info) -> dict:
     rows = [
         ("start from", f"{started_from.get('source')}/{started_from.get('model_tag')} step {started_from.get('step')}"),
         ("model", f"depth {model_config['n_layer']}, width {model_config['n_embd']}, context {model_config['sequence_len']}, {model.param_counts()['total']:,} parameters"),
-        ("train data", train_label),
+        ("train data", train_label + (f"; {len(usable)} fit the context" if len(usable) < len(train_task) else "")),
         ("eval data", f"{eval_label}: pass@1..{eval_k} on {min(cfg.eval_examples, len(eval_task))} problems every {cfg.eval_every} steps and at the end"),
         ("steps", f"{n} ({cfg.examples_per_step} problems per step, {examples_per_rank} per process × {world})"),
         ("rollouts", f"{cfg.num_samples} per problem in batches of {batch}, ≤ {cfg.max_new_tokens} new tokens, T={cfg.temperature:g}, top-k {cfg.top_k or 'off'}"),
@@ -401,7 +407,7 @@ def _train(cfg: RLConfig, info) -> dict:
             loss_sum = torch.zeros((), device=device)
             rewards, lengths = [], []
             for e in range(examples_per_rank):
-                idx = example_index(step, e, examples_per_rank, rank, world, len(train_task))
+                idx = usable[example_index(step, e, examples_per_rank, rank, world, len(usable))]
                 model.eval()
                 ro = collect_rollouts(engine, tokenizer, train_task, idx, step, cfg, device)
                 model.train()
