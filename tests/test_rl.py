@@ -344,3 +344,25 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(sft_checkpoint):
     assert saved is not None and 1 <= saved.step < 500
     assert f"SIGTERM: saved step {saved.step} and stopped" in out
     assert (paths.checkpoints_dir("rl") / "d1" / "metrics.jsonl").is_file()
+
+
+@pytest.mark.gpu
+def test_rl_steps_on_cuda_with_graph_decoding(sft_checkpoint, monkeypatch):
+    """On CUDA (bf16, CUDA-graph decoding between in-place optimizer updates) a short run finishes with
+    finite losses, evaluates at the start and the end, and moves the weights."""
+    from nanochat.common import paths
+    from nanochat.common.checkpoint import load_weights
+    from nanochat.train import rl
+    from nanochat.train.loop import read_metrics
+
+    from tests._rl_dist_worker import EvenLength, toy_config
+
+    monkeypatch.setattr(rl, "load_tasks", lambda split, rank: (EvenLength(), EvenLength(), "toy", "toy"))
+    rl.run_rl(toy_config(device="cuda", num_iterations=4, eval_every=4, eval_examples=6, save_every=-1))
+    run_dir = paths.checkpoints_dir("rl") / "d1"
+    records = read_metrics(run_dir / "metrics.jsonl")
+    assert all(math.isfinite(m["loss"]) for m in records if m["kind"] == "train")
+    assert {m["step"] for m in records if m["kind"] == "eval"} == {0, 4}
+    start = load_weights(paths.checkpoints_dir("sft") / "d1" / "step_000005")
+    end = load_weights(run_dir / "step_000004")
+    assert max((end[k] - start[k]).abs().max().item() for k in end) > 1e-3

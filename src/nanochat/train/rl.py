@@ -406,10 +406,13 @@ def _train(cfg: RLConfig, info) -> dict:
             clock.start(device_type)
             loss_sum = torch.zeros((), device=device)
             rewards, lengths = [], []
+            rollout_s = 0.0  # time spent sampling (the rest is forward/backward and the update)
             for e in range(examples_per_rank):
                 idx = usable[example_index(step, e, examples_per_rank, rank, world, len(usable))]
                 model.eval()
+                t0 = time.perf_counter()
                 ro = collect_rollouts(engine, tokenizer, train_task, idx, step, cfg, device)
+                rollout_s += time.perf_counter() - t0
                 model.train()
                 loss_sum += backward_rollouts(model, ro, batch, examples_per_rank)
                 rewards.append(float(ro.rewards.mean()))
@@ -433,11 +436,11 @@ def _train(cfg: RLConfig, info) -> dict:
             step += 1
 
             line = (f"step {step:05d}/{n:05d} ({100 * step / n:.1f}%) | reward {mean_reward:.4f} | seq len {mean_length:.1f} | "
-                    f"loss {loss_value:+.5f} | lrm {lrm:.3f} | dt {dt * 1000:.0f}ms | sampled tok/s {tokens / dt:,.0f} | "
+                    f"loss {loss_value:+.5f} | lrm {lrm:.3f} | dt {dt * 1000:.0f}ms ({100 * rollout_s / dt:.0f}% sampling) | sampled tok/s {tokens / dt:,.0f} | "
                     f"eta {format_duration(clock.eta(n - step, dt))}")  # fmt: skip
             progress.step(line, step)
             metrics.write({"kind": "train", "step": step - 1, "reward": mean_reward, "sequence_length": mean_length, "loss": loss_value,
-                           "lrm": lrm, "dt": dt, "sampled_tokens": tokens, "time": time.time()})  # fmt: skip
+                           "lrm": lrm, "dt": dt, "sampled_tokens": tokens, "rollout_s": rollout_s, "time": time.time()})  # fmt: skip
             reward_series.append([step - 1, mean_reward])
     finally:
         progress.close()
