@@ -308,7 +308,7 @@ def _train(cfg: RLConfig, info) -> dict:
     else:
         model, tokenizer, meta = ck.load_model(cfg.source, src.tag, src.step, device=device)
         started_from = {"source": cfg.source, "model_tag": src.tag, "step": src.step}
-        if master and ck.list_steps("rl", tag):
+        if master and cfg.resume == "never" and ck.list_steps("rl", tag):
             warn0(f"--resume never: starting afresh; checkpoints saved by this run replace those in {ck.checkpoint_dir('rl', tag)}")
     model_config = meta["model_config"]
     engine = Engine(model, tokenizer)
