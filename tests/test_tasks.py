@@ -115,6 +115,7 @@ def test_arc_keeps_the_datasets_labels():
 
 
 def test_spellingbee_counts_and_tool_call():
+    from nanochat.engine.tools import use_calculator
     from nanochat.tasks.spellingbee import SimpleSpelling, SpellingBee
 
     train, test = SpellingBee(50, "train"), SpellingBee(50, "test")
@@ -127,6 +128,7 @@ def test_spellingbee_counts_and_tool_call():
         assert [p["type"] for p in parts] == ["text", "python", "python_output", "text"]
         assert parts[1]["text"] == f"'{word}'.count('{letter}')"
         assert eval(parts[1]["text"]) == n  # the tool call computes the right thing
+        assert use_calculator(parts[1]["text"]) == str(n)  # and the engine's calculator accepts it
         assert parts[2]["text"] == str(n) and parts[3]["text"].endswith(f"#### {n}")
         assert train.evaluate(ex, f"so #### {n}") and not train.evaluate(ex, f"#### {n + 1}")
         assert word in ex["messages"][0]["content"]
