@@ -1,6 +1,6 @@
 """RL step time: rollouts (Engine sampling with the calculator) and forward/backward at the reference defaults.
 
-Run: PYTHONPATH=src python benchmarks/bench_rl.py [--depth 20] [--steps 4] [--device cuda]
+Run: PYTHONPATH=src python benchmarks/bench_rl.py [--depth 20] [--steps 3] [--device cuda]
 Prints one table. A randomly initialised model of the given depth is saved as a throwaway sft
 checkpoint in a temporary NANOCHAT_HOME (tokenizer trained on the packaged demo corpus), then
 `nanochat rl`'s loop runs `--steps` steps offline (train partition carved from the GSM8K test split,
@@ -20,7 +20,7 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=20)
     ap.add_argument("--vocab", type=int, default=32768)
     ap.add_argument("--seq-len", type=int, default=2048)
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--examples-per-step", type=int, default=16)
     ap.add_argument("--num-samples", type=int, default=16)
     ap.add_argument("--device-batch-size", type=int, default=8)

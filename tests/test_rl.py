@@ -366,3 +366,15 @@ def test_rl_steps_on_cuda_with_graph_decoding(sft_checkpoint, monkeypatch):
     start = load_weights(paths.checkpoints_dir("sft") / "d1" / "step_000005")
     end = load_weights(run_dir / "step_000004")
     assert max((end[k] - start[k]).abs().max().item() for k in end) > 1e-3
+
+
+def test_offline_training_never_sees_an_evaluation_problem(monkeypatch):
+    from nanochat.train.rl import load_tasks
+
+    monkeypatch.setenv("NANOCHAT_OFFLINE", "1")
+    train, test, train_label, eval_label = load_tasks("auto", 0)
+    assert "carved from the test split" in train_label and "held-out" in eval_label
+    question = lambda conv: conv["messages"][0]["content"]  # noqa: E731
+    seen = {question(c) for c in train}
+    held = {question(c) for c in test}
+    assert len(train) == 1000 and len(test) == 319 and not seen & held
