@@ -378,3 +378,29 @@ def test_offline_training_never_sees_an_evaluation_problem(monkeypatch):
     seen = {question(c) for c in train}
     held = {question(c) for c in test}
     assert len(train) == 1000 and len(test) == 319 and not seen & held
+
+
+def test_passk_eval_by_hand_with_a_too_long_prompt_counted_as_failed():
+    from nanochat.train.rl import RLConfig, evaluate_passk
+
+    from tests.inference_helpers import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    yes, no = tok.encode("yes"), tok.encode("no")
+    answers = iter([[yes, yes, no, no], [no, no, no, no]])  # problem 0: 2 of 4 pass; problem 1: none
+
+    class Engine:
+        sequence_len = 64
+
+        def generate_batch(self, prompt, num_samples, max_tokens, temperature, top_k, seed):
+            return next(answers), None
+
+    class Task(list):
+        def evaluate(self, conversation, completion):
+            return completion == "yes"
+
+    task = Task({"messages": [{"role": "user", "content": q}]} for q in ["one", "two", "three " * 100])
+    passk, too_long = evaluate_passk(Engine(), tok, task, 10, 4, RLConfig(), 0, 1, "cpu")
+    assert too_long == 1
+    # pass@k of problem 0 = 1 - C(2,k)/C(4,k): 1/2, 5/6, 1, 1; the other two fail
+    assert passk == pytest.approx({"pass@1": 0.5 / 3, "pass@2": (5 / 6) / 3, "pass@3": 1 / 3, "pass@4": 1 / 3})

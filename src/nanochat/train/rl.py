@@ -8,7 +8,9 @@ The algorithm is the reference's "GRPO", which is really REINFORCE with a group 
 - reward = GSM8K exact match (0/1); advantage = reward − mean reward of the question's rollouts (no std);
 - loss = −Σ logp(token)·advantage / (valid tokens of the micro-batch × micro-batches per question ×
   questions per rank): DAPO-style token-level normalisation. Only sampled tokens count: the prompt,
-  the calculator output the Engine forced (mask 0) and the padding have target −1;
+  the calculator output the Engine forced (mask 0) and the padding have target −1. The terminal token
+  a rollout sampled (`<|assistant_end|>`) is trained on too: stopping is one of the policy's actions
+  (the reference drops it, so its RL never teaches when to stop);
 - one optimizer step per `examples_per_step` questions (split across ranks; the optimizer averages the
   gradients), LR multiplier 1 − step/num_steps on LRs scaled by `init_lr_frac`, no weight decay.
 
@@ -19,6 +21,8 @@ alone, so a resumed run repeats exactly what an uninterrupted one would have don
 Data: GSM8K train (7,473 problems, from the Hugging Face Hub), evaluated on GSM8K test. Offline there is
 only the packaged test split: the run then trains on a partition carved out of it (`train-from-test`,
 1,000 problems) and evaluates only on the other 319 (`test-heldout`), and says so everywhere it reports.
+Problems whose prompt leaves no room to answer in the model's context are left out of training (and
+counted as failures in the evaluation); the run says how many.
 
 Evaluation: pass@1..pass@k (k = device batch size) at the sampling temperature on held-out problems,
 every `eval_every` steps and at the end, with the unbiased estimator 1 − C(n−c, k)/C(n, k) over the
@@ -205,19 +209,21 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def evaluate_passk(engine, tokenizer, task, num_examples: int, k: int, cfg: RLConfig, rank: int, world: int, device) -> dict[str, float]:
-    """pass@1..pass@k over the first `num_examples` problems of `task` (strided over ranks, summed).
+def evaluate_passk(engine, tokenizer, task, num_examples: int, k: int, cfg: RLConfig, rank: int, world: int, device) -> tuple[dict[str, float], int]:
+    """(pass@1..pass@k, prompts too long for the context) over the first `num_examples` problems of
+    `task` (strided over ranks, summed); a prompt that leaves no room to answer counts as a failure.
 
     Every problem gets the same seed at every evaluation, so successive evaluations differ only by the model."""
     import torch
 
     n = min(num_examples, len(task))
-    sums = torch.zeros(k + 1, dtype=torch.float64, device=device)  # Σ pass@1..k, then the problem count
+    sums = torch.zeros(k + 2, dtype=torch.float64, device=device)  # Σ pass@1..k, the problem count, too long
     for idx in range(rank, n, world):
         conversation = task[idx]
         prompt = tokenizer.render_for_completion(conversation["messages"])
         sums[k] += 1
-        if len(prompt) >= engine.sequence_len:  # no room to answer: a failure
+        if len(prompt) >= engine.sequence_len:
+            sums[k + 1] += 1
             continue
         seqs, _ = engine.generate_batch(prompt, num_samples=k, max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                         top_k=cfg.top_k or None, seed=rollout_seed(-1, idx, 0))  # fmt: skip
@@ -229,7 +235,7 @@ def evaluate_passk(engine, tokenizer, task, num_examples: int, k: int, cfg: RLCo
 
         dist.all_reduce(sums, op=dist.ReduceOp.SUM)
     total = max(1.0, float(sums[k]))
-    return {f"pass@{j}": float(sums[j - 1]) / total for j in range(1, k + 1)}
+    return {f"pass@{j}": float(sums[j - 1]) / total for j in range(1, k + 1)}, int(sums[k + 1])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -392,9 +398,10 @@ def _train(cfg: RLConfig, info) -> dict:
             if cfg.eval_every > 0 and (last or step % cfg.eval_every == 0) and not (resume_at is not None and step == start_step and passk):
                 model.eval()
                 t0 = time.time()
-                passk = evaluate_passk(engine, tokenizer, eval_task, cfg.eval_examples, eval_k, cfg, rank, world, device)
+                passk, too_long = evaluate_passk(engine, tokenizer, eval_task, cfg.eval_examples, eval_k, cfg, rank, world, device)
                 passk_series.append([step, passk["pass@1"]])
-                progress.note(f"step {step:05d} | " + ", ".join(f"{k} {v:.4f}" for k, v in passk.items()) + f" ({time.time() - t0:.0f}s)")
+                note = f"; {too_long} prompts too long for the context counted as failed" if too_long else ""
+                progress.note(f"step {step:05d} | " + ", ".join(f"{k} {v:.4f}" for k, v in passk.items()) + f" ({time.time() - t0:.0f}s{note})")
                 metrics.write({"kind": "eval", "step": step, **passk})
             if last or stop_synced or (cfg.save_every > 0 and step % cfg.save_every == 0 and step != start_step):
                 save(step)
