@@ -403,8 +403,8 @@ def _train(cfg: RLConfig, info) -> dict:
                 note = f"; {too_long} prompts too long for the context counted as failed" if too_long else ""
                 progress.note(f"step {step:05d} | " + ", ".join(f"{k} {v:.4f}" for k, v in passk.items()) + f" ({time.time() - t0:.0f}s{note})")
                 metrics.write({"kind": "eval", "step": step, **passk})
-            if last or stop_synced or (cfg.save_every > 0 and step % cfg.save_every == 0 and step != start_step):
-                save(step)
+            if step != start_step and (last or stop_synced or (cfg.save_every > 0 and step % cfg.save_every == 0)):
+                save(step)  # (a run resumed at its last step has nothing new to save)
             if last or stop_synced:
                 stopped_by_signal = stop_synced and not last
                 break
