@@ -17,10 +17,10 @@ from tests.train_helpers import TINY, install_tokenizer, train_losses, val_bpbs
 
 
 def test_demo_run_val_bpb_falls_and_checkpoint_loads(nanochat_home):
-    # the demo command, shortened: depth 4, 256-token rows of 8, fewer iterations
+    # the demo command (depth 4), cut down to fit the test budget: width 128, 128-token rows of 4, 24 steps
     install_tokenizer(nanochat_home)
-    args = ["pretrain", "--data", "demo", "--depth", "4", "--max-seq-len", "256", "--device-batch-size", "8", "--num-iterations", "24",
-            "--device", "cpu", "--eval-every", "12", "--eval-tokens", "8192", "--sample-every", "24", "--warmup-steps", "4",
+    args = ["pretrain", "--data", "demo", "--depth", "4", "--aspect-ratio", "32", "--head-dim", "32", "--max-seq-len", "128", "--device-batch-size", "4", "--num-iterations", "24",
+            "--device", "cpu", "--eval-every", "12", "--eval-tokens", "2048", "--sample-every", "24", "--warmup-steps", "4",
             "--matrix-lr", "0.1", "--embedding-lr", "1.5", "--unembedding-lr", "0.04", "--tokenizer-threads", "1"]  # fmt: skip
     r = run_cli(*args, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -44,7 +44,7 @@ def test_demo_run_val_bpb_falls_and_checkpoint_loads(nanochat_home):
     from nanochat.data.loader import PackingLoader
     from nanochat.train.loop import evaluate_bpb
 
-    val = PackingLoader(open_corpus("demo", "val"), tokenizer, 8, 256, threads=1, buffer_size=100)
+    val = PackingLoader(open_corpus("demo", "val"), tokenizer, 4, 128, threads=1, buffer_size=100)
     again = evaluate_bpb(model, val, 4, tokenizer.token_bytes())
     val.close()
     assert again == pytest.approx(bpb[24], rel=1e-5)
