@@ -62,7 +62,12 @@ def test_dry_run_builds_on_meta_and_trains_nothing(nanochat_home):
 
 
 def test_bad_options_fail_in_one_line(nanochat_home):
+    r = run_cli("pretrain", *TINY, "--num-iterations", "2")
+    assert r.returncode == 1 and "tokenize-train" in r.stderr and "Traceback" not in r.stderr
     install_tokenizer(nanochat_home)
+    web = [a if a != "demo" else "web" for a in TINY]
+    r = run_cli("pretrain", *web, "--num-iterations", "2")
+    assert r.returncode == 1 and "nanochat data download" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_cli("pretrain", *TINY, "--num-iterations", "2", "--total-batch-size", "1000")
     assert r.returncode == 2 and "not a multiple" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("pretrain", *TINY, "--num-iterations", "2", "--resume", "sometimes")

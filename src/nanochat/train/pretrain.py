@@ -308,6 +308,8 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     _seed_everything(cfg.seed)
     tokenizer = get_tokenizer()
     vocab = tokenizer.vocab_size
+    train_corpus = open_corpus(cfg.data, "train")  # fails fast, naming what to download or import
+    val_corpus = open_corpus(cfg.data, "val")
     gpt_config = model_config(cfg, vocab)
     dtype = choose_dtype(device_type).dtype
     model = build_model(gpt_config, device, init=True, dtype=dtype, seed=cfg.seed)
@@ -347,6 +349,9 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
         if meta.get("plan", {}).get("num_iterations") not in (None, n):
             warn0(f"the checkpoint was planned for {meta['plan']['num_iterations']} iterations, this run for {n}; the schedules follow this run")
         print0(f"resuming {cfg.tag} from step {start_step} ({info.path})")
+        if start_step >= n:
+            print0(f"step {start_step} already completes a run of {n} iterations; nothing to train (raise --num-iterations to go on)")
+            return {"final_step": start_step, "iterations": n, "min_val_bpb": loop_state.get("min_val_bpb"), "model_tag": cfg.tag}
     elif cfg.resume == "never" and master and ck.list_steps("base", cfg.tag):
         warn0(f"--resume never: starting afresh; checkpoints saved by this run replace those in {run_dir}")
 
@@ -366,8 +371,6 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     print0(table(f"nanochat pretrain: depth {cfg.depth}", rows))
 
     # ---- data, compile, logs
-    train_corpus = open_corpus(cfg.data, "train")
-    val_corpus = open_corpus(cfg.data, "val")
     threads = max(1, min(cfg.tokenizer_threads, os.cpu_count() or 1))
     loader = PackingLoader(train_corpus, tokenizer, cfg.device_batch_size, cfg.max_seq_len, rank=rank, world_size=world, device=device,
                            threads=threads, state=loader_state)  # fmt: skip
