@@ -18,6 +18,10 @@ from hypothesis import strategies as st
 
 from nanochat.engine.tools import use_calculator
 
+# pytest re-scopes warning filters per test, dropping the one tools.py installs at import; the parser warnings
+# it silences (see test_parser_warnings_are_silent...) are noise here
+pytestmark = pytest.mark.filterwarnings("ignore::SyntaxWarning", "ignore::DeprecationWarning")
+
 # ----------------------------------------------------------------------------------------------------------
 # hand-checked values
 

@@ -103,6 +103,8 @@ def test_param_counts_by_group_hand_computed():
     # flops: 6 x (matrices + lm_head) + 12 * heads * head_dim * window per layer (windows 8, 32, 32 at T=32)
     assert m.flops_per_token() == 6 * (counts["matrices"] + counts["lm_head"]) + 12 * 4 * 8 * (8 + 32 + 32)
     assert m.kv_bytes_per_token(torch.bfloat16) == 2 * 3 * 2 * 8 * 2
+    # inference: 2 x matmul params + 4 * heads * head_dim * min(window, context); context 20 -> windows 8, 20, 20
+    assert m.inference_flops_per_token(20) == 2 * (counts["matrices"] + counts["lm_head"]) + 4 * 4 * 8 * (8 + 20 + 20)
     assert m.kv_bytes_per_token(torch.float32) == 2 * 3 * 2 * 8 * 4
 
 
@@ -222,6 +224,16 @@ def test_logits_are_softcapped_and_causal():
     other = m(changed)
     torch.testing.assert_close(other[:, :10], logits[:, :10])
     assert not torch.allclose(other[:, 10:], logits[:, 10:])
+
+
+def test_last_only_logits_are_the_last_position():
+    m = perturbed(build_model(tiny_config(), "cpu", seed=0))
+    idx = torch.randint(0, 100, (2, 9))
+    last = m(idx, last_only=True)
+    assert last.shape == (2, 1, 100)
+    torch.testing.assert_close(last, m(idx)[:, -1:])
+    with pytest.raises(NanochatError, match="last_only"):
+        m(idx, idx, last_only=True)
 
 
 def test_meta_build_without_init_then_load_reproduces_the_model():

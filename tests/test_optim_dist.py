@@ -12,7 +12,7 @@ STEPS = 5
 BATCH, T, VOCAB = 8, 32, 200
 
 
-def _setup():
+def _setup(device: str = "cpu"):
     from nanochat.model import GPTConfig, build_model
 
     # GQA (1 kv head), a value embedding on one layer: Muon stacks of 8, 2 and 1 matrices (padding on rank 1),
@@ -29,13 +29,13 @@ def _setup():
             for lin in (block.attn.c_proj, block.mlp.c_proj):
                 lin.weight.normal_(0.0, 0.02, generator=gen)
     data = torch.randint(0, VOCAB, (STEPS, BATCH, T + 1), generator=gen)
-    return model, data
+    return model.to(device), data.to(device)
 
 
-def _train(rank: int, world: int, reload_dir: str | None = None) -> dict[str, torch.Tensor]:
+def _train(rank: int, world: int, reload_dir: str | None = None, device: str = "cpu") -> dict[str, torch.Tensor]:
     from nanochat.optim import build_optimizer, flatten_state_dict, unflatten_state_dict
 
-    model, data = _setup()
+    model, data = _setup(device)
 
     def make():
         return build_optimizer(model, matrix_lr=0.02, embedding_lr=0.3, unembedding_lr=0.008, scalar_lr=0.5, weight_decay=0.28)
@@ -60,19 +60,26 @@ def _train(rank: int, world: int, reload_dir: str | None = None) -> dict[str, to
             opt = make()
             with open(os.path.join(reload_dir, f"optim_rank{rank}.json")) as f:
                 meta = json.load(f)
-            opt.load_state_dict(unflatten_state_dict(load_file(os.path.join(reload_dir, f"optim_rank{rank}.safetensors")), meta))
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+            tensors = load_file(os.path.join(reload_dir, f"optim_rank{rank}.safetensors"), device=device)
+            opt.load_state_dict(unflatten_state_dict(tensors, meta))
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+def _worker(rank: int, world: int, init_file: str, out_dir: str, device: str = "cpu") -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    kwargs = {}
+    if device == "cuda":  # NCCL, one GPU per process (the GPU variant in tests/test_gpu_model.py)
+        torch.cuda.set_device(rank)
+        device = f"cuda:{rank}"
+        kwargs["device_id"] = torch.device(device)
+    dist.init_process_group("nccl" if device != "cpu" else "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, **kwargs)
     try:
-        params = _train(rank, world, reload_dir=out_dir)
+        params = _train(rank, world, reload_dir=out_dir, device=device)
         save_file(params, os.path.join(out_dir, f"params_rank{rank}.safetensors"))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

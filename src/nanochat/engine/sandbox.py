@@ -146,9 +146,10 @@ def run_python(
         stdin_file = tempfile.TemporaryFile(dir=host_dir)
         stdin_file.write(stdin_bytes)
         stdin_file.seek(0)
+        sandbox_init = None
         try:
             if problem is None:
-                proc = _spawn_bwrap(exe, code_bytes, uid, limits, stdin_file, host_dir)
+                proc, sandbox_init = _spawn_bwrap(exe, code_bytes, uid, limits, stdin_file, host_dir)
             else:
                 argv, work = _insecure_argv(exe, host_dir, code, uid, limits)
                 proc = _spawn(argv, stdin_file, cwd=work, pass_fds=())
@@ -157,7 +158,7 @@ def run_python(
         try:
             out, err, timed_out, flooded = _collect(proc, timeout, max_output_bytes)
         finally:
-            _kill_everything(proc, uid, secure=problem is None)
+            _kill_everything(proc, uid, secure=problem is None, sandbox_init=sandbox_init)
     return _result(proc.returncode, out, err, timed_out, flooded, timeout, memory_mb, max_output_bytes, limits)
 
 
@@ -181,9 +182,16 @@ def _spawn(argv: list[str], stdin_file, cwd: str, pass_fds: tuple[int, ...]) -> 
     )
 
 
-def _spawn_bwrap(exe: str, code: bytes, uid: int, limits: _Limits, stdin_file, tmp_dir: str | None) -> subprocess.Popen:
-    """Start bwrap; the code and the seccomp filter go in through unlinked files that bwrap reads by fd."""
+def _spawn_bwrap(
+    exe: str, code: bytes, uid: int, limits: _Limits, stdin_file, tmp_dir: str | None
+) -> tuple[subprocess.Popen, tuple[int, str] | None]:
+    """Start bwrap; the code and the seccomp filter go in through unlinked files that bwrap reads by fd.
+
+    Also returns the host pid and start time of the sandbox's pid 1 (from bwrap's --info-fd), so the caller
+    can wait for the whole sandbox to be gone, not just bwrap.
+    """
     files = []
+    info_read, info_write = os.pipe()
     try:
         for data in (code, seccomp_program()):
             if data is None:
@@ -195,11 +203,52 @@ def _spawn_bwrap(exe: str, code: bytes, uid: int, limits: _Limits, stdin_file, t
             files.append(f)
         code_fd, seccomp_fd = (f.fileno() if f is not None else None for f in files)
         argv = _bwrap_argv(exe, code_fd, uid, limits, seccomp_fd)
-        return _spawn(argv, stdin_file, cwd="/", pass_fds=tuple(f.fileno() for f in files if f is not None))
+        argv[1:1] = ["--info-fd", str(info_write)]
+        fds = tuple(f.fileno() for f in files if f is not None) + (info_write,)
+        proc = _spawn(argv, stdin_file, cwd="/", pass_fds=fds)
+        os.close(info_write)
+        info_write = -1
+        return proc, _sandbox_init(info_read)
     finally:
         for f in files:
             if f is not None:
                 f.close()
+        for fd in (info_read, info_write):
+            if fd >= 0:
+                os.close(fd)
+
+
+def _sandbox_init(info_fd: int) -> tuple[int, str] | None:
+    """Read bwrap's JSON info (it writes it right after creating the sandbox, then closes the pipe)."""
+    import json
+
+    data = b""
+    deadline = time.monotonic() + 10
+    with selectors.DefaultSelector() as sel:
+        sel.register(info_fd, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                continue
+            chunk = os.read(info_fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    try:
+        pid = int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None  # bwrap failed before creating the sandbox; its exit status says why
+    start = _start_time(pid)
+    return (pid, start) if start is not None else None
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (start time), None if the process is gone or a zombie."""
+    try:
+        stat_line = open(f"/proc/{pid}/stat", "rb").read().decode("ascii", "replace")
+    except OSError:
+        return None
+    fields = stat_line[stat_line.rindex(")") + 2 :].split()  # after "pid (comm) "
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _python_executable() -> str:
@@ -276,6 +325,9 @@ def _bwrap_argv(exe: str, code_fd: int, uid: int, limits: _Limits, seccomp_fd: i
     argv += ["--perms", "0777", "--size", str(TMPFS_BYTES), "--tmpfs", WORK_DIR]
     argv += ["--perms", "0755", "--dir", os.path.dirname(CODE_PATH)]
     argv += ["--perms", "0444", "--ro-bind-data", str(code_fd), CODE_PATH]
+    # bwrap's own root and /dev are tmpfs without a size limit (writable by the caller's uid in a user
+    # namespace): read-only once everything is mounted, so only the sized tmpfs mounts take writes
+    argv += ["--remount-ro", "/dev", "--remount-ro", "/"]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--chdir", WORK_DIR, "--"]
@@ -424,13 +476,15 @@ def _probe() -> str | None:
     uid = _run_uid()
     try:
         with tempfile.TemporaryFile() as stdin_file:
-            proc = _spawn_bwrap(_python_executable(), b"print('ok')\n", uid, _limits(uid, 10, 512), stdin_file, None)
-        out, err = proc.communicate(timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as e:
+            proc, sandbox_init = _spawn_bwrap(_python_executable(), b"print('ok')\n", uid, _limits(uid, 10, 512), stdin_file, None)
+    except OSError as e:
         return f"bubblewrap failed to start ({e})"
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        return "bubblewrap did not finish a trivial program in 30 s"
     finally:
-        if "proc" in locals():
-            _kill_everything(proc, uid, secure=True)
+        _kill_everything(proc, uid, secure=True, sandbox_init=sandbox_init)
     if proc.returncode != 0 or out != b"ok\n":
         lines = err.decode("utf-8", "replace").strip().splitlines()
         return f"bubblewrap cannot create a sandbox here ({lines[-1] if lines else f'exit code {proc.returncode}'})"
@@ -443,7 +497,9 @@ _help_text: list[str] = []
 def _bwrap_supports(flag: str) -> bool:
     if not _help_text:
         try:
-            done = subprocess.run(["bwrap", "--help"], capture_output=True, text=True, timeout=10, env=dict(SANDBOX_ENV))
+            # by absolute path: with env= given, a bare name would be looked up in SANDBOX_ENV's PATH, not ours
+            bwrap = shutil.which("bwrap") or "bwrap"
+            done = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10, env=dict(SANDBOX_ENV))
             _help_text.append(done.stdout + done.stderr)
         except (OSError, subprocess.TimeoutExpired):
             _help_text.append("")
@@ -511,8 +567,9 @@ def _collect(proc: subprocess.Popen, timeout: float, cap: int) -> tuple[bytes, b
     return bytes(buffers[proc.stdout.fileno()]), bytes(buffers[proc.stderr.fileno()]), timed_out, flooded
 
 
-def _kill_everything(proc: subprocess.Popen, uid: int, secure: bool) -> None:
-    """Kill the launcher's process group, reap it, and (as root) every process left with the run's uid."""
+def _kill_everything(proc: subprocess.Popen, uid: int, secure: bool, sandbox_init: tuple[int, str] | None = None) -> None:
+    """Kill the launcher's process group and reap it; then wait until the sandbox's pid 1 is gone (secure
+    mode), or kill every process left with the run's uid (insecure mode, as root)."""
     # Once the launcher is reaped its pid may be reused, so its group is signalled only while it is ours: the
     # launcher is still there, or (insecure mode) children of the group keep the id alive. In secure mode the
     # sandbox's processes are in a session of their own and die with bwrap.
@@ -526,6 +583,13 @@ def _kill_everything(proc: subprocess.Popen, uid: int, secure: bool) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    if sandbox_init is not None:
+        # bwrap's death sends SIGKILL to the sandbox's pid 1 (--die-with-parent), whose exit first kills and
+        # reaps every other process of its pid namespace: once it is a zombie or gone, nothing of the run is left.
+        pid, start = sandbox_init
+        deadline = time.monotonic() + 10
+        while _start_time(pid) == start and time.monotonic() < deadline:
+            time.sleep(0.002)
     if uid >= 0 and not secure:
         # kill(-1) from the run's uid reaches exactly the processes of that uid: escapees of the process group.
         # (In secure mode there are none: the sandbox's pid namespace is gone with bwrap, see the tests.)

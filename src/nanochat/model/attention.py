@@ -12,7 +12,9 @@ Back ends:
 - "flex": PyTorch FlexAttention with block masks for the sliding windows, compiled on CUDA. Its full-causal
   layers go to SDPA's flash kernel on CUDA, which measured faster than FlexAttention for them on the H100
   (GPU-NOTES.md: 1.97 ms vs 2.55 ms for d12), while its windowed layers beat SDPA's masked fallback ~3x.
-  On CPU FlexAttention runs eagerly, forward only (torch has no CPU backward for it): fine for inference.
+  Inference on CUDA outside a compiled model (no grad) uses SDPA too: T changes almost every call there and
+  each new T would recompile FlexAttention. On CPU FlexAttention runs eagerly, forward only (torch has no CPU
+  backward for it).
 - "sdpa": torch's scaled_dot_product_attention; is_causal for full layers, an explicit boolean mask for windows.
 
 `default_backend()` picks fa3 > flex on CUDA and sdpa on CPU/MPS; NANOCHAT_ATTENTION=fa3|flex|sdpa overrides.
@@ -33,21 +35,23 @@ import torch.nn.functional as F
 from nanochat.common.errors import NanochatError
 
 BACKENDS = ("fa3", "flex", "sdpa")
+_FA3 = None  # the FA3 module once found; read as a plain global inside compiled graphs
 
 
 @lru_cache(maxsize=1)
 def _fa3_module():
     """The FA3 module if installed and usable on this GPU, else None (never raises)."""
+    global _FA3
     if not torch.cuda.is_available():
         return None
     try:
         if torch.cuda.get_device_capability()[0] != 9:  # the Hopper kernels; other archs may load then crash
             return None
         import flash_attn_interface  # type: ignore[import-not-found]
-
-        return flash_attn_interface
     except Exception:
         return None
+    _FA3 = flash_attn_interface
+    return _FA3
 
 
 @lru_cache(maxsize=1)
@@ -88,6 +92,8 @@ def default_backend(device_type: str | None = None) -> str:
 
 
 def _check_backend(backend: str) -> None:
+    if torch.compiler.is_compiling():  # checked in eager mode already (build_model); keep the graph clean
+        return
     if backend not in BACKENDS:
         raise NanochatError(f"unknown attention back end {backend!r}; use one of {', '.join(BACKENDS)}")
     if backend == "fa3" and _fa3_module() is None:
@@ -140,12 +146,18 @@ def _flex(q, k, v, window: int) -> torch.Tensor:
     from torch.nn.attention.flex_attention import flex_attention
 
     T = q.shape[1]
-    if q.device.type == "cuda" and window >= T - 1:
-        return _sdpa(q, k, v, window)  # full causal: SDPA's flash kernel is faster (see module docstring)
+    on_cuda = q.device.type == "cuda"
+    compiling = torch.compiler.is_compiling()
+    if on_cuda and (window >= T - 1 or not (compiling or torch.is_grad_enabled())):
+        # full causal: SDPA's flash kernel is faster (see module docstring). Inference outside a compiled
+        # model (evals, sampling) sees a new T almost every call, and each would recompile flex: SDPA instead.
+        return _sdpa(q, k, v, window)
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     mask = _block_mask(T, window, q.device)
     gqa = q.shape[2] != k.shape[2]
-    if q.device.type == "cuda":
+    if compiling:  # inside the caller's compiled graph
+        out = flex_attention(qt, kt, vt, block_mask=mask, enable_gqa=gqa)
+    elif on_cuda:
         if _compiled_flex is None:
             _compiled_flex = torch.compile(flex_attention, dynamic=False)
         out = _compiled_flex(qt, kt, vt, block_mask=mask, enable_gqa=gqa)
@@ -166,13 +178,13 @@ def _fa3_out(result):
 
 
 def _fa3_ok(q) -> bool:
-    return q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
+    return _FA3 is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
 
 
 def _fa3(q, k, v, window: int) -> torch.Tensor:
     T = q.shape[1]
     w = -1 if window >= T - 1 else window
-    return _fa3_out(_fa3_module().flash_attn_func(q, k, v, causal=True, window_size=(w, 0)))
+    return _fa3_out((_FA3 or _fa3_module()).flash_attn_func(q, k, v, causal=True, window_size=(w, 0)))
 
 
 # ---------------------------------------------------------------------------------------------- public
@@ -197,29 +209,35 @@ def attention_with_cache(
     positions: torch.Tensor,
     window: int,
     backend: str = "sdpa",
+    masks: dict | None = None,
 ) -> torch.Tensor:
     """Append k, v (B, T_new, Hkv, D) to `cache` at `positions` (B, T_new) and attend from q (B, T_new, H, D).
 
-    A query at position p sees the cached keys at positions p-window .. p of its own row.
+    A query at position p sees the cached keys at positions p-window .. p of its own row. `masks`, a dict the
+    caller keeps for one forward pass, lets the layers share each window's mask instead of rebuilding it.
     """
     _check_backend(backend)
     if backend == "fa3" and _fa3_ok(q) and cache.k.dtype == q.dtype:
         return _fa3_out(
-            _fa3_module().flash_attn_with_kvcache(
+            (_FA3 or _fa3_module()).flash_attn_with_kvcache(
                 q, cache.k[layer], cache.v[layer], k=k, v=v, cache_seqlens=cache.lengths, causal=True, window_size=(window, 0)
             )
         )
     t_new = q.shape[1]
     cache.write(layer, k, v, positions)
     kk, vv = cache.filled(layer, t_new)
-    slots = torch.arange(kk.shape[1], device=q.device)
-    qpos = positions.unsqueeze(-1)  # (B, T_new, 1)
-    mask = (slots <= qpos) & (qpos - slots <= window)  # (B, T_new, L)
+    mask = masks.get(window) if masks is not None else None
+    if mask is None:
+        slots = torch.arange(kk.shape[1], device=q.device)
+        qpos = positions.unsqueeze(-1)  # (B, T_new, 1)
+        mask = ((slots <= qpos) & (qpos - slots <= window)).unsqueeze(1)  # (B, 1, T_new, L)
+        if masks is not None:
+            masks[window] = mask
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2),
         kk.transpose(1, 2).to(q.dtype),
         vv.transpose(1, 2).to(q.dtype),
-        attn_mask=mask.unsqueeze(1),
+        attn_mask=mask,
         enable_gqa=q.shape[2] != k.shape[2],
     )
     return out.transpose(1, 2)

@@ -3,6 +3,8 @@
     model = build_model(GPTConfig.from_depth(12, vocab_size=32768, sequence_len=2048), "cuda")
     loss = model(idx, targets)               # mean cross-entropy, targets == -1 ignored
     logits = model(idx)                      # float32 (B, T, vocab_size)
+    cache = KVCache.for_model(model, batch_size=B, max_len=1024)
+    logits = model(prompt, kv_cache=cache, last_only=True)   # prefill; then one token at a time the same way
 
 Per block (pre-norm): x = resid_lambdas[i]*x + x0_lambdas[i]*x0, then x += attn(norm(x)), x += mlp(norm(x)).
 - norm is a parameter-free RMSNorm; no biases anywhere; token embedding and lm_head are untied.
@@ -64,7 +66,7 @@ class CausalSelfAttention(nn.Module):
         self.ve_gate_channels = min(VE_GATE_CHANNELS, d)
         self.ve_gate = Linear(self.ve_gate_channels, self.n_kv_head) if config.has_value_embedding(layer_idx) else None
 
-    def forward(self, x, ve, cos, sin, window: int, backend: str, kv_cache=None, positions=None) -> torch.Tensor:
+    def forward(self, x, ve, cos, sin, window: int, backend: str, kv_cache=None, positions=None, masks=None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -77,7 +79,7 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is None:
             y = attn_lib.attention(q, k, v, window, backend)
         else:
-            y = attn_lib.attention_with_cache(q, k, v, kv_cache, self.layer_idx, positions, window, backend)
+            y = attn_lib.attention_with_cache(q, k, v, kv_cache, self.layer_idx, positions, window, backend, masks)
         return self.c_proj(y.reshape(B, T, -1))
 
 
@@ -97,8 +99,8 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer_idx)
         self.mlp = MLP(config)
 
-    def forward(self, x, ve, cos, sin, window, backend, kv_cache=None, positions=None):
-        x = x + self.attn(norm(x), ve, cos, sin, window, backend, kv_cache, positions)
+    def forward(self, x, ve, cos, sin, window, backend, kv_cache=None, positions=None, masks=None):
+        x = x + self.attn(norm(x), ve, cos, sin, window, backend, kv_cache, positions, masks)
         return x + self.mlp(norm(x))
 
 
@@ -161,9 +163,17 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------------------------ forward
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache=None, loss_reduction: str = "mean"):
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache=None,
+        loss_reduction: str = "mean",
+        last_only: bool = False,
+    ):
         """Logits (B, T, vocab_size) float32 without targets; else the cross-entropy (ignore index -1):
-        a scalar for loss_reduction="mean", (B, T) for "none" (0 at ignored positions)."""
+        a scalar for loss_reduction="mean", (B, T) for "none" (0 at ignored positions).
+        `last_only` computes the logits of the last position only, (B, 1, vocab_size): what sampling needs."""
         B, T = idx.shape
         if kv_cache is None:
             if T > self.cos.shape[0]:
@@ -180,12 +190,17 @@ class GPT(nn.Module):
         dt = self.compute_dtype
         x = norm(self.wte(idx).to(dt))
         x0 = x
+        masks: dict = {}  # with a KV cache, each window's mask is built once and shared by the layers
         for i, block in enumerate(self.h):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             ve = self.value_embeds[str(i)](idx).to(dt) if str(i) in self.value_embeds else None
-            x = block(x, ve, cos, sin, self.windows[i], self.attn_backend, kv_cache, positions)
+            x = block(x, ve, cos, sin, self.windows[i], self.attn_backend, kv_cache, positions, masks)
         if kv_cache is not None:
             kv_cache.advance(T)
+        if last_only:
+            if targets is not None:
+                raise NanochatError("last_only gives logits for sampling; it cannot be combined with targets")
+            x = x[:, -1:]
         x = norm(x)
         logits = self.lm_head(x)[..., : self.config.vocab_size].float()
         logits = SOFTCAP * torch.tanh(logits / SOFTCAP)
@@ -235,6 +250,12 @@ class GPT(nn.Module):
         matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
         attn = sum(12 * c.n_head * c.head_dim * min(w, T) for w in self.windows)
         return float(6 * matmul + attn)
+
+    def inference_flops_per_token(self, context_len: int) -> float:
+        """Forward FLOPs of one token that attends to `context_len` tokens: 2 x matmul params + 4*heads*head_dim*min(window, context) per layer."""
+        c = self.config
+        matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        return float(2 * matmul + sum(4 * c.n_head * c.head_dim * min(w, context_len) for w in self.windows))
 
     def kv_bytes_per_token(self, dtype: torch.dtype | None = None) -> int:
         """Bytes of KV cache one token takes over all layers (keys + values)."""

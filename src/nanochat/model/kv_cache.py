@@ -17,7 +17,8 @@ Rows of different lengths: prefill a right-padded batch of prompts in one forwar
 position and later tokens overwrite those slots, so the padding is never read.
 
 `max_filled` is a host-side upper bound of `lengths`, kept so that a decode step needs no device sync to check
-capacity or to slice the filled part of the cache.
+capacity or to slice the filled part of the cache. With `read_all=True` attention reads all `max_len` slots
+(masked) instead of the filled part, so every decode step has the same shapes: what a captured CUDA graph needs.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class KVCache:
         max_len: int,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        read_all: bool = False,
     ) -> None:
         if batch_size < 1 or max_len < 1:
             raise NanochatError(f"KV cache needs batch >= 1 and max_len >= 1 (got {batch_size}, {max_len})")
@@ -45,13 +47,14 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.lengths = torch.zeros(batch_size, device=device, dtype=torch.int32)
         self.max_filled = 0
+        self.read_all = read_all
 
     @classmethod
-    def for_model(cls, model, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> "KVCache":
+    def for_model(cls, model, batch_size: int, max_len: int | None = None, device=None, dtype=None, read_all: bool = False) -> "KVCache":
         """A cache shaped for `model` (max_len defaults to the model's sequence_len)."""
         c = model.config
         device = device if device is not None else model.lm_head.weight.device
-        return cls(batch_size, c.n_layer, c.n_kv_head, c.head_dim, max_len or c.sequence_len, device, dtype or model.compute_dtype)
+        return cls(batch_size, c.n_layer, c.n_kv_head, c.head_dim, max_len or c.sequence_len, device, dtype or model.compute_dtype, read_all)
 
     @property
     def batch_size(self) -> int:
@@ -96,7 +99,7 @@ class KVCache:
 
     def filled(self, layer: int, t_new: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of layer `layer` up to the longest row after t_new more tokens (a view)."""
-        n = self.max_filled + t_new
+        n = self.max_len if self.read_all else self.max_filled + t_new
         return self.k[layer, :, :n], self.v[layer, :, :n]
 
     def advance(self, t_new: int) -> None:

@@ -1,8 +1,8 @@
 """The AdamW update of one tensor (decoupled weight decay, bias-corrected moments).
 
-Same math as torch.optim.AdamW: p *= 1 - lr*wd; m <- lerp(m, g, 1-b1); v <- lerp(v, g^2, 1-b2);
-p -= lr/(1-b1^t) * m / (sqrt(v/(1-b2^t)) + eps). Hyperparameters arrive as 0-d tensors so that one compiled
-kernel serves every step and every schedule value without recompiling.
+Same math, in the same order, as torch.optim.AdamW: p *= 1 - lr*wd; m <- lerp(m, g, 1-b1); v <- b2 v + (1-b2) g^2;
+p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps). Hyperparameters are floats (eager) or 0-d CPU tensors
+(compiled: one kernel then serves every step and every schedule value without recompiling).
 """
 
 from __future__ import annotations
@@ -30,5 +30,5 @@ def adamw_step(
     exp_avg_sq.mul_(beta2).add_(g * g * (1 - beta2))
     bias1 = 1 - beta1**step
     bias2 = 1 - beta2**step
-    denom = exp_avg_sq.sqrt() / bias2.sqrt() + eps
+    denom = exp_avg_sq.sqrt() / bias2**0.5 + eps
     p.sub_((lr / bias1) * (exp_avg / denom))

@@ -58,10 +58,10 @@ class _Reduce:
         if world == 1:
             self.out = full
             return
-        avg = backend == "nccl"
+        avg = backend is not None and "nccl" in backend
         op = dist.ReduceOp.AVG if avg else dist.ReduceOp.SUM
         self.scale = None if avg else 1.0 / world
-        if shard and backend == "nccl":
+        if shard and avg:
             self.out = torch.empty_like(full[: full.shape[0] // world])
             self.handle = dist.reduce_scatter_tensor(self.out, full, op=op, async_op=True)
         else:  # whole all-reduce; for gloo's shards, keep our slice of it afterwards
@@ -83,7 +83,7 @@ def _all_gather(full: torch.Tensor, shard: torch.Tensor, world: int, backend: st
     """Launch the gather of every rank's `shard` into `full` (along dim 0); returns a handle or None."""
     if world == 1:
         return None
-    if backend == "nccl":
+    if backend is not None and "nccl" in backend:
         return dist.all_gather_into_tensor(full, shard, async_op=True)
     return dist.all_gather(list(full.chunk(world)), shard.contiguous(), async_op=True)
 
@@ -98,8 +98,8 @@ class MuonAdamW(torch.optim.Optimizer):
         on_cuda = any(p.is_cuda for g in self.param_groups for p in g["params"])
         if compile_steps is None:
             compile_steps = on_cuda and os.environ.get("NANOCHAT_COMPILE_OPTIM", "1") != "0"
-        # Polar Express runs in bf16 on GPUs (as the reference does), in the parameters' dtype elsewhere
-        self.ortho_dtype = ortho_dtype or (torch.bfloat16 if on_cuda else None)
+        self.ortho_dtype = ortho_dtype  # None: the parameters' dtype
+        self.compiled = bool(compile_steps)
         if compile_steps:
             self._adamw = torch.compile(adamw_step, dynamic=False, fullgraph=True)
             self._muon = torch.compile(muon_step, dynamic=False, fullgraph=True)
@@ -119,8 +119,11 @@ class MuonAdamW(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------------------------ helpers
 
-    def _t(self, name: str, value: float) -> torch.Tensor:
-        """A reusable 0-d CPU tensor, so compiled steps see new values without recompiling."""
+    def _t(self, name: str, value: float):
+        """A hyperparameter: a reusable 0-d CPU tensor for the compiled steps (new values without recompiling),
+        a plain float for eager ones (a CPU tensor as lerp's weight on CUDA tensors is not supported everywhere)."""
+        if not self.compiled:
+            return float(value)
         t = self._scalars.get(name)
         if t is None:
             t = self._scalars[name] = torch.tensor(0.0, dtype=torch.float64)
@@ -173,7 +176,7 @@ class MuonAdamW(torch.optim.Optimizer):
             if kind == "adamw":
                 gathers.append(self._adamw_update(group, p, g))
             else:
-                gathers.append(self._muon_update(group, g))
+                gathers.append(self._muon_update(group, g, red.full))
         for handle, finish in gathers:  # phase 3
             if handle is not None:
                 handle.wait()
@@ -200,7 +203,7 @@ class MuonAdamW(torch.optim.Optimizer):
             return None, None
         return _all_gather(p, target.clone(), W, self.backend), None
 
-    def _muon_update(self, group: dict, g: torch.Tensor):
+    def _muon_update(self, group: dict, g: torch.Tensor, stacked: torch.Tensor):
         W, R = self.world_size, self.rank
         params = group["params"]
         K = len(params)
@@ -224,7 +227,7 @@ class MuonAdamW(torch.optim.Optimizer):
         if W == 1:
             torch._foreach_copy_(list(params), list(p_shard[:K].unbind(0)))
             return None, None
-        full = torch.empty((chunk * W, rows, cols), dtype=g.dtype, device=g.device)
+        full = stacked  # the stacked gradients are consumed by now: gather the new matrices into their buffer
         handle = _all_gather(full, p_shard, W, self.backend)
         return handle, lambda: torch._foreach_copy_(list(params), list(full[:K].unbind(0)))
 
@@ -253,7 +256,10 @@ def build_optimizer(
     muon_plus: bool = True,
     compile_steps: bool | None = None,
 ) -> MuonAdamW:
-    """The optimizer for a GPT, grouped as in the module docstring (defaults are the reference's base_train flags)."""
+    """The optimizer for a GPT, grouped as in the module docstring (defaults are the reference's base_train flags).
+
+    Polar Express runs in bf16 when the model computes in bf16 on a GPU, as the reference does; otherwise in the
+    parameters' float32."""
     groups = model.param_groups()
     s = (model.config.n_embd / 768) ** -0.5
     adamw = [
@@ -277,7 +283,9 @@ def build_optimizer(
             "momentum": muon_momentum, "weight_decay": weight_decay, "beta2": muon_beta2,
             "muon_eq": muon_eq, "muon_plus": muon_plus,
         })  # fmt: skip
-    return MuonAdamW(param_groups, compile_steps=compile_steps)
+    on_gpu = model.lm_head.weight.device.type != "cpu"
+    ortho = torch.bfloat16 if on_gpu and model.compute_dtype == torch.bfloat16 else None
+    return MuonAdamW(param_groups, compile_steps=compile_steps, ortho_dtype=ortho)
 
 
 def flatten_state_dict(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
