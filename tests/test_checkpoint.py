@@ -199,3 +199,19 @@ def test_rng_restore_across_processes(tmp_path):
     saved = child("save")  # the draws the saving process makes right after its checkpoint
     assert child("restore") == saved
     assert child("none") != saved  # negative control: a new process without the restore draws otherwise
+
+
+def test_consumers_pick_the_most_recently_written_tag(nanochat_home):
+    import os
+
+    model, opt = tiny_model_and_optimizer()
+    a, b = ck.checkpoint_dir("base", "d2"), ck.checkpoint_dir("base", "d4")
+    save(a, 100, model, opt)
+    save(b, 5, model, opt)
+    os.utime(a / "step_000100", (1e9, 1e9))  # d2 written long ago, d4 just now
+    assert (ck.find_latest("base").tag, ck.find_latest("base").step) == ("d4", 5)
+    # d4's only checkpoint damaged: reported, and d2's is used
+    (b / "step_000005" / "meta.json").write_text("{}")
+    reports: list[str] = []
+    info = ck.find_latest("base", report=reports.append)
+    assert (info.tag, info.step) == ("d2", 100) and len(reports) == 1
