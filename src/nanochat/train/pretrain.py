@@ -38,6 +38,7 @@ from nanochat.train.loop import (
     StopSignal,
     evaluate_bpb,
     format_duration,
+    forward_backward,
     greedy_samples,
     sync_step_stats,
 )
@@ -448,12 +449,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
 
             # ---- one optimizer step
             clock.start(device_type)
-            loss_sum = torch.zeros((), device=device)
-            for _ in range(plan.grad_accum_steps):
-                x, y = next(loader)
-                loss = train_model(x, y)
-                loss_sum += loss.detach()
-                (loss / plan.grad_accum_steps).backward()
+            loss_sum = forward_backward(train_model, loader, plan.grad_accum_steps, device)
             loss_value, stop_synced = sync_step_stats(loss_sum, plan.grad_accum_steps, stop.requested, world)
             if not math.isfinite(loss_value):
                 optimizer.zero_grad(set_to_none=True)  # parameters and optimizer state untouched
