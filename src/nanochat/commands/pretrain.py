@@ -72,6 +72,12 @@ def pretrain(
     from nanochat.train.pretrain import PretrainConfig, run_pretrain
 
     skip = {s.strip() for s in skip_restore.split(",") if s.strip()}
+    planned_world = 1
+    if dry_run:  # plan for the processes a real run would start (see common.launch)
+        from nanochat.common.launch import visible_gpu_count
+
+        gpus = visible_gpu_count() if device in ("auto", "cuda") else 0
+        planned_world = nproc if nproc else (gpus if gpus > 1 else 1)
     cfg = PretrainConfig(
         depth=depth, data=data, aspect_ratio=aspect_ratio, head_dim=head_dim, n_kv_head=n_kv_head, window_pattern=window_pattern,
         max_seq_len=max_seq_len, device_batch_size=device_batch_size, total_batch_size=_batch(total_batch_size),
@@ -81,6 +87,6 @@ def pretrain(
         eval_tokens=eval_tokens, sample_every=sample_every, save_every=save_every, keep_last=keep_last, resume=resume,
         model_tag=model_tag, device=device, seed=seed, compile=compile, max_bad_steps=max_bad_steps,
         tokenizer_threads=tokenizer_threads, run=run, dry_run=dry_run,
-        restore_loader="loader" not in skip, restore_rng="rng" not in skip,
+        restore_loader="loader" not in skip, restore_rng="rng" not in skip, dry_run_world_size=planned_world,
     )  # fmt: skip
     run_pretrain(cfg)

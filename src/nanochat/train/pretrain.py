@@ -83,6 +83,7 @@ class PretrainConfig:
     tokenizer_threads: int = 4
     run: str = "dummy"  # wandb run name; "dummy" = no wandb
     dry_run: bool = False
+    dry_run_world_size: int = field(default=1, repr=False)  # processes a --dry-run plans for
     # for tests: restore the data loader / RNG on resume (a negative control turns them off)
     restore_loader: bool = field(default=True, repr=False)
     restore_rng: bool = field(default=True, repr=False)
@@ -217,7 +218,7 @@ def dry_run(cfg: PretrainConfig) -> dict:
     except NanochatError as e:
         vocab, tok_line = 32768, f"absent ({e}); planning with vocab 32768"
     device_type = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = cfg.dry_run_world_size
     with torch.device("meta"):
         model = GPT(model_config(cfg, vocab))
     facts = model_facts(cfg, model, vocab)
@@ -365,7 +366,8 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
         ("schedule", f"warmup {cfg.warmup_steps}, warmdown {cfg.warmdown_ratio:g} → {cfg.final_lr_frac:g}× LR; Muon momentum 0.85→0.97→0.90; WD cosine to 0"),
         ("device", f"{device} × {world} ({str(dtype).removeprefix('torch.')}{', compiled' if compile_model else ''}; attention {model.attn_backend})"),
         ("peak FLOP/s (MFU)", f"{peak * world:.3g}" if peak else "unknown (MFU not shown)"),
-        ("data", f"{cfg.data} (train) / val bpb every {cfg.eval_every} steps on {eval_steps * cfg.device_batch_size * cfg.max_seq_len * world:,} tokens"),
+        ("data", f"{cfg.data} (train); " + (f"val bpb every {cfg.eval_every} steps on {eval_steps * cfg.device_batch_size * cfg.max_seq_len * world:,} tokens"
+                                              if cfg.eval_every > 0 else "val bpb off")),
         ("checkpoints", f"{run_dir} (every {cfg.save_every if cfg.save_every > 0 else '-'} steps and at the end; keep {cfg.keep_last or 'all'})"),
         ("start", f"step {start_step}" + (" (resumed)" if info else "")),
     ]
@@ -378,7 +380,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     token_bytes = torch.tensor(tokenizer.token_bytes(), dtype=torch.int64, device=device)
     train_model = torch.compile(model, dynamic=False) if compile_model else model
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if info else None, enabled=master)
-    user_config = {k: v for k, v in asdict(cfg).items() if k not in ("restore_loader", "restore_rng")}
+    user_config = {k: v for k, v in asdict(cfg).items() if k not in ("restore_loader", "restore_rng", "dry_run_world_size")}
     wb = _wandb(cfg, rank, {**user_config, **plan.to_dict()})
     stop = StopSignal().install()
     clock = StepClock(total=loop_state.get("total_training_time", 0.0))
