@@ -86,10 +86,6 @@ def bench_depth(depth: int, args, device: str, vocab_size: int, loader_factory=N
         "mfu": flops * tok_s / peak if peak else None,
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
     }
-    del model, opt, run
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
     return out
 
 
@@ -117,7 +113,7 @@ def main() -> None:
     if device_type == "cuda":
         torch.set_float32_matmul_precision("high")
     vocab, factory = args.vocab_size, None
-    if args.data:
+    if args.data:  # real packed batches from the loader instead of synthetic tokens
         from nanochat.data.corpus import open_corpus
         from nanochat.data.loader import PackingLoader
         from nanochat.data.tokenizer import get_tokenizer
@@ -125,12 +121,17 @@ def main() -> None:
         tok = get_tokenizer()
         vocab = tok.vocab_size
 
-        def factory(B, T):
+        def real_batches(B, T):
             return PackingLoader(open_corpus(args.data, "train"), tok, B, T, device=device)
+
+        factory = real_batches
 
     rows = []
     for depth in (int(d) for d in args.depths.split(",")):
         r = bench_depth(depth, args, device, vocab, factory)
+        gc.collect()  # the depth's model and optimizer are gone with bench_depth's frame
+        if device_type == "cuda":
+            torch.cuda.empty_cache()
         if "error" in r:
             rows.append([depth, "-", "-", "-", "-", "-", r["error"]])
             continue

@@ -24,8 +24,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass, field
 
 from nanochat.common import checkpoint as ck
 from nanochat.common.errors import NanochatError, UsageError
@@ -524,8 +523,3 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     if wb:
         wb.finish()
     return summary
-
-
-def config_from_kwargs(**kwargs: Any) -> PretrainConfig:
-    names = {f.name for f in fields(PretrainConfig)}
-    return PretrainConfig(**{k: v for k, v in kwargs.items() if k in names})
