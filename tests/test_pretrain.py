@@ -73,6 +73,9 @@ def test_bad_options_fail_in_one_line(nanochat_home):
     assert r.returncode == 2 and "--resume" in r.stderr
     r = run_cli("pretrain", *TINY, "--num-iterations", "2", "--resume", "7")
     assert r.returncode == 1 and "no checkpoint" in r.stderr
+    (nanochat_home / "checkpoints" / "base" / "d2" / "step_000003").mkdir(parents=True)
+    r = run_cli("pretrain", *TINY, "--num-iterations", "2", "--resume", "never")
+    assert r.returncode == 1 and "--model-tag" in r.stderr
 
 
 def _in_process_run(monkeypatch, home, nan_calls, max_bad_steps=3, iterations=6):

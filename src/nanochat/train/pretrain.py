@@ -353,8 +353,12 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
         if start_step >= n:
             print0(f"step {start_step} already completes a run of {n} iterations; nothing to train (raise --num-iterations to go on)")
             return {"final_step": start_step, "iterations": n, "min_val_bpb": loop_state.get("min_val_bpb"), "model_tag": cfg.tag}
-    elif cfg.resume == "never" and master and ck.list_steps("base", cfg.tag):
-        warn0(f"--resume never: starting afresh; checkpoints saved by this run replace those in {run_dir}")
+    elif cfg.resume == "never" and ck.list_steps("base", cfg.tag):
+        # a fresh run mixing its checkpoints with an older run's would let --resume auto pick the wrong one later
+        raise NanochatError(
+            f"--resume never, but {run_dir} holds checkpoints of an earlier run; pass another --model-tag, "
+            f"delete that folder, or use --resume auto to continue it"
+        )
 
     # ---- print every derived value
     peak = peak_flops(device_type)
