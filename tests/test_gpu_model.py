@@ -80,6 +80,9 @@ def test_kv_cache_decode_matches_full_forward_bf16(backend):
 
 
 def test_compiled_optimizer_step_matches_eager():
+    # Fixed, well-scaled gradients (not the model's): the bf16 backward is not bit-reproducible, and
+    # Adam with eps 1e-10 turns the noise in near-zero gradients (zero-init projections) into
+    # full-size steps, which would compare noise with noise rather than the two step kernels.
     config = GPTConfig.from_depth(2, 1000, 128, aspect_ratio=64, head_dim=64)
     results = []
     for compiled in (False, True):
@@ -87,13 +90,13 @@ def test_compiled_optimizer_step_matches_eager():
         opt = build_optimizer(model, compile_steps=compiled)
         g = torch.Generator(device="cuda").manual_seed(2)
         for _ in range(3):
-            x = torch.randint(0, 1000, (4, 128), device="cuda", generator=g)
-            model(x, x).backward()
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, device="cuda", generator=g, dtype=p.dtype)
             opt.step()
             opt.zero_grad(set_to_none=True)
         results.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*results):
-        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs")

@@ -1,4 +1,4 @@
-"""`nanochat eval`: benchmarks of a checkpoint."""
+"""`nanochat eval`: benchmarks of a checkpoint (CORE and bpb for base models, chat tasks for sft/rl)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,142 @@ from typing import Optional
 
 import typer
 
-from nanochat.commands._common import DEVICE_HELP, NPROC_HELP, not_built
+from nanochat.commands._common import DEVICE_HELP, NPROC_HELP
 
 
 def eval_(
-    source: str = typer.Option("base", help="base, sft or rl."),
-    tasks: str = typer.Option("core,bpb", help="Comma-separated tasks."),
-    max_per_task: int = typer.Option(-1, help="Examples per task (-1: all)."),
+    source: str = typer.Option("base", help="Which checkpoints: base, sft or rl."),
+    tasks: Optional[str] = typer.Option(
+        None,
+        help="Comma-separated: core,bpb,arc-easy,arc-challenge,mmlu,gsm8k,humaneval,spellingbee. Default: core,bpb for base; the six chat tasks for sft/rl.",
+    ),
+    max_per_task: int = typer.Option(-1, help="Examples per task (-1: all). For bpb: sequences per split."),
+    json_file: Optional[str] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    model_tag: Optional[str] = typer.Option(None, help="Model tag (default: the newest)."),
+    step: Optional[int] = typer.Option(None, help="Checkpoint step (default: the newest complete one)."),
+    data: Optional[str] = typer.Option(None, help="Corpus for bpb: demo, web or an imported name (default: the one the checkpoint was trained on)."),
+    batch_size: int = typer.Option(8, help="Prompts (or bpb rows) per forward pass."),
+    num_samples: int = typer.Option(1, help="Samples per problem for generative tasks (pass@k)."),
+    temperature: float = typer.Option(0.0, help="Sampling temperature for generative tasks."),
+    top_k: int = typer.Option(50, help="Top-k for generative tasks (0: off)."),
+    max_new_tokens: int = typer.Option(512, help="Longest completion for generative tasks."),
+    offline: bool = typer.Option(False, "--offline", help="Use only the packaged eval data (no downloads)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     nproc: Optional[int] = typer.Option(None, help=NPROC_HELP),
 ) -> None:
-    """Evaluate a checkpoint."""
-    not_built("eval", "evaluation")
+    """Evaluate a checkpoint: CORE and bits per byte for base models, chat tasks for sft/rl."""
+    from nanochat.common.launch import maybe_relaunch
+
+    maybe_relaunch(nproc, device)
+
+    import math
+    import os
+
+    from nanochat.common.errors import NanochatError
+    from nanochat.common.logging import console, is_rank0, print0
+    from nanochat.eval.suite import EvalOptions, parse_tasks
+
+    if source not in ("base", "sft", "rl"):
+        raise NanochatError(f"--source {source!r} is not a checkpoint kind; use base, sft or rl")
+    if num_samples < 1 or batch_size < 1:
+        raise NanochatError("--num-samples and --batch-size must be 1 or more")
+    opts = EvalOptions(
+        tasks=parse_tasks(tasks, source),
+        max_per_task=max_per_task,
+        batch_size=batch_size,
+        num_samples=num_samples,
+        temperature=temperature,
+        top_k=top_k or None,
+        max_new_tokens=max_new_tokens,
+        data=data,
+        data_source="packaged" if offline else "auto",
+    )
+    if offline:
+        os.environ["NANOCHAT_OFFLINE"] = "1"
+
+    from nanochat.common.device import detect_device
+    from nanochat.common.dist import cleanup, init_distributed
+
+    info = init_distributed(detect_device(device))
+    try:
+        try:
+            from nanochat.common.checkpoint import load_model
+        except ImportError as e:
+            raise NanochatError("checkpoint loading is not in this build yet; `nanochat eval` needs the training stage") from e
+        model, tokenizer, meta = load_model(source, model_tag, step, device=info.device)
+        model.eval()
+        from nanochat.eval.suite import report_data, results_json
+
+        rows = _run_with_progress(model, tokenizer, meta, opts, info)
+        if not is_rank0():
+            return
+        from rich.table import Table
+
+        t = Table(title=f"nanochat eval --source {source}", title_justify="left")
+        for name, justify in (("task", "left"), ("metric", "left"), ("value", "right"), ("examples", "right"), ("time", "right"), ("data", "left")):
+            t.add_column(name, justify=justify, overflow="fold")
+        for r in rows:
+            value = "-" if r.value is None or (isinstance(r.value, float) and math.isnan(r.value)) else f"{r.value:.4f}"
+            t.add_row(r.task, r.metric, value, str(r.examples), f"{r.seconds:.1f}s", r.source)
+        console().print(t)
+        for r in rows:
+            if r.task == "core":
+                ct = Table(title=r.metric, title_justify="left")
+                for name in ("task", "type", "shots", "examples", "accuracy", "centered"):
+                    ct.add_column(name, justify="left" if name in ("task", "type") else "right")
+                for label, v in r.details["tasks"].items():
+                    ct.add_row(label, v["type"], str(v["shots"]), str(v["examples"]), f"{v['accuracy']:.4f}", f"{v['centered']:.4f}")
+                console().print(ct)
+        for r in rows:
+            if r.details.get("too_long"):
+                print0(f"[yellow]{r.task}: {r.details['too_long']} of {r.examples} prompts leave no room to answer in the model's context; counted as failed[/yellow]")
+            if r.task == "core" and r.details.get("missing"):
+                print0(f"[dim]{r.metric}: not comparable with reference CORE; missing tasks: {', '.join(r.details['missing'])}[/dim]")
+        checkpoint = {"step": meta.get("step"), "model_config": meta.get("model_config")}
+        if json_file:
+            from pathlib import Path
+
+            from nanochat.common.atomic import atomic_write_json
+
+            atomic_write_json(Path(json_file), _finite(results_json(rows, source, checkpoint)))
+            print0(f"results written to {json_file}")
+        from nanochat.eval.report import record_environment, record_section, sections_dir
+
+        record_section(f"eval-{source}", {**report_data(rows), "step": meta.get("step")})
+        if not (sections_dir() / "environment.json").is_file():
+            record_environment()
+    finally:
+        cleanup()
+
+
+def _finite(obj):
+    """NaN/inf are not JSON: write them as null."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _run_with_progress(model, tokenizer, meta, opts, info):
+    """run_suite with one rich progress bar per task (rank 0, on a terminal or not)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from nanochat.common.logging import console, is_rank0
+    from nanochat.eval.suite import run_suite
+
+    world = info.world_size
+    if not is_rank0():
+        return run_suite(model, tokenizer, meta, opts, info.device, info.rank, world, None)
+    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console(), transient=False) as bar:
+
+        def progress(name: str, total: int):
+            mine = -(-total // world)  # this rank's share
+            tid = bar.add_task(name, total=mine)
+            return lambda: bar.advance(tid)
+
+        return run_suite(model, tokenizer, meta, opts, info.device, info.rank, world, progress)

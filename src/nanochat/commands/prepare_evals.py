@@ -4,11 +4,30 @@ from __future__ import annotations
 
 import typer
 
-from nanochat.commands._common import not_built
-
 
 def prepare_evals(
     offline: bool = typer.Option(False, "--offline", help="Build the sets from the data packaged with nanochat (CORE-offline)."),
 ) -> None:
     """Download the CORE eval bundle and chat eval sets (or build them offline)."""
-    not_built("data prepare-evals", "evaluation")
+    import os
+
+    from nanochat.common.logging import console, print0, table
+    from nanochat.eval.core import bundle_url, download_bundle, find_bundle, prepare_offline_bundle
+    from nanochat.tasks import EVAL_TASK_NAMES, get_eval_task
+
+    if offline:
+        os.environ["NANOCHAT_OFFLINE"] = "1"
+        path = prepare_offline_bundle()
+    else:
+        print0(f"downloading the CORE eval bundle from {bundle_url()}")
+        path = download_bundle()
+    bundle = find_bundle()
+    specs = bundle.task_specs()
+    print0(f"[bold]{bundle.label}[/bold]: {len(specs)} tasks in {path}")
+    if bundle.missing_tasks():
+        print0(f"[yellow]missing from CORE's 22 tasks:[/yellow] {', '.join(bundle.missing_tasks())} (scores are not comparable with reference CORE)")
+    rows = []
+    for name in EVAL_TASK_NAMES:
+        task = get_eval_task(name, source="packaged" if offline else "auto")
+        rows.append([name, len(task), task.data_source])
+    console().print(table("chat eval sets", rows, ["task", "examples", "data"]))

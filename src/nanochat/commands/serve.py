@@ -1,20 +1,90 @@
-"""`nanochat serve`: the web page and the OpenAI-compatible API."""
+"""`nanochat serve`: the chat web page and an OpenAI-compatible API over a trained model."""
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import typer
 
-from nanochat.commands._common import not_built
+from nanochat.commands._common import DEVICE_HELP
 
 
 def serve(
-    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind. Anything but loopback needs --api-key (or --insecure)."),
     port: int = typer.Option(8000, help="Port to bind."),
-    source: str = typer.Option("sft", help="sft or rl."),
-    api_key: Optional[str] = typer.Option(None, help="Require this Bearer key on every route but /health."),
-    workers: Optional[int] = typer.Option(None, help="Engine workers (default: one per GPU, one on CPU)."),
+    source: Optional[str] = typer.Option(None, help="sft, rl or base. Default: the newest of sft and rl."),
+    model_tag: Optional[str] = typer.Option(None, help="Model tag (e.g. d20). Default: the one written most recently."),
+    step: Optional[int] = typer.Option(None, help="Checkpoint step. Default: the newest complete one."),
+    api_key: Optional[str] = typer.Option(None, envvar="NANOCHAT_API_KEY", help="Require this key (Bearer) on every route but /health. Env: NANOCHAT_API_KEY."),
+    workers: Optional[int] = typer.Option(None, help="Engine workers, each a model replica (default: one per GPU, one on CPU)."),
+    queue_size: int = typer.Option(16, help="Requests that may wait for a worker; beyond that the answer is 503 with Retry-After."),
+    max_tokens: int = typer.Option(512, help="Default max tokens of an answer when a request does not say."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    allowed_hosts: Optional[str] = typer.Option(None, help="Comma-separated Host names to accept ('*': any). Default: loopback names when bound to loopback."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow binding a non-loopback address without an API key."),
+    log_requests: bool = typer.Option(False, "--log-requests", help="Log every conversation and answer (off by default)."),
 ) -> None:
-    """Serve the chat page and an OpenAI-compatible API."""
-    not_built("serve", "inference")
+    """Serve the chat page at / and an OpenAI-compatible API at /v1 (chat completions, models)."""
+    from nanochat.common.errors import UsageError
+    from nanochat.serve.app import check_bind
+
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--port {port} is not a port; use 1 to 65535")
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers {workers} must be at least 1")
+    if queue_size < 0 or max_tokens < 1:
+        raise UsageError("--queue-size must be >= 0 and --max-tokens >= 1")
+    check_bind(host, api_key, insecure)
+
+    import logging
+
+    import torch
+    import uvicorn
+
+    from nanochat.common.checkpoint import resolve_checkpoint
+    from nanochat.common.device import detect_device
+    from nanochat.common.errors import NanochatError
+    from nanochat.common.logging import print0
+    from nanochat.engine.engine import Engine
+    from nanochat.engine.loading import load_chat_model, newest_chat_source
+    from nanochat.serve.app import ServeConfig, create_app
+
+    dev = detect_device(device)
+    n = workers or (torch.cuda.device_count() if dev == "cuda" else 1)
+    if dev == "cuda" and n > torch.cuda.device_count():
+        raise NanochatError(f"--workers {n} but only {torch.cuda.device_count()} GPUs are visible; use at most that many")
+    if dev != "cuda" and n > 1:
+        raise NanochatError(f"--workers {n} on {dev}: several replicas only help with several GPUs; use --workers 1")
+    # fail now, with one line, if there is nothing to load; the weights load in the background
+    src = source or newest_chat_source()
+    info = resolve_checkpoint(src, model_tag, step)
+    config = ServeConfig(
+        host=host,
+        port=port,
+        api_key=api_key,
+        allowed_hosts=[h for h in allowed_hosts.split(",")] if allowed_hosts else None,
+        queue_size=queue_size,
+        log_requests=log_requests,
+        model_name=f"nanochat-{src}-{info.tag}-step{info.step}",
+        default_max_tokens=max_tokens,
+    )
+    if dev == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # a core stays free for the HTTP side
+
+    def load():
+        engines = []
+        for i in range(n):
+            target = f"cuda:{i}" if dev == "cuda" else dev
+            model, tokenizer, _ = load_chat_model(src, info.tag, info.step, target)
+            engine = Engine(model, tokenizer)
+            for _ in engine.generate([tokenizer.bos_id], max_tokens=2, temperature=0.0):
+                pass  # warm up (and capture the batch-1 CUDA graph) before /health says ready
+            engines.append(engine)
+        return engines
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    app = create_app(config, load)
+    shown = f"[{host}]" if ":" in host else host
+    print0(f"serving {config.model_name} on http://{shown}:{port}/ ({n} worker{'s' if n > 1 else ''} on {dev}); API at /v1")
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=True, timeout_graceful_shutdown=5)

@@ -1,0 +1,137 @@
+"""The terminal chat behind `nanochat chat`: a multi-turn REPL with slash commands, and one-shot mode.
+
+    session = ChatSession(engine, temperature=0.6, top_k=50)
+    session.repl(input_fn=input, out=sys.stdout)      # interactive
+    session.answer("Why is the sky blue?", out)       # one turn, streamed to `out`
+
+Commands: /help, /clear (forget the conversation), /set temperature X, /set top-k K, /exit.
+Ctrl-C while an answer streams stops that answer (what was written so far stays in the history);
+Ctrl-C (or Ctrl-D) at the prompt exits. With `verbose`, each answer ends with its tokens and tokens/s.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, TextIO
+
+from nanochat.engine.prompt import render_chat_prompt
+from nanochat.engine.streaming import StreamDecoder
+
+HELP = """commands:
+  /help                 this help
+  /clear                start a new conversation
+  /set temperature X    sampling temperature, 0 (greedy) to 2
+  /set top-k K          sample from the K most likely tokens (0: all)
+  /exit                 quit (also Ctrl-D, or Ctrl-C at the prompt)
+Ctrl-C while the model writes stops the answer."""
+
+
+class ChatSession:
+    """One conversation with an Engine: settings, history, and the streaming of answers."""
+
+    def __init__(self, engine, temperature: float = 0.6, top_k: int | None = 50, max_tokens: int = 1024, seed: int | None = None, verbose: bool = False):
+        self.engine = engine
+        self.temperature = temperature
+        self.top_k = top_k
+        self.max_tokens = max_tokens
+        self.seed = seed
+        self.verbose = verbose
+        self.messages: list[dict] = []
+        self._turn = 0
+
+    def answer(self, text: str, out: TextIO) -> str:
+        """Add a user turn, stream the answer to `out`, keep it in the history; returns the answer.
+
+        KeyboardInterrupt during generation stops it (the partial answer is kept) and re-raises
+        nothing: the caller simply gets what was written."""
+        self.messages.append({"role": "user", "content": text})
+        ctx = self.engine.sequence_len
+        max_new = max(1, min(self.max_tokens, ctx // 2))
+        prompt = render_chat_prompt(self.engine.tokenizer, self.messages, ctx - max_new)
+        tok = self.engine.tokenizer
+        terminal = {tok.bos_id, tok.special_id("<|assistant_end|>")}
+        decoder = StreamDecoder(tok)
+        seed = None if self.seed is None else self.seed + self._turn
+        self._turn += 1
+        n, t0 = 0, time.perf_counter()
+        gen = self.engine.generate(prompt, num_samples=1, max_tokens=max_new, temperature=self.temperature, top_k=self.top_k, seed=seed)
+        stopped = False
+        try:
+            for column, _ in gen:
+                n += 1
+                if column[0] in terminal:
+                    break
+                out.write(decoder.push(column[0]))
+                out.flush()
+        except KeyboardInterrupt:
+            stopped = True
+        finally:
+            gen.close()
+        out.write(decoder.flush())
+        dt = time.perf_counter() - t0
+        out.write("\n")
+        if stopped:
+            out.write("[stopped]\n")
+        if self.verbose:
+            out.write(f"[{n} tokens in {dt:.2f} s, {n / max(dt, 1e-9):.1f} tokens/s]\n")
+        out.flush()
+        self.messages.append({"role": "assistant", "content": decoder.text})
+        return decoder.text
+
+    def command(self, line: str, out: TextIO) -> bool:
+        """Run a slash command; False means exit."""
+        parts = line.strip().split()
+        cmd = parts[0].lower()
+        if cmd in ("/exit", "/quit"):
+            return False
+        if cmd == "/help":
+            out.write(HELP + "\n")
+        elif cmd == "/clear":
+            self.messages = []
+            out.write("(new conversation)\n")
+        elif cmd == "/set" and len(parts) == 3 and parts[1].lower() in ("temperature", "temp", "top-k", "top_k", "topk"):
+            name, value = parts[1].lower(), parts[2]
+            try:
+                if name.startswith("temp"):
+                    v = float(value)
+                    if not 0.0 <= v <= 2.0:
+                        raise ValueError
+                    self.temperature = v
+                    out.write(f"temperature = {v}\n")
+                else:
+                    k = int(value)
+                    if k < 0:
+                        raise ValueError
+                    self.top_k = k or None
+                    out.write(f"top-k = {k}" + (" (all tokens)" if k == 0 else "") + "\n")
+            except ValueError:
+                out.write(f"bad value {value!r}: temperature takes 0 to 2, top-k an integer >= 0\n")
+        else:
+            out.write(f"unknown command {line.strip()!r}; /help lists the commands\n")
+        out.flush()
+        return True
+
+    def repl(self, input_fn: Callable[[str], str], out: TextIO, prompt: str = "you> ") -> None:
+        """Read lines until /exit, Ctrl-D or Ctrl-C at the prompt."""
+        out.write("nanochat: type a message, /help for commands, /exit to quit\n")
+        out.flush()
+        while True:
+            try:
+                line = input_fn(prompt)
+            except (EOFError, KeyboardInterrupt):
+                out.write("\n")
+                return
+            if not line.strip():
+                continue
+            if line.strip().startswith("/"):
+                if not self.command(line, out):
+                    return
+                continue
+            out.write("nanochat> ")
+            out.flush()
+            try:
+                self.answer(line, out)
+            except KeyboardInterrupt:  # Ctrl-C before the first token (while the prompt was prepared)
+                out.write("\n[stopped]\n")
+                if self.messages and self.messages[-1]["role"] == "user":
+                    self.messages.pop()

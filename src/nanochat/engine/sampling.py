@@ -1,0 +1,61 @@
+"""Choosing the next token from logits: greedy, temperature, top-k and top-p (nucleus) sampling.
+
+Every random draw goes through a `torch.Generator` the caller owns (one per request, seeded), so the
+same seed gives the same text whatever else runs on the machine at the same time.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MIN_TEMPERATURE = 1e-4  # below this, sampling is greedy (and 1/T would overflow float32 for T < ~1e-38)
+
+
+def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator:
+    """A generator on `device` seeded with `seed` (a fresh random seed when None)."""
+    g = torch.Generator(device=torch.device(device))
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+    return g
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Logits (B, V) scaled by 1/temperature with everything outside top-k / top-p set to -inf.
+
+    top_k None or 0 and top_p None or >= 1 mean "no filtering". The most likely token always survives,
+    so the result always has at least one finite entry per row.
+    """
+    logits = logits.float()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # max first: no overflow at small T
+    vocab = logits.size(-1)
+    if top_k is not None and 0 < top_k < vocab:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # mass strictly before each token: a token is kept while the mass before it is below top_p
+        before = torch.cumsum(probs, dim=-1) - probs
+        drop_sorted = before >= top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    generator: torch.Generator | None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> torch.Tensor:
+    """One token id per row of `logits` (B, V) -> (B,) int64. temperature 0 is greedy (argmax)."""
+    if temperature < 0:
+        raise ValueError("temperature must be >= 0")
+    if temperature < MIN_TEMPERATURE:  # 0, or so small that 1/T overflows float32: greedy
+        return torch.argmax(logits, dim=-1)
+    probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

@@ -1,0 +1,170 @@
+"""Chat evals: categorical tasks by letter logits, generative tasks by sampling, and ChatCORE.
+
+- Categorical (ARC-Easy, ARC-Challenge, MMLU): prompts rendered for completion are run in batches
+  (right-padded with BOS, so causal attention leaves each prompt's last position untouched); the
+  logits at each prompt's last position are restricted to the task's letter tokens and the argmax
+  letter is the answer. Every letter must be a single token.
+- Generative (GSM8K, HumanEval, SpellingBee): `num_samples` completions per problem; the problem
+  passes if any of them does (pass@k with k = num_samples).
+- ChatCORE: the mean over tasks of `(acc - baseline) / (1 - baseline)`, with baselines 0.25 for
+  the multiple-choice tasks and 0 for the generative ones.
+
+The model is anything callable as `model(ids) -> logits (B, T, vocab)`; generation goes through a
+`generate(prompts, num_samples) -> per prompt, num_samples completion token lists` function, by
+default the Engine's `generate_batch`. Problems are strided over ranks and the counts all-reduced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from nanochat.common.errors import NanochatError
+
+BASELINES = {
+    "arc-easy": 0.25,
+    "arc-challenge": 0.25,
+    "mmlu": 0.25,
+    "gsm8k": 0.0,
+    "humaneval": 0.0,
+    "spellingbee": 0.0,
+}
+CHATCORE_TASKS = tuple(BASELINES)
+
+
+@dataclass
+class ChatResult:
+    passed: int
+    total: int
+    too_long: int = 0
+
+    @property
+    def accuracy(self) -> float:
+        return self.passed / self.total if self.total else float("nan")
+
+
+def _dist():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist, dist.get_rank(), dist.get_world_size()
+    return None, 0, 1
+
+
+def _reduce(passed: int, total: int, device) -> ChatResult:
+    import torch
+
+    dist, _, _ = _dist()
+    if dist is not None:
+        t = torch.tensor([passed, total], dtype=torch.long, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        passed, total = int(t[0]), int(t[1])
+    return ChatResult(passed, total)
+
+
+def letter_token_ids(tokenizer, letters) -> list[int]:
+    ids = []
+    for letter in letters:
+        enc = tokenizer.encode(letter)
+        if len(enc) != 1:
+            raise NanochatError(f"answer letter {letter!r} is {len(enc)} tokens in this tokenizer, not 1; categorical evals need single-token letters")
+        ids.append(enc[0])
+    return ids
+
+
+def run_categorical(model, tokenizer, task, device, batch_size: int = 8, max_problems: int | None = None, on_item: Callable[[], None] | None = None) -> ChatResult:
+    """Accuracy of the letter with the highest logit at the end of each prompt."""
+    import torch
+
+    dist, rank, world = _dist()
+    n = len(task) if max_problems is None or max_problems < 0 else min(len(task), max_problems)
+    starts = list(range(0, n, batch_size))[rank::world]  # whole batches strided over ranks
+    passed = total = 0
+    for s in starts:
+        convs = [task[i] for i in range(s, min(s + batch_size, n))]
+        prompts = [tokenizer.render_for_completion(c["messages"]) for c in convs]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), tokenizer.bos_id, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+        with torch.no_grad():
+            logits = model(ids.to(device))
+        for i, (conv, p) in enumerate(zip(convs, prompts)):
+            letters = conv["letters"]
+            letter_ids = letter_token_ids(tokenizer, letters)
+            focus = logits[i, len(p) - 1, letter_ids]
+            answer = letters[int(focus.argmax())]
+            passed += int(task.evaluate(conv, answer))
+            total += 1
+            if on_item is not None:
+                on_item()
+    return _reduce(passed, total, device)
+
+
+def engine_generate(model, tokenizer, max_tokens: int = 512, temperature: float = 0.0, top_k: int | None = 50, seed: int = 42) -> Callable:
+    """A `generate(prompts, num_samples)` backed by the Engine (tool calls included): for each prompt,
+    `num_samples` completions (token lists without the prompt and the terminal token)."""
+    try:
+        from nanochat.engine.engine import Engine
+    except ImportError as e:
+        raise NanochatError("generative evals need the inference engine (nanochat.engine.engine), which is not in this build; evaluate categorical tasks only") from e
+    engine = Engine(model, tokenizer)
+
+    def generate(prompts: list[list[int]], num_samples: int) -> list[list[list[int]]]:
+        sequences, _masks = engine.generate_batch(prompts, num_samples=num_samples, max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed)
+        # rows are prompt-major: prompt 0's samples first
+        return [sequences[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]
+
+    return generate
+
+
+def run_generative(
+    generate: Callable,
+    tokenizer,
+    task,
+    device,
+    num_samples: int = 1,
+    max_problems: int | None = None,
+    on_item: Callable[[], None] | None = None,
+    batch_size: int = 1,
+    max_prompt_len: int | None = None,
+) -> ChatResult:
+    """pass@num_samples: a problem passes if any sampled completion passes.
+
+    `batch_size` problems go to `generate` together. A prompt of `max_prompt_len` tokens or more
+    (no room left to answer in the model's context) counts as failed, and is counted in `too_long`."""
+    _, rank, world = _dist()
+    n = len(task) if max_problems is None or max_problems < 0 else min(len(task), max_problems)
+    mine = list(range(rank, n, world))
+    passed = total = too_long = 0
+    for s in range(0, len(mine), max(1, batch_size)):
+        convs = [task[i] for i in mine[s : s + batch_size]]
+        prompts = [tokenizer.render_for_completion(c["messages"]) for c in convs]
+        fits = [i for i, p in enumerate(prompts) if max_prompt_len is None or len(p) < max_prompt_len]
+        outs = generate([prompts[i] for i in fits], num_samples) if fits else []
+        completions = {i: o for i, o in zip(fits, outs)}
+        for i, conv in enumerate(convs):
+            texts = [tokenizer.decode(c) for c in completions.get(i, [])]
+            too_long += i not in completions
+            passed += int(any(task.evaluate(conv, t) for t in texts))
+            total += 1
+            if on_item is not None:
+                on_item()
+    result = _reduce(passed, total, device)
+    result.too_long = int(_reduce(too_long, 0, device).passed)
+    return result
+
+
+def chatcore(accuracies: dict[str, float]) -> float | None:
+    """ChatCORE over the six tasks, or None unless all six were evaluated."""
+    if not all(name in accuracies for name in CHATCORE_TASKS):
+        return None
+    return sum((accuracies[n] - BASELINES[n]) / (1.0 - BASELINES[n]) for n in CHATCORE_TASKS) / len(CHATCORE_TASKS)
+
+
+def chatcore_partial(accuracies: dict[str, float]) -> float | None:
+    """The same mean over whichever of the six tasks were evaluated (labelled as partial by callers)."""
+    names = [n for n in CHATCORE_TASKS if n in accuracies]
+    if not names:
+        return None
+    return sum((accuracies[n] - BASELINES[n]) / (1.0 - BASELINES[n]) for n in names) / len(names)

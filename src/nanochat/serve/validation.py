@@ -1,0 +1,208 @@
+"""Checking a `/v1/chat/completions` request body before it reaches the model.
+
+Every way a body can be wrong maps to one `ApiError` with an HTTP status and an OpenAI-style error:
+400 when the body is not JSON (or not UTF-8, or nested absurdly deep), 413 when it is too big
+(bytes, messages, characters), 422 when it is JSON of the wrong shape or a value is out of range.
+Nothing here can raise anything else, whatever the bytes: the malformed-request suite checks that.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+MAX_BODY_BYTES = 1_000_000
+MAX_MESSAGES = 500
+MAX_MESSAGE_CHARS = 8_000
+MAX_TOTAL_CHARS = 32_000
+MAX_N = 8
+MAX_NESTING = 32
+ROLES = ("system", "developer", "user", "assistant")
+
+
+class ApiError(Exception):
+    """An error the client caused: status, message, and the OpenAI `type`/`param`/`code` fields."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers or {}
+
+    @property
+    def type(self) -> str:
+        return {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}.get(
+            self.status, "server_error" if self.status >= 500 else "invalid_request_error"
+        )
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class ChatRequest:
+    messages: list[dict]
+    max_tokens: int
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    seed: int | None
+    n: int
+    stream: bool
+    include_usage: bool
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _depth_ok(raw: str) -> bool:
+    """True when brackets nest at most MAX_NESTING deep (checked before json.loads can recurse)."""
+    depth = 0
+    in_str = esc = False
+    for ch in raw:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return False
+        elif ch in "]}":
+            depth -= 1
+    return True
+
+
+def parse_json_body(body: bytes):
+    if len(body) > MAX_BODY_BYTES:
+        raise ApiError(413, f"request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}", code="body_too_large")
+    try:
+        raw = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not valid UTF-8", code="invalid_json") from None
+    if not raw.strip():
+        raise ApiError(400, "request body is empty; send a JSON object", code="invalid_json")
+    if not _depth_ok(raw):
+        raise ApiError(400, f"JSON nested deeper than {MAX_NESTING} levels", code="invalid_json")
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        raise ApiError(400, f"request body is not valid JSON: {str(e)[:200]}", code="invalid_json") from None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(obj: dict, key: str, lo: float, hi: float, default):
+    v = obj.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ApiError(422, f"'{key}' must be a number", param=key, code="invalid_type")
+    try:
+        f = float(v)
+    except OverflowError:
+        raise ApiError(422, f"'{key}' must be between {lo} and {hi}", param=key, code="out_of_range") from None
+    if not math.isfinite(f) or not lo <= f <= hi:
+        raise ApiError(422, f"'{key}' must be between {lo} and {hi}", param=key, code="out_of_range")
+    return f
+
+
+def _int(obj: dict, key: str, lo: int, hi: int, default):
+    v = obj.get(key)
+    if v is None:
+        return default
+    if not _is_int(v):
+        raise ApiError(422, f"'{key}' must be an integer", param=key, code="invalid_type")
+    if not lo <= v <= hi:
+        raise ApiError(422, f"'{key}' must be between {lo} and {hi}", param=key, code="out_of_range")
+    return v
+
+
+def _content_text(content, where: str) -> str:
+    """The text of a message's content (string, or a list of text parts); raises ApiError otherwise."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type", "text") != "text" or not isinstance(part.get("text"), str):
+                raise ApiError(422, f"{where}.content[{j}] must be {{\"type\": \"text\", \"text\": string}}", param=f"{where}.content", code="invalid_type")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise ApiError(422, f"{where}.content must be a string or a list of text parts", param=f"{where}.content", code="invalid_type")
+
+
+def parse_chat_request(body: bytes, *, context_len: int, vocab_size: int, default_max_tokens: int) -> ChatRequest:
+    """Validate a chat completion request body; raises ApiError with the first problem found."""
+    obj = parse_json_body(body)
+    if not isinstance(obj, dict):
+        raise ApiError(422, "request body must be a JSON object", code="invalid_type")
+    model = obj.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ApiError(422, "'model' must be a string", param="model", code="invalid_type")
+    msgs = obj.get("messages")
+    if not isinstance(msgs, list):
+        raise ApiError(422, "'messages' must be a list of {role, content} objects", param="messages", code="invalid_type")
+    if not msgs:
+        raise ApiError(422, "'messages' must not be empty", param="messages", code="out_of_range")
+    if len(msgs) > MAX_MESSAGES:
+        raise ApiError(413, f"{len(msgs)} messages; the limit is {MAX_MESSAGES}", param="messages", code="too_many_messages")
+    messages, total, has_user = [], 0, False
+    for i, m in enumerate(msgs):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise ApiError(422, f"{where} must be an object with 'role' and 'content'", param=where, code="invalid_type")
+        role = m.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            raise ApiError(422, f"{where}.role must be one of {', '.join(ROLES)}", param=f"{where}.role", code="invalid_role")
+        if "content" not in m:
+            raise ApiError(422, f"{where} has no 'content'", param=f"{where}.content", code="invalid_type")
+        text = _content_text(m["content"], where)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # JSON can spell lone surrogates ("\ud800"); they are not text
+            raise ApiError(422, f"{where}.content contains an unpaired UTF-16 surrogate", param=f"{where}.content", code="invalid_text") from None
+        if len(text) > MAX_MESSAGE_CHARS:
+            raise ApiError(413, f"{where} has {len(text)} characters; the limit is {MAX_MESSAGE_CHARS}", param=where, code="message_too_long")
+        total += len(text)
+        if total > MAX_TOTAL_CHARS:
+            raise ApiError(413, f"the messages have more than {MAX_TOTAL_CHARS} characters in all", param="messages", code="conversation_too_long")
+        has_user = has_user or role == "user"
+        messages.append({"role": role, "content": text})
+    if not has_user:
+        raise ApiError(422, "the conversation needs at least one message with role 'user'", param="messages", code="no_user_message")
+    max_new = context_len - 16  # room for at least a short prompt
+    max_tokens = _int(obj, "max_completion_tokens", 1, max_new, None)
+    if max_tokens is None:
+        max_tokens = _int(obj, "max_tokens", 1, max_new, min(default_max_tokens, max_new))
+    temperature = _number(obj, "temperature", 0.0, 2.0, 1.0)
+    top_p = _number(obj, "top_p", 0.0, 1.0, None)
+    if top_p is not None and top_p <= 0.0:
+        raise ApiError(422, "'top_p' must be greater than 0 and at most 1", param="top_p", code="out_of_range")
+    top_k = _int(obj, "top_k", 0, vocab_size, None)
+    n = _int(obj, "n", 1, MAX_N, 1)
+    seed = _int(obj, "seed", -(2**63), 2**63 - 1, None)
+    stream = obj.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise ApiError(422, "'stream' must be true or false", param="stream", code="invalid_type")
+    opts = obj.get("stream_options")
+    include_usage = False
+    if opts is not None:
+        if not isinstance(opts, dict):
+            raise ApiError(422, "'stream_options' must be an object", param="stream_options", code="invalid_type")
+        iu = opts.get("include_usage")
+        if iu is not None and not isinstance(iu, bool):
+            raise ApiError(422, "'stream_options.include_usage' must be true or false", param="stream_options.include_usage", code="invalid_type")
+        include_usage = bool(iu)
+    for unsupported in ("tools", "functions", "stop", "logprobs", "response_format"):
+        if obj.get(unsupported) not in (None, False, [], {}):
+            raise ApiError(422, f"'{unsupported}' is not supported by this server; leave it out", param=unsupported, code="unsupported")
+    return ChatRequest(messages, max_tokens, temperature, top_k or None, top_p, seed, n, bool(stream), include_usage)
