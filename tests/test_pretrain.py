@@ -190,3 +190,23 @@ def test_cuda_run_compiles_trains_and_resumes(nanochat_home):
     assert r.returncode == 0 and "resuming d4 from step 10" in r.stdout
     again = train_losses(run_dir)
     assert max(abs(again[s] - first[s]) for s in range(10, 20)) < 1e-2
+
+
+def test_val_bpb_matches_the_eval_stage_implementation():
+    # two code paths: the trainer's per-token losses (loss_reduction="none") and nanochat.eval.bpb's logits
+    from nanochat.data.tokenizer import Tokenizer
+    from nanochat.eval.bpb import evaluate_bpb as eval_stage_bpb
+    from nanochat.model.config import GPTConfig
+    from nanochat.model.gpt import build_model
+    from nanochat.train.loop import evaluate_bpb
+    from tests.train_helpers import session_tokenizer_dir
+
+    tok = Tokenizer.load(session_tokenizer_dir())
+    model = build_model(GPTConfig.from_depth(2, tok.vocab_size, 32, aspect_ratio=32, head_dim=32), "cpu", seed=3)
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, tok.vocab_size, (3, 2, 33), generator=g)
+    rows[0, 0, 5] = tok.bos_id  # a special token as a target: 0 bytes, not counted
+    batches = [(r[:, :-1], r[:, 1:]) for r in rows]
+    ours = evaluate_bpb(model, iter(batches), 3, tok.token_bytes())
+    theirs = eval_stage_bpb(model, iter(batches), 3, tok.token_bytes())
+    assert ours == pytest.approx(theirs, rel=1e-6)

@@ -512,7 +512,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
         "depth": cfg.depth, "model_tag": cfg.tag, "data": cfg.data, "params": facts.total_params, "scaling_params": facts.scaling_params,
         "flops_per_token": facts.flops_per_token, "iterations": n, "final_step": step, "tokens": plan.total_tokens,
         "total_batch_size": plan.total_batch_size, "world_size": world, "device": device_type,
-        "min_val_bpb": min_val if math.isfinite(min_val) else None, "final_val_bpb": val_bpb, "total_time_s": clock.total, "wall_time_s": time.time() - t_run,
+        "min_val_bpb": min_val if math.isfinite(min_val) else None, "final_val_bpb": val_bpb, "total_time_s": time.time() - t_run, "training_time_s": clock.total,
         "mfu_pct": (100 * flops_per_step * clock.timed_steps / clock.total / (peak * world)) if (peak and clock.total) else None,
         "stopped_by": stop.signame if stopped_by_signal else None,
     }  # fmt: skip
