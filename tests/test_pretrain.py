@@ -20,6 +20,7 @@ def test_demo_run_val_bpb_falls_and_checkpoint_loads(nanochat_home):
     install_tokenizer(nanochat_home)
     args = ["pretrain", "--data", "demo", "--depth", "4", "--aspect-ratio", "32", "--head-dim", "32", "--max-seq-len", "128", "--device-batch-size", "4", "--num-iterations", "24",
             "--device", "cpu", "--eval-every", "12", "--eval-tokens", "2048", "--sample-every", "24", "--warmup-steps", "4",
+            "--core-metric-every", "24", "--core-metric-max-per-task", "1",
             "--matrix-lr", "0.1", "--embedding-lr", "1.5", "--unembedding-lr", "0.04", "--tokenizer-threads", "1"]  # fmt: skip
     r = run_cli(*args, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -31,6 +32,7 @@ def test_demo_run_val_bpb_falls_and_checkpoint_loads(nanochat_home):
     assert sorted(bpb) == [0, 12, 24]
     assert bpb[24] < bpb[12] < bpb[0], bpb
     assert len(train_losses(run_dir)) == 24
+    assert "CORE" in r.stdout  # the eval stage's CORE (offline bundle) ran at the last step
 
     from nanochat.common.checkpoint import find_latest, load_model
 

@@ -71,6 +71,8 @@ class PretrainConfig:
     eval_every: int = 250
     eval_tokens: int = -1  # -1 = auto: 80 × 2^19 on CUDA, 20 micro-batches elsewhere
     sample_every: int = 2000
+    core_metric_every: int | None = None  # None = 2000 on CUDA, off elsewhere; -1 off
+    core_metric_max_per_task: int = 500
     save_every: int = -1
     keep_last: int | None = None
     resume: str = "auto"  # auto | never | STEP
@@ -265,6 +267,17 @@ def _wandb(cfg: PretrainConfig, rank: int, config: dict):
     return wandb.init(project="nanochat", name=cfg.run, config=config)
 
 
+def _core_metric(model, tokenizer, device: str, max_per_task: int) -> tuple[float, str] | None:
+    """CORE (or CORE-offline) of the model, when the eval stage is installed; every rank takes part."""
+    try:
+        from nanochat.eval.core import evaluate_core, find_bundle
+    except ImportError:
+        return None
+    bundle = find_bundle()
+    result = evaluate_core(model, tokenizer, bundle, device, max_per_task=max_per_task)
+    return result.core, result.label
+
+
 def _record_report(data: dict, series: dict) -> None:
     try:
         from nanochat.eval.report import record_section
@@ -365,6 +378,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     eval_tokens = cfg.eval_tokens if cfg.eval_tokens > 0 else (80 * B_REF if device_type == "cuda" else 20 * cfg.device_batch_size * cfg.max_seq_len * world)
     eval_steps = max(1, eval_tokens // (cfg.device_batch_size * cfg.max_seq_len * world))
     compile_model = cfg.compile if cfg.compile is not None else device_type == "cuda"
+    core_every = cfg.core_metric_every if cfg.core_metric_every is not None else (2000 if device_type == "cuda" else -1)
     rows = plan_rows(facts, opts, plan) + [
         ("schedule", f"warmup {cfg.warmup_steps}, warmdown {cfg.warmdown_ratio:g} → {cfg.final_lr_frac:g}× LR; Muon momentum 0.85→0.97→0.90; WD cosine to 0"),
         ("device", f"{device} × {world} ({str(dtype).removeprefix('torch.')}{', compiled' if compile_model else ''}; attention {model.attn_backend})"),
@@ -399,6 +413,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     flops_per_step = facts.flops_per_token * tokens_per_step
     train_series: list = []
     val_series: list = []
+    core_series: list = []
     step = start_step
     t_run = time.time()
     gc_frozen = False
@@ -441,6 +456,16 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
                 metrics.write({"kind": "eval", "step": step, "val_bpb": val_bpb})
                 if wb:
                     wb.log({"step": step, "val/bpb": val_bpb})
+            if top and core_every > 0 and (last or step % core_every == 0) and step > 0:
+                model.eval()
+                core = _core_metric(model, tokenizer, device, cfg.core_metric_max_per_task)
+                model.train()
+                if core is not None:
+                    core_series.append([step, core[0]])
+                    progress.note(f"step {step:05d} | {core[1]}: {core[0]:.4f}")
+                    metrics.write({"kind": "core", "step": step, "core": core[0], "label": core[1]})
+                    if wb:
+                        wb.log({"step": step, "core_metric": core[0]})
             if top and master and cfg.sample_every > 0 and (last or step % cfg.sample_every == 0) and step > 0:
                 model.eval()
                 for line in greedy_samples(model, tokenizer, device=device):
@@ -523,7 +548,9 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
             print0(f"{stop.signame}: saved step {step} and stopped; `nanochat pretrain ... --resume auto` continues")
         else:
             print0(f"done: {step} steps, min val bpb {min_val:.4f}, training time {format_duration(clock.total)}")
-            _record_report(summary, {"train_loss": train_series, "val_bpb": val_series})
+            if core_series:
+                summary["core"] = core_series[-1][1]
+            _record_report(summary, {"train_loss": train_series, "val_bpb": val_series, **({"core": core_series} if core_series else {})})
     if wb:
         wb.finish()
     return summary
