@@ -6,8 +6,8 @@ synchronises gradients, no DDP wrapper). The steps of a run:
 1. tokenizer, model config from `--depth`, model (seeded init, identical on every rank);
 2. every derived number from `train.scaling`, printed as one table before step 0;
 3. optimizer (Muon + AdamW), data loader (BOS best-fit packing), resume from a checkpoint;
-4. the loop over steps 0..num_iterations: val bpb every `eval_every` steps, greedy samples every
-   `sample_every`, a checkpoint every `save_every` (and at the end, and on SIGTERM/SIGINT), then one
+4. the loop over steps 0..num_iterations: val bpb every `eval_every` steps, CORE every
+   `core_metric_every` (via nanochat.eval.core), greedy samples every `sample_every`, a checkpoint every `save_every` (and at the end, and on SIGTERM/SIGINT), then one
    optimizer step of `grad_accum_steps` micro-batches (bf16 on CUDA, fp32 on CPU; compiled on CUDA).
    A step whose loss is not finite is skipped without touching parameters or optimizer state; after
    `max_bad_steps` such steps in a row the run stops with an error (the last checkpoint is intact).
@@ -385,6 +385,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
         ("peak FLOP/s (MFU)", f"{peak * world:.3g}" if peak else "unknown (MFU not shown)"),
         ("data", f"{cfg.data} (train); " + (f"val bpb every {cfg.eval_every} steps on {eval_steps * cfg.device_batch_size * cfg.max_seq_len * world:,} tokens"
                                               if cfg.eval_every > 0 else "val bpb off")),
+        ("CORE", f"every {core_every} steps and at the end, {cfg.core_metric_max_per_task} per task" if core_every > 0 else "off"),
         ("checkpoints", f"{run_dir} (every {cfg.save_every if cfg.save_every > 0 else '-'} steps and at the end; keep {cfg.keep_last or 'all'})"),
         ("start", f"step {start_step}" + (" (resumed)" if info else "")),
     ]
