@@ -279,7 +279,7 @@ def speedrun(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: b
             if decision != "run":
                 continue
             if stage.name == "report":
-                _record_speedrun_section(state, times)
+                _record_speedrun_section(state, stages)
             console().rule(f"stage {i + 1}/{len(stages)}: {stage.name} — {stage.what}")
             print0(f"$ {stage.command}")
             t0 = time.time()
@@ -300,12 +300,14 @@ def speedrun(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: b
     return {"stages": times, "total_s": total, "report": report}
 
 
-def _record_speedrun_section(state: dict, times: dict[str, float]) -> None:
+def _record_speedrun_section(state: dict, stages: list[Stage]) -> None:
+    """The stage timings (as recorded, so a resumed run's earlier stages count too), in plan order."""
     from nanochat.eval.report import record_section
 
     rows = ["| stage | wall clock |", "|---|---|"]
-    for name, rec in state["stages"].items():
-        rows.append(f"| {name} | {format_duration(rec.get('seconds', 0.0))} |")
+    for s in stages:
+        if s.name in state["stages"]:
+            rows.append(f"| {s.name} | {format_duration(state['stages'][s.name].get('seconds', 0.0))} |")
     record_section("speedrun", {"stages": "\n".join(rows), "wall_time_s": sum(r.get("seconds", 0.0) for r in state["stages"].values())}, title="Speedrun")
 
 
