@@ -64,7 +64,7 @@ def test_stages_resume_from_the_state_file_and_from_stage(nanochat_home):
 
     # a stage stopped by a signal (it exits 0 after saving) is not marked finished
     def stopped(stage, signals):
-        signals.received = "SIGTERM"
+        signals.requested, signals.signame = True, "SIGTERM"
         return 0
 
     with pytest.raises(NanochatError, match="SIGTERM: stopped during stage pretrain"):

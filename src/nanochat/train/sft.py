@@ -195,6 +195,8 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
     lrs = {k: hp[k] * scale for k in ("embedding_lr", "unembedding_lr", "matrix_lr")} | {"scalar_lr": hp["scalar_lr"] * scale}
     optimizer = build_optimizer(model, weight_decay=0.0, **lrs)
     tag = cfg.out_tag or base.tag
+    if cfg.source == "sft" and tag == base.tag:
+        raise UsageError(f"--source sft continues from sft/{base.tag}: pass --out-tag with a new name for this run's checkpoints")
     run_dir = ck.checkpoint_dir("sft", tag)
 
     # ---- data
@@ -362,10 +364,12 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
         stop.uninstall()
         metrics.close()
 
+    # chat_val_bpb: bits per byte of the assistant's tokens in held-out conversations, named apart from
+    # the base model's val bpb of plain text (the report's summary row) so the two are never compared
     summary = {
         "source": f"{cfg.source}/{base.tag} step {base.step}", "model_tag": tag, "data": cfg.data, "iterations": step,
         "tokens": step * tbs, "total_batch_size": tbs, "world_size": world, "device": device_type,
-        "min_val_bpb": _finite(min_val), "final_val_bpb": _finite(val_bpb), "total_time_s": clock.total,
+        "chat_val_bpb_min": _finite(min_val), "chat_val_bpb_final": _finite(val_bpb), "total_time_s": clock.total,
         "wall_time_s": time.time() - t_run, "stopped_by": stop.signame if stop_synced and not done and step < n else None,
         "mixture": "\n".join(["| set | train | val | source |", "|---|---|---|---|"] + [f"| {p.name} | {p.train} | {p.val} | {p.source} |" for p in parts]),
     }  # fmt: skip

@@ -46,7 +46,7 @@ from nanochat.common import paths
 from nanochat.common.atomic import atomic_write_json
 from nanochat.common.errors import NanochatError, UsageError
 from nanochat.common.logging import console, print0, table, warn0
-from nanochat.train.loop import format_duration
+from nanochat.train.loop import StopSignal, format_duration
 
 STATE_VERSION = 1
 
@@ -204,30 +204,16 @@ def _archive_report() -> Path | None:
 # running
 
 
-class _Signals:
-    """Remember SIGINT/SIGTERM while a stage runs and pass SIGTERM on to it (a terminal's Ctrl-C reaches it already)."""
+class _Signals(StopSignal):
+    """SIGINT/SIGTERM while a stage runs: remembered (the stage is then not marked finished), and a SIGTERM is
+    passed on to the stage (a terminal's Ctrl-C reaches it already). A second signal stops at once."""
 
-    def __init__(self) -> None:
-        self.received: str | None = None
-        self.child: subprocess.Popen | None = None
-        self._old: dict = {}
-
-    def __enter__(self) -> "_Signals":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
+    child: subprocess.Popen | None = None
 
     def _handle(self, signum, frame) -> None:
-        self.received = signal.Signals(signum).name
+        super()._handle(signum, frame)
         if self.child is not None and self.child.poll() is None and signum == signal.SIGTERM:
             self.child.send_signal(signal.SIGTERM)
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def run_stage(stage: Stage, signals: _Signals) -> int:
@@ -274,7 +260,8 @@ def speedrun(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: b
     state.setdefault("started", time.time())
     t_run = time.time()
     times: dict[str, float] = {}
-    with _Signals() as signals:
+    signals = _Signals().install()
+    try:
         for i, (stage, decision) in enumerate(decisions):
             if decision != "run":
                 continue
@@ -285,8 +272,8 @@ def speedrun(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: b
             t0 = time.time()
             rc = runner(stage, signals)
             dt = time.time() - t0
-            if signals.received:
-                raise NanochatError(f"{signals.received}: stopped during stage {stage.name} (its checkpoint, if any, is saved); "
+            if signals.requested:
+                raise NanochatError(f"{signals.signame}: stopped during stage {stage.name} (its checkpoint, if any, is saved); "
                                     "run the same `nanochat speedrun` command again to continue")  # fmt: skip
             if rc != 0:
                 raise NanochatError(f"stage {stage.name} failed (exit code {rc}); fix what it reported above and rerun the same "
@@ -294,9 +281,11 @@ def speedrun(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: b
             times[stage.name] = dt
             state["stages"][stage.name] = {"args": list(stage.args), "finished": time.time(), "seconds": dt}
             save_state(state)
+    finally:
+        signals.uninstall()
     total = time.time() - t_run
     report = paths.report_dir() / "report.md"
-    _print_summary(times, total, report)
+    _print_summary(times, total, sum(r.get("seconds", 0.0) for r in state["stages"].values()), report)
     return {"stages": times, "total_s": total, "report": report}
 
 
@@ -311,12 +300,12 @@ def _record_speedrun_section(state: dict, stages: list[Stage]) -> None:
     record_section("speedrun", {"stages": "\n".join(rows), "wall_time_s": sum(r.get("seconds", 0.0) for r in state["stages"].values())}, title="Speedrun")
 
 
-def _print_summary(times: dict[str, float], total: float, report: Path) -> None:
+def _print_summary(times: dict[str, float], total: float, all_stages: float, report: Path) -> None:
     from nanochat.eval.report import load_sections, summary_table
 
     headers, rows = summary_table(load_sections())
     if rows:
         console().print(table("report card", rows, headers))
     if times:
-        print0(f"stages run now: {', '.join(f'{k} {format_duration(v)}' for k, v in times.items())}")
-    print0(f"speedrun done in {format_duration(total)} ({total:.0f} s this session); the report card is {report}")
+        print0(f"stages run now: {', '.join(f'{k} {format_duration(v)}' for k, v in times.items())} ({total:.0f} s)")
+    print0(f"speedrun done: all stages took {format_duration(all_stages)} ({all_stages:.0f} s); the report card is {report}")
