@@ -90,7 +90,7 @@ def main() -> None:
             res = run_generative(generate, tok, gsm, dev, max_problems=args.gsm8k, batch_size=b, max_prompt_len=config.sequence_len)
             _sync(dev)
             dt = time.perf_counter() - t0
-            rows.append((f"GSM8K generative, {b} problem(s)/batch, <= {args.max_new_tokens} new tokens", f"{res.total} problems", f"{dt:.1f} s", f"{res.total / dt:.2f} problems/s", f"pass@1 {res.accuracy:.3f}"))
+            rows.append((f"GSM8K generative, {b} problem(s)/batch, <= {args.max_new_tokens} new tokens", f"{res.total} problems", f"{dt:.1f} s", f"{res.total / dt:.2f} problems/s", f"pass@1 {res.accuracy:.3f}" + (f", {res.too_long} too long" if res.too_long else "")))
 
     t = Table(title=f"nanochat eval speed: depth {args.depth}, vocab {tok.vocab_size:,}, seq {args.seq_len}, {name}", title_justify="left")
     for col in ("what", "work", "time", "rate", "result"):

@@ -123,3 +123,22 @@ def test_multi_token_letters_are_refused(tokenizer):
     assert letter_token_ids(tokenizer, "AB") == [tokenizer.encode("A")[0], tokenizer.encode("B")[0]]
     with pytest.raises(NanochatError, match="single-token"):
         letter_token_ids(tokenizer, ["Answer A"])
+
+
+def test_evaluate_chatcore_on_a_tiny_model(tokenizer):
+    """The training-time ChatCORE: every task runs (the generative ones through the Engine)."""
+    pytest.importorskip("nanochat.engine.engine")
+    from nanochat.eval.chat_eval import evaluate_chatcore
+    from nanochat.model.config import GPTConfig
+    from nanochat.model.gpt import build_model
+
+    model = build_model(GPTConfig.from_depth(1, vocab_size=tokenizer.vocab_size, sequence_len=1024), "cpu", seed=0).eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        got = evaluate_chatcore(model, tokenizer, "cpu", categorical_max=8, generative_max=2, max_new_tokens=4, tasks=("arc-easy", "mmlu", "spellingbee"))
+    finally:
+        torch.set_num_threads(threads)
+    assert set(got) == {"arc-easy", "mmlu", "spellingbee", "chatcore_cat"}  # not all six: no chatcore
+    assert got["chatcore_cat"] == pytest.approx(((got["arc-easy"] - 0.25) / 0.75 + (got["mmlu"] - 0.25) / 0.75) / 2)
+    assert all(0.0 <= got[k] <= 1.0 for k in ("arc-easy", "mmlu", "spellingbee"))

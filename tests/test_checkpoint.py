@@ -171,3 +171,47 @@ def test_two_ranks_each_save_their_shard(tmp_path):
     assert torch.equal(opt_state["state"][0]["exp_avg"], exp)
     with pytest.raises(NanochatError, match="--nproc 2"):
         ck.load_rank_state(d / "step_000007", 2)
+
+
+RNG_CHILD = r"""
+import random, sys
+import numpy as np, torch
+from nanochat.common import checkpoint as ck
+d, mode = sys.argv[1], sys.argv[2]
+if mode == "save":
+    random.seed(5); np.random.seed(6); torch.manual_seed(7)
+    random.random(); np.random.rand(3); torch.rand(5)
+    ck.save_checkpoint(d, 1, model_state={"w": torch.zeros(1)}, meta={}, rank_state={"rng": ck.capture_rng()})
+elif mode == "restore":
+    ck.restore_rng(ck.load_rank_state(ck.latest_valid(__import__("pathlib").Path(d))[1], 0)[1]["rng"])
+print(random.random(), float(np.random.rand()), float(torch.rand(1)))
+"""
+
+
+def test_rng_restore_across_processes(tmp_path):
+    import subprocess
+    import sys
+
+    def child(mode):
+        out = subprocess.run([sys.executable, "-c", RNG_CHILD, str(tmp_path / "c"), mode], capture_output=True, text=True, check=True)
+        return out.stdout.split()
+
+    saved = child("save")  # the draws the saving process makes right after its checkpoint
+    assert child("restore") == saved
+    assert child("none") != saved  # negative control: a new process without the restore draws otherwise
+
+
+def test_consumers_pick_the_most_recently_written_tag(nanochat_home):
+    import os
+
+    model, opt = tiny_model_and_optimizer()
+    a, b = ck.checkpoint_dir("base", "d2"), ck.checkpoint_dir("base", "d4")
+    save(a, 100, model, opt)
+    save(b, 5, model, opt)
+    os.utime(a / "step_000100", (1e9, 1e9))  # d2 written long ago, d4 just now
+    assert (ck.find_latest("base").tag, ck.find_latest("base").step) == ("d4", 5)
+    # d4's only checkpoint damaged: reported, and d2's is used
+    (b / "step_000005" / "meta.json").write_text("{}")
+    reports: list[str] = []
+    info = ck.find_latest("base", report=reports.append)
+    assert (info.tag, info.step) == ("d2", 100) and len(reports) == 1

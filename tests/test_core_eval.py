@@ -183,3 +183,30 @@ def _compare_batched(tokenizer, build_model, GPTConfig, evaluate_task):
         one = evaluate_task(model, tokenizer, data, spec, "cpu", lambda: per_item.append(1), batch_rows=1)
         many = evaluate_task(model, tokenizer, data, spec, "cpu", lambda: batched.append(1), batch_rows=16)
         assert one == many and len(per_item) == len(batched) == 12, label
+
+
+@pytest.mark.gpu
+def test_core_and_bpb_on_cuda(tokenizer):
+    """On a GPU (bf16): batched CORE agrees with one item per forward, and bpb of a fresh model is sane."""
+    import torch
+
+    from nanochat.eval.bpb import evaluate_bpb, token_stream_batches
+    from nanochat.eval.core import evaluate_task
+    from nanochat.model.config import GPTConfig
+    from nanochat.model.gpt import build_model
+
+    model = build_model(GPTConfig.from_depth(4, vocab_size=tokenizer.vocab_size, sequence_len=512), "cuda", seed=0).eval()
+    b = packaged_bundle()
+    specs = {s["label"]: s for s in b.task_specs()}
+    for label in ("hellaswag", "winogrande", "lambada_openai"):
+        spec = specs[label]
+        data = b.load_data(spec["dataset_uri"])[:40]
+        one = evaluate_task(model, tokenizer, data, spec, "cuda", batch_rows=1)
+        many = evaluate_task(model, tokenizer, data, spec, "cuda", batch_rows=32)
+        assert abs(one - many) <= 2 / 40, label  # bf16 kernels may flip a near-tie or two
+    from nanochat.data.resources import open_resource
+
+    docs = iter([open_resource("corpus/austen/persuasion.txt").read()[:200_000]])
+    bpb = evaluate_bpb(model, token_stream_batches(tokenizer, docs, 4, 512, "cuda"), 4, tokenizer.token_bytes())
+    assert 1.0 < bpb < 12.0
+    assert torch.cuda.max_memory_allocated() < 8 * 2**30

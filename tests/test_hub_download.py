@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -195,3 +196,40 @@ def test_core_bundle_download_and_unpack(hub, tmp_path, monkeypatch, nanochat_ho
     with pytest.raises(NanochatError, match="not a valid zip"):
         download_bundle(hub.base + "/broken.zip")
     assert not path.exists() and not [p for p in path.parent.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_prepare_evals_downloads_bundle_and_chat_sets(hub, tmp_path, monkeypatch, nanochat_home):
+    """`nanochat data prepare-evals` against the loopback Hub: bundle plus the five downloadable sets."""
+    import io
+    import zipfile
+
+    from tests.conftest import run_cli
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("eval_bundle/core.yaml", "icl_tasks:\n- {label: copa, dataset_uri: c/copa.jsonl, num_fewshot: [0], icl_task_type: multiple_choice}\n")
+        z.writestr("eval_bundle/eval_meta_data.csv", "Eval Task,Random baseline\ncopa,50\n")
+        z.writestr("eval_bundle/eval_data/c/copa.jsonl", json.dumps({"query": "q", "choices": ["a", "b"], "gold": 0}) + "\n")
+    hub.files["/eval_bundle.zip"] = buf.getvalue()
+    arc = pa.table({"id": ["x"], "question": ["q?"], "choices": [{"text": ["a", "b"], "label": ["A", "B"]}], "answerKey": ["A"]})
+    hub.add_split("allenai/ai2_arc", "ARC-Easy", "test", [arc], tmp_path)
+    hub.add_split("allenai/ai2_arc", "ARC-Challenge", "test", [arc, arc], tmp_path)
+    hub.add_split("cais/mmlu", "all", "test", [mmlu_table(["m1?", "m2?", "m3?"])], tmp_path)
+    hub.add_split("openai/gsm8k", "main", "test", [pa.table({"question": ["1+1?"], "answer": ["1+1=<<1+1=2>>2\n#### 2"]})], tmp_path)
+    he = pa.table({"task_id": ["HumanEval/0"], "prompt": ["def f():\n"], "canonical_solution": ["    return 1\n"], "test": ["def check(c):\n    assert c() == 1\n"], "entry_point": ["f"]})
+    hub.add_split("openai/openai_humaneval", "openai_humaneval", "test", [he], tmp_path)
+    env = {"NANOCHAT_CORE_BUNDLE_URL": hub.base + "/eval_bundle.zip"}
+    r = run_cli("data", "prepare-evals", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "CORE: 1 tasks" in r.stdout
+    for name, n in (("arc-easy", 1), ("arc-challenge", 2), ("mmlu", 3), ("gsm8k", 1), ("humaneval", 1)):
+        assert re.search(rf"{name}\s+.\s+{n}\s+.\s+hub:", r.stdout), (name, r.stdout)
+    assert (nanochat_home / "task_data" / "openai--gsm8k" / "main" / "test" / "manifest.json").is_file()
+    hub.close()
+    r = run_cli("data", "prepare-evals", env={"NANOCHAT_CORE_BUNDLE_URL": "http://127.0.0.1:9/x.zip"})
+    assert r.returncode == 0, r.stderr  # everything is already here: nothing to fetch
+    import shutil
+
+    shutil.rmtree(nanochat_home / "eval" / "eval_bundle")
+    r = run_cli("data", "prepare-evals", env={"NANOCHAT_CORE_BUNDLE_URL": "http://127.0.0.1:9/x.zip"})
+    assert r.returncode == 1 and "prepare-evals --offline" in r.stderr and "Traceback" not in r.stderr

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -17,10 +16,11 @@ from tests.train_helpers import TINY, install_tokenizer, train_losses, val_bpbs
 
 
 def test_demo_run_val_bpb_falls_and_checkpoint_loads(nanochat_home):
-    # the demo command, shortened: depth 4, 256-token rows of 8, fewer iterations
+    # the demo command (depth 4), cut down to fit the test budget: width 128, 128-token rows of 4, 24 steps
     install_tokenizer(nanochat_home)
-    args = ["pretrain", "--data", "demo", "--depth", "4", "--max-seq-len", "256", "--device-batch-size", "8", "--num-iterations", "24",
-            "--device", "cpu", "--eval-every", "12", "--eval-tokens", "8192", "--sample-every", "24", "--warmup-steps", "4",
+    args = ["pretrain", "--data", "demo", "--depth", "4", "--aspect-ratio", "32", "--head-dim", "32", "--max-seq-len", "128", "--device-batch-size", "4", "--num-iterations", "24",
+            "--device", "cpu", "--eval-every", "12", "--eval-tokens", "2048", "--sample-every", "24", "--warmup-steps", "4",
+            "--core-metric-every", "24", "--core-metric-max-per-task", "1",
             "--matrix-lr", "0.1", "--embedding-lr", "1.5", "--unembedding-lr", "0.04", "--tokenizer-threads", "1"]  # fmt: skip
     r = run_cli(*args, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -32,6 +32,7 @@ def test_demo_run_val_bpb_falls_and_checkpoint_loads(nanochat_home):
     assert sorted(bpb) == [0, 12, 24]
     assert bpb[24] < bpb[12] < bpb[0], bpb
     assert len(train_losses(run_dir)) == 24
+    assert "CORE" in r.stdout  # the eval stage's CORE (offline bundle) ran at the last step
 
     from nanochat.common.checkpoint import find_latest, load_model
 
@@ -44,7 +45,7 @@ def test_demo_run_val_bpb_falls_and_checkpoint_loads(nanochat_home):
     from nanochat.data.loader import PackingLoader
     from nanochat.train.loop import evaluate_bpb
 
-    val = PackingLoader(open_corpus("demo", "val"), tokenizer, 8, 256, threads=1, buffer_size=100)
+    val = PackingLoader(open_corpus("demo", "val"), tokenizer, 4, 128, threads=1, buffer_size=100)
     again = evaluate_bpb(model, val, 4, tokenizer.token_bytes())
     val.close()
     assert again == pytest.approx(bpb[24], rel=1e-5)
@@ -62,13 +63,21 @@ def test_dry_run_builds_on_meta_and_trains_nothing(nanochat_home):
 
 
 def test_bad_options_fail_in_one_line(nanochat_home):
+    r = run_cli("pretrain", *TINY, "--num-iterations", "2")
+    assert r.returncode == 1 and "tokenize-train" in r.stderr and "Traceback" not in r.stderr
     install_tokenizer(nanochat_home)
+    web = [a if a != "demo" else "web" for a in TINY]
+    r = run_cli("pretrain", *web, "--num-iterations", "2")
+    assert r.returncode == 1 and "nanochat data download" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_cli("pretrain", *TINY, "--num-iterations", "2", "--total-batch-size", "1000")
     assert r.returncode == 2 and "not a multiple" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("pretrain", *TINY, "--num-iterations", "2", "--resume", "sometimes")
     assert r.returncode == 2 and "--resume" in r.stderr
     r = run_cli("pretrain", *TINY, "--num-iterations", "2", "--resume", "7")
     assert r.returncode == 1 and "no checkpoint" in r.stderr
+    (nanochat_home / "checkpoints" / "base" / "d2" / "step_000003").mkdir(parents=True)
+    r = run_cli("pretrain", *TINY, "--num-iterations", "2", "--resume", "never")
+    assert r.returncode == 1 and "--model-tag" in r.stderr
 
 
 def _in_process_run(monkeypatch, home, nan_calls, max_bad_steps=3, iterations=6):
@@ -161,3 +170,45 @@ def test_sigterm_saves_and_exits_zero(nanochat_home):
     info = find_latest("base", "d2")
     assert info is not None and info.step >= 3
     assert f"saved step {info.step}" in out
+
+
+@pytest.mark.gpu
+def test_cuda_run_compiles_trains_and_resumes(nanochat_home):
+    # bf16 + torch.compile on the GPU: trains, saves, resumes (close, not bit-exact: GPU kernels may reorder sums)
+    install_tokenizer(nanochat_home)
+    args = ["pretrain", "--data", "demo", "--depth", "4", "--max-seq-len", "256", "--device-batch-size", "8", "--device", "cuda",
+            "--nproc", "1", "--num-iterations", "20", "--save-every", "10", "--eval-every", "10", "--eval-tokens", "16384"]  # fmt: skip
+    r = run_cli(*args, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "compiled" in r.stdout and "bfloat16" in r.stdout and "mfu" in r.stdout
+    run_dir = nanochat_home / "checkpoints" / "base" / "d4"
+    first = train_losses(run_dir)
+    bpb = val_bpbs(run_dir)
+    assert bpb[20] < bpb[0]
+    import shutil
+
+    shutil.rmtree(run_dir / "step_000020")
+    r = run_cli(*args, timeout=600)
+    assert r.returncode == 0 and "resuming d4 from step 10" in r.stdout
+    again = train_losses(run_dir)
+    assert max(abs(again[s] - first[s]) for s in range(10, 20)) < 1e-2
+
+
+def test_val_bpb_matches_the_eval_stage_implementation():
+    # two code paths: the trainer's per-token losses (loss_reduction="none") and nanochat.eval.bpb's logits
+    from nanochat.data.tokenizer import Tokenizer
+    from nanochat.eval.bpb import evaluate_bpb as eval_stage_bpb
+    from nanochat.model.config import GPTConfig
+    from nanochat.model.gpt import build_model
+    from nanochat.train.loop import evaluate_bpb
+    from tests.train_helpers import session_tokenizer_dir
+
+    tok = Tokenizer.load(session_tokenizer_dir())
+    model = build_model(GPTConfig.from_depth(2, tok.vocab_size, 32, aspect_ratio=32, head_dim=32), "cpu", seed=3)
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, tok.vocab_size, (3, 2, 33), generator=g)
+    rows[0, 0, 5] = tok.bos_id  # a special token as a target: 0 bytes, not counted
+    batches = [(r[:, :-1], r[:, 1:]) for r in rows]
+    ours = evaluate_bpb(model, iter(batches), 3, tok.token_bytes())
+    theirs = eval_stage_bpb(model, iter(batches), 3, tok.token_bytes())
+    assert ours == pytest.approx(theirs, rel=1e-6)

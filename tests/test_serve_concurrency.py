@@ -107,8 +107,8 @@ def test_disconnect_stops_generation_and_frees_the_worker():
         # a non-streaming client that times out is also cancelled
         before = engine.steps
         try:
-            httpx.post(s.url + "/v1/chat/completions", json={**body, "stream": False}, timeout=0.4)
-            raise AssertionError("the request should have timed out")
+            r = httpx.post(s.url + "/v1/chat/completions", json={**body, "stream": False}, timeout=0.4)
+            raise AssertionError(f"the request should have timed out: {r.status_code} {r.text[:300]}")
         except httpx.TimeoutException:
             pass
         t_close = engine.steps

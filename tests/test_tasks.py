@@ -115,6 +115,7 @@ def test_arc_keeps_the_datasets_labels():
 
 
 def test_spellingbee_counts_and_tool_call():
+    from nanochat.engine.tools import use_calculator
     from nanochat.tasks.spellingbee import SimpleSpelling, SpellingBee
 
     train, test = SpellingBee(50, "train"), SpellingBee(50, "test")
@@ -127,6 +128,7 @@ def test_spellingbee_counts_and_tool_call():
         assert [p["type"] for p in parts] == ["text", "python", "python_output", "text"]
         assert parts[1]["text"] == f"'{word}'.count('{letter}')"
         assert eval(parts[1]["text"]) == n  # the tool call computes the right thing
+        assert use_calculator(parts[1]["text"]) == str(n)  # and the engine's calculator accepts it
         assert parts[2]["text"] == str(n) and parts[3]["text"].endswith(f"#### {n}")
         assert train.evaluate(ex, f"so #### {n}") and not train.evaluate(ex, f"#### {n + 1}")
         assert word in ex["messages"][0]["content"]
@@ -214,3 +216,43 @@ def test_humaneval_programs_pass_with_the_canonical_solution():
         row = t.rows[t[0]["row"]]
         assert t.evaluate(t[0], row["prompt"] + row["canonical_solution"])
         assert not t.evaluate(t[0], row["prompt"] + "    return None\n")
+
+
+def test_demo_chat_stage_data_keeps_eval_sets_out():
+    from nanochat.tasks.mixtures import describe, rl_tasks, sft_mixtures, sft_train_tasks, sft_val_tasks
+
+    train, val = sft_train_tasks("demo"), sft_val_tasks("demo")
+    sources = [t.data_source for t in train]
+    # no evaluation split in training, except GSM8K's train partition, which says what it is
+    for s in sources:
+        if "_test" in s:
+            assert "gsm8k_test" in s and "TRAIN PARTITION MADE FROM THE TEST SPLIT" in s
+    assert not any("mmlu_test" in s or "arc_easy_test" in s or "arc_challenge_test" in s for s in sources)
+    key = lambda ex: json.dumps(ex["messages"], sort_keys=True)  # noqa: E731
+    chat_train = {key(ex) for t in train if t.data_source.startswith("packaged:chat/") for ex in t}
+    chat_val = {key(ex) for t in val if t.data_source.startswith("packaged:chat/") for ex in t}
+    assert len(chat_val) == 200 and not chat_train & chat_val
+    rl_train, rl_eval = rl_tasks("demo")
+    assert not {key(ex) for ex in rl_train} & {key(ex) for ex in rl_eval}
+    folded = {name: n for name, n, _ in describe(train)}
+    assert folded["GSM8K"] == 4 * 1000 and folded["identity"] == 2 * 1000
+    tr, va = sft_mixtures("demo")
+    assert len(tr) == sum(len(t) for t in train) and len(va) == sum(len(t) for t in val)
+    with pytest.raises(NanochatError, match="SmolTalk"):
+        sft_train_tasks("web")  # offline here: web data fails clearly, no silent fallback
+    with pytest.raises(NanochatError, match="web or demo"):
+        rl_tasks("austen")
+
+
+def test_every_demo_task_renders_for_training():
+    """Each task's conversations go through the chat template, with something to learn in each."""
+    from nanochat.data.resources import open_resource
+    from nanochat.data.tokenizer import Tokenizer
+    from nanochat.tasks.mixtures import sft_train_tasks, sft_val_tasks
+
+    text = open_resource("corpus/austen/emma.txt").read()[:50_000]
+    tok = Tokenizer.train([text[i : i + 2000] for i in range(0, len(text), 2000)], vocab_size=300)
+    for task in {id(t): t for t in sft_train_tasks("demo") + sft_val_tasks("demo")}.values():
+        for ex in task[:20]:
+            ids, mask = tok.render_conversation(ex["messages"], max_tokens=4096)
+            assert len(ids) == len(mask) and sum(mask) > 0, task.name

@@ -14,7 +14,7 @@ TINY = ["--data", "demo", "--depth", "2", "--aspect-ratio", "32", "--head-dim", 
 
 
 @lru_cache(maxsize=1)
-def _tokenizer_files(vocab_size: int = 512) -> Path:
+def session_tokenizer_dir(vocab_size: int = 512) -> Path:
     import tempfile
 
     from nanochat.data.corpus import open_corpus
@@ -27,7 +27,7 @@ def _tokenizer_files(vocab_size: int = 512) -> Path:
 
 def install_tokenizer(home: Path) -> None:
     """Put the session's tokenizer into `home`'s tokenizer folder."""
-    shutil.copytree(_tokenizer_files(), Path(home) / "tokenizer", dirs_exist_ok=True)
+    shutil.copytree(session_tokenizer_dir(), Path(home) / "tokenizer", dirs_exist_ok=True)
 
 
 def train_losses(run_dir: Path) -> dict[int, float]:

@@ -15,12 +15,18 @@ def prepare_evals(
     from nanochat.eval.core import bundle_url, download_bundle, find_bundle, prepare_offline_bundle
     from nanochat.tasks import EVAL_TASK_NAMES, get_eval_task
 
+    from nanochat.common.errors import NanochatError
+    from nanochat.tasks.hub import HubUnavailable
+
     if offline:
         os.environ["NANOCHAT_OFFLINE"] = "1"
         path = prepare_offline_bundle()
     else:
         print0(f"downloading the CORE eval bundle from {bundle_url()}")
-        path = download_bundle()
+        try:
+            path = download_bundle()
+        except HubUnavailable as e:
+            raise NanochatError(f"{str(e).split(';')[0]}; without the internet, use `nanochat data prepare-evals --offline` (CORE-offline)") from e
     bundle = find_bundle()
     specs = bundle.task_specs()
     print0(f"[bold]{bundle.label}[/bold]: {len(specs)} tasks in {path}")
@@ -28,6 +34,9 @@ def prepare_evals(
         print0(f"[yellow]missing from CORE's 22 tasks:[/yellow] {', '.join(bundle.missing_tasks())} (scores are not comparable with reference CORE)")
     rows = []
     for name in EVAL_TASK_NAMES:
-        task = get_eval_task(name, source="packaged" if offline else "auto")
+        try:
+            task = get_eval_task(name, source="packaged" if offline else "hub")
+        except HubUnavailable as e:
+            raise NanochatError(f"{name}: {str(e).split(';')[0]}; without the internet, use `nanochat data prepare-evals --offline`") from e
         rows.append([name, len(task), task.data_source])
     console().print(table("chat eval sets", rows, ["task", "examples", "data"]))

@@ -46,6 +46,8 @@ def pretrain(
     eval_every: int = typer.Option(250, help="Val bits-per-byte every N steps (and at the end); -1 off.", rich_help_panel=E),
     eval_tokens: int = typer.Option(-1, help="Tokens per val bpb evaluation; -1: 80×2^19 on CUDA, 20 micro-batches elsewhere.", rich_help_panel=E),
     sample_every: int = typer.Option(2000, help="Greedy samples of fixed prompts every N steps (and at the end); -1 off.", rich_help_panel=E),
+    core_metric_every: Optional[int] = typer.Option(None, help="CORE eval every N steps (and at the end); default 2000 on CUDA, off elsewhere; -1 off.", rich_help_panel=E),
+    core_metric_max_per_task: int = typer.Option(500, help="Examples per CORE task during training (-1: all).", rich_help_panel=E),
     save_every: int = typer.Option(-1, help="Checkpoint every N steps; -1: only at the end (and on SIGTERM/SIGINT).", rich_help_panel=E),
     keep_last: Optional[int] = typer.Option(None, help="Keep only the newest K checkpoints of this model tag.", rich_help_panel=E),
     resume: str = typer.Option("auto", help="auto (newest valid checkpoint of the tag, if any), never, or a step number.", rich_help_panel=E),
@@ -72,15 +74,21 @@ def pretrain(
     from nanochat.train.pretrain import PretrainConfig, run_pretrain
 
     skip = {s.strip() for s in skip_restore.split(",") if s.strip()}
+    planned_world = 1
+    if dry_run:  # plan for the processes a real run would start (see common.launch)
+        from nanochat.common.launch import visible_gpu_count
+
+        gpus = visible_gpu_count() if device in ("auto", "cuda") else 0
+        planned_world = nproc if nproc else (gpus if gpus > 1 else 1)
     cfg = PretrainConfig(
         depth=depth, data=data, aspect_ratio=aspect_ratio, head_dim=head_dim, n_kv_head=n_kv_head, window_pattern=window_pattern,
         max_seq_len=max_seq_len, device_batch_size=device_batch_size, total_batch_size=_batch(total_batch_size),
         num_iterations=num_iterations, target_flops=target_flops, target_param_data_ratio=target_param_data_ratio,
         embedding_lr=embedding_lr, unembedding_lr=unembedding_lr, matrix_lr=matrix_lr, scalar_lr=scalar_lr, weight_decay=weight_decay,
         warmup_steps=warmup_steps, warmdown_ratio=warmdown_ratio, final_lr_frac=final_lr_frac, eval_every=eval_every,
-        eval_tokens=eval_tokens, sample_every=sample_every, save_every=save_every, keep_last=keep_last, resume=resume,
+        eval_tokens=eval_tokens, sample_every=sample_every, core_metric_every=core_metric_every, core_metric_max_per_task=core_metric_max_per_task, save_every=save_every, keep_last=keep_last, resume=resume,
         model_tag=model_tag, device=device, seed=seed, compile=compile, max_bad_steps=max_bad_steps,
         tokenizer_threads=tokenizer_threads, run=run, dry_run=dry_run,
-        restore_loader="loader" not in skip, restore_rng="rng" not in skip,
+        restore_loader="loader" not in skip, restore_rng="rng" not in skip, dry_run_world_size=planned_world,
     )  # fmt: skip
     run_pretrain(cfg)

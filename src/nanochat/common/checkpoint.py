@@ -363,17 +363,17 @@ def latest_valid(directory: Path, report: Callable[[str], None] | None = warn0) 
 def find_latest(source: str, tag: str | None = None, report: Callable[[str], None] | None = warn0) -> CheckpointInfo | None:
     """The newest valid checkpoint of `tag`, or (tag None) of the tag written to most recently."""
     tags = [tag] if tag else list_tags(source)
-    best: CheckpointInfo | None = None
-    best_time = -1.0
-    for t in tags:
+
+    def newest_write(t: str) -> float:
+        dirs = _step_dirs(checkpoint_dir(source, t))
+        return max((p.stat().st_mtime for _, p in dirs), default=-1.0)
+
+    # most recently written tag first; hashing stops at the first tag with a valid checkpoint
+    for t in sorted(tags, key=newest_write, reverse=True):
         found = latest_valid(checkpoint_dir(source, t), report)
-        if found is None:
-            continue
-        step, p = found
-        written = (p / MANIFEST_FILE).stat().st_mtime
-        if best is None or written > best_time:
-            best, best_time = CheckpointInfo(p, source, t, step), written
-    return best
+        if found is not None:
+            return CheckpointInfo(found[1], source, t, found[0])
+    return None
 
 
 def resolve_checkpoint(source: str, tag: str | None = None, step: int | None = None) -> CheckpointInfo:

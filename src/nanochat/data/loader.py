@@ -206,13 +206,15 @@ class PackingLoader:
     def __next__(self):
         import torch
 
-        rows = torch.from_numpy(self.next_rows()).long()
+        rows = torch.from_numpy(self.next_rows())
+        # one (2, B, T) int64 block [inputs | targets]: both halves contiguous, one host-to-device copy
+        both = torch.stack([rows[:, :-1], rows[:, 1:]]).long()
         if self.device.startswith("cuda"):
             # pinned staging memory; the caching host allocator keeps it until the copy is done
-            rows = rows.pin_memory().to(self.device, non_blocking=True)
+            both = both.pin_memory().to(self.device, non_blocking=True)
         elif self.device != "cpu":
-            rows = rows.to(self.device)
-        return rows[:, :-1], rows[:, 1:]
+            both = both.to(self.device)
+        return both[0], both[1]
 
     # ---- state ---------------------------------------------------------------------------------
 

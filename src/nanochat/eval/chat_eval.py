@@ -168,3 +168,38 @@ def chatcore_partial(accuracies: dict[str, float]) -> float | None:
     if not names:
         return None
     return sum((accuracies[n] - BASELINES[n]) / (1.0 - BASELINES[n]) for n in names) / len(names)
+
+
+def evaluate_chatcore(
+    model,
+    tokenizer,
+    device,
+    categorical_max: int | None = None,
+    generative_max: int | None = 24,
+    batch_size: int = 8,
+    max_new_tokens: int = 512,
+    tasks: tuple[str, ...] = CHATCORE_TASKS,
+) -> dict[str, float]:
+    """Accuracy on each chat task plus `chatcore` (the training-time eval of SFT: every categorical
+    problem, a few generative ones). `chatcore_cat` is the same mean over the categorical tasks only."""
+    from nanochat.tasks import get_eval_task
+
+    out: dict[str, float] = {}
+    generate = None
+    for name in tasks:
+        task = get_eval_task(name)
+        if task.eval_type == "categorical":
+            out[name] = run_categorical(model, tokenizer, task, device, batch_size, categorical_max).accuracy
+        else:
+            if generate is None:
+                generate = engine_generate(model, tokenizer, max_new_tokens, temperature=0.0)
+            from nanochat.eval.core import model_max_len
+
+            out[name] = run_generative(generate, tokenizer, task, device, 1, generative_max, None, batch_size, model_max_len(model)).accuracy
+    cc = chatcore(out)
+    if cc is not None:
+        out["chatcore"] = cc
+    cat = [n for n in out if BASELINES.get(n) == 0.25]
+    if cat:
+        out["chatcore_cat"] = sum((out[n] - 0.25) / 0.75 for n in cat) / len(cat)
+    return out

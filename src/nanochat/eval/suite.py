@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from nanochat.common.errors import NanochatError
 from nanochat.tasks import EVAL_TASK_NAMES

@@ -2,7 +2,8 @@
 SimpleSpelling, SmolTalk, CustomJSON, identity conversations; plus TaskMixture and TaskSequence.
 
 Import the task classes from their modules (e.g. `from nanochat.tasks.gsm8k import GSM8K`);
-`get_eval_task(name)` builds an evaluation task from its `nanochat eval --tasks` name.
+`get_eval_task(name)` builds an evaluation task from its `nanochat eval --tasks` name, and
+`nanochat.tasks.mixtures` holds the SFT mixtures and the RL task for `--data web|demo`.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def _get(url: str, *, timeout: float, attempts: int, backoff: float, stream: boo
         except requests.exceptions.ConnectionError as e:
             if "timed out" not in str(e).lower():
                 raise HubUnavailable(f"cannot reach {url} ({type(e).__name__}); check the network, or set NANOCHAT_OFFLINE=1 to use the packaged data") from e
-            last = f"connection timed out"
+            last = "connection timed out"
         except requests.exceptions.Timeout:
             last = "timed out"
         else:

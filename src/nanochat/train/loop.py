@@ -6,6 +6,7 @@ the non-finite-loss guard, val bits-per-byte and greedy samples.
   cut back to the steps before the checkpoint so a resumed run's file reads like an uninterrupted one.
 - `StopSignal`: SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the next step boundary and
   exits 0. A second signal stops at once.
+- `forward_backward`: gradient accumulation over micro-batches.
 - `sync_step_stats`: one all-reduce per step carrying the loss and the stop flag, so every rank skips
   a non-finite step, and stops, together.
 - `evaluate_bpb`: bits per byte with the tokenizer's token-bytes table (special tokens count 0 bytes).
@@ -165,6 +166,20 @@ class StopSignal:
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old.clear()
+
+
+def forward_backward(model, batches, micro_steps: int, device):
+    """Accumulate in `.grad` the gradient of the mean loss over `micro_steps` batches; returns the
+    summed loss as a tensor (no host sync, so the GPU keeps its queue full)."""
+    import torch
+
+    loss_sum = torch.zeros((), device=device)
+    for _ in range(micro_steps):
+        x, y = next(batches)
+        loss = model(x, y)
+        loss_sum += loss.detach()
+        (loss / micro_steps).backward()
+    return loss_sum
 
 
 def sync_step_stats(loss_sum, micro_steps: int, stop: bool, world_size: int) -> tuple[float, bool]:

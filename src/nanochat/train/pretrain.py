@@ -6,8 +6,8 @@ synchronises gradients, no DDP wrapper). The steps of a run:
 1. tokenizer, model config from `--depth`, model (seeded init, identical on every rank);
 2. every derived number from `train.scaling`, printed as one table before step 0;
 3. optimizer (Muon + AdamW), data loader (BOS best-fit packing), resume from a checkpoint;
-4. the loop over steps 0..num_iterations: val bpb every `eval_every` steps, greedy samples every
-   `sample_every`, a checkpoint every `save_every` (and at the end, and on SIGTERM/SIGINT), then one
+4. the loop over steps 0..num_iterations: val bpb every `eval_every` steps, CORE every
+   `core_metric_every` (via nanochat.eval.core), greedy samples every `sample_every`, a checkpoint every `save_every` (and at the end, and on SIGTERM/SIGINT), then one
    optimizer step of `grad_accum_steps` micro-batches (bf16 on CUDA, fp32 on CPU; compiled on CUDA).
    A step whose loss is not finite is skipped without touching parameters or optimizer state; after
    `max_bad_steps` such steps in a row the run stops with an error (the last checkpoint is intact).
@@ -24,8 +24,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass, field
 
 from nanochat.common import checkpoint as ck
 from nanochat.common.errors import NanochatError, UsageError
@@ -38,6 +37,7 @@ from nanochat.train.loop import (
     StopSignal,
     evaluate_bpb,
     format_duration,
+    forward_backward,
     greedy_samples,
     sync_step_stats,
 )
@@ -71,6 +71,8 @@ class PretrainConfig:
     eval_every: int = 250
     eval_tokens: int = -1  # -1 = auto: 80 × 2^19 on CUDA, 20 micro-batches elsewhere
     sample_every: int = 2000
+    core_metric_every: int | None = None  # None = 2000 on CUDA, off elsewhere; -1 off
+    core_metric_max_per_task: int = 500
     save_every: int = -1
     keep_last: int | None = None
     resume: str = "auto"  # auto | never | STEP
@@ -82,6 +84,7 @@ class PretrainConfig:
     tokenizer_threads: int = 4
     run: str = "dummy"  # wandb run name; "dummy" = no wandb
     dry_run: bool = False
+    dry_run_world_size: int = field(default=1, repr=False)  # processes a --dry-run plans for
     # for tests: restore the data loader / RNG on resume (a negative control turns them off)
     restore_loader: bool = field(default=True, repr=False)
     restore_rng: bool = field(default=True, repr=False)
@@ -216,7 +219,7 @@ def dry_run(cfg: PretrainConfig) -> dict:
     except NanochatError as e:
         vocab, tok_line = 32768, f"absent ({e}); planning with vocab 32768"
     device_type = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = cfg.dry_run_world_size
     with torch.device("meta"):
         model = GPT(model_config(cfg, vocab))
     facts = model_facts(cfg, model, vocab)
@@ -264,6 +267,17 @@ def _wandb(cfg: PretrainConfig, rank: int, config: dict):
     return wandb.init(project="nanochat", name=cfg.run, config=config)
 
 
+def _core_metric(model, tokenizer, device: str, max_per_task: int) -> tuple[float, str] | None:
+    """CORE (or CORE-offline) of the model, when the eval stage is installed; every rank takes part."""
+    try:
+        from nanochat.eval.core import evaluate_core, find_bundle
+    except ImportError:
+        return None
+    bundle = find_bundle()
+    result = evaluate_core(model, tokenizer, bundle, device, max_per_task=max_per_task)
+    return result.core, result.label
+
+
 def _record_report(data: dict, series: dict) -> None:
     try:
         from nanochat.eval.report import record_section
@@ -308,6 +322,8 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     _seed_everything(cfg.seed)
     tokenizer = get_tokenizer()
     vocab = tokenizer.vocab_size
+    train_corpus = open_corpus(cfg.data, "train")  # fails fast, naming what to download or import
+    val_corpus = open_corpus(cfg.data, "val")
     gpt_config = model_config(cfg, vocab)
     dtype = choose_dtype(device_type).dtype
     model = build_model(gpt_config, device, init=True, dtype=dtype, seed=cfg.seed)
@@ -347,34 +363,42 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
         if meta.get("plan", {}).get("num_iterations") not in (None, n):
             warn0(f"the checkpoint was planned for {meta['plan']['num_iterations']} iterations, this run for {n}; the schedules follow this run")
         print0(f"resuming {cfg.tag} from step {start_step} ({info.path})")
-    elif cfg.resume == "never" and master and ck.list_steps("base", cfg.tag):
-        warn0(f"--resume never: starting afresh; checkpoints saved by this run replace those in {run_dir}")
+        if start_step >= n:
+            print0(f"step {start_step} already completes a run of {n} iterations; nothing to train (raise --num-iterations to go on)")
+            return {"final_step": start_step, "iterations": n, "min_val_bpb": loop_state.get("min_val_bpb"), "model_tag": cfg.tag}
+    elif cfg.resume == "never" and ck.list_steps("base", cfg.tag):
+        # a fresh run mixing its checkpoints with an older run's would let --resume auto pick the wrong one later
+        raise NanochatError(
+            f"--resume never, but {run_dir} holds checkpoints of an earlier run; pass another --model-tag, "
+            f"delete that folder, or use --resume auto to continue it"
+        )
 
     # ---- print every derived value
     peak = peak_flops(device_type)
     eval_tokens = cfg.eval_tokens if cfg.eval_tokens > 0 else (80 * B_REF if device_type == "cuda" else 20 * cfg.device_batch_size * cfg.max_seq_len * world)
     eval_steps = max(1, eval_tokens // (cfg.device_batch_size * cfg.max_seq_len * world))
     compile_model = cfg.compile if cfg.compile is not None else device_type == "cuda"
+    core_every = cfg.core_metric_every if cfg.core_metric_every is not None else (2000 if device_type == "cuda" else -1)
     rows = plan_rows(facts, opts, plan) + [
         ("schedule", f"warmup {cfg.warmup_steps}, warmdown {cfg.warmdown_ratio:g} → {cfg.final_lr_frac:g}× LR; Muon momentum 0.85→0.97→0.90; WD cosine to 0"),
         ("device", f"{device} × {world} ({str(dtype).removeprefix('torch.')}{', compiled' if compile_model else ''}; attention {model.attn_backend})"),
         ("peak FLOP/s (MFU)", f"{peak * world:.3g}" if peak else "unknown (MFU not shown)"),
-        ("data", f"{cfg.data} (train) / val bpb every {cfg.eval_every} steps on {eval_steps * cfg.device_batch_size * cfg.max_seq_len * world:,} tokens"),
+        ("data", f"{cfg.data} (train); " + (f"val bpb every {cfg.eval_every} steps on {eval_steps * cfg.device_batch_size * cfg.max_seq_len * world:,} tokens"
+                                              if cfg.eval_every > 0 else "val bpb off")),
+        ("CORE", f"every {core_every} steps and at the end, {cfg.core_metric_max_per_task} per task" if core_every > 0 else "off"),
         ("checkpoints", f"{run_dir} (every {cfg.save_every if cfg.save_every > 0 else '-'} steps and at the end; keep {cfg.keep_last or 'all'})"),
         ("start", f"step {start_step}" + (" (resumed)" if info else "")),
     ]
     print0(table(f"nanochat pretrain: depth {cfg.depth}", rows))
 
     # ---- data, compile, logs
-    train_corpus = open_corpus(cfg.data, "train")
-    val_corpus = open_corpus(cfg.data, "val")
     threads = max(1, min(cfg.tokenizer_threads, os.cpu_count() or 1))
     loader = PackingLoader(train_corpus, tokenizer, cfg.device_batch_size, cfg.max_seq_len, rank=rank, world_size=world, device=device,
                            threads=threads, state=loader_state)  # fmt: skip
     token_bytes = torch.tensor(tokenizer.token_bytes(), dtype=torch.int64, device=device)
     train_model = torch.compile(model, dynamic=False) if compile_model else model
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if info else None, enabled=master)
-    user_config = {k: v for k, v in asdict(cfg).items() if k not in ("restore_loader", "restore_rng")}
+    user_config = {k: v for k, v in asdict(cfg).items() if k not in ("restore_loader", "restore_rng", "dry_run_world_size")}
     wb = _wandb(cfg, rank, {**user_config, **plan.to_dict()})
     stop = StopSignal().install()
     clock = StepClock(total=loop_state.get("total_training_time", 0.0))
@@ -390,6 +414,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     flops_per_step = facts.flops_per_token * tokens_per_step
     train_series: list = []
     val_series: list = []
+    core_series: list = []
     step = start_step
     t_run = time.time()
     gc_frozen = False
@@ -432,6 +457,16 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
                 metrics.write({"kind": "eval", "step": step, "val_bpb": val_bpb})
                 if wb:
                     wb.log({"step": step, "val/bpb": val_bpb})
+            if top and core_every > 0 and (last or step % core_every == 0) and step > 0:
+                model.eval()
+                core = _core_metric(model, tokenizer, device, cfg.core_metric_max_per_task)
+                model.train()
+                if core is not None:
+                    core_series.append([step, core[0]])
+                    progress.note(f"step {step:05d} | {core[1]}: {core[0]:.4f}")
+                    metrics.write({"kind": "core", "step": step, "core": core[0], "label": core[1]})
+                    if wb:
+                        wb.log({"step": step, "core_metric": core[0]})
             if top and master and cfg.sample_every > 0 and (last or step % cfg.sample_every == 0) and step > 0:
                 model.eval()
                 for line in greedy_samples(model, tokenizer, device=device):
@@ -445,12 +480,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
 
             # ---- one optimizer step
             clock.start(device_type)
-            loss_sum = torch.zeros((), device=device)
-            for _ in range(plan.grad_accum_steps):
-                x, y = next(loader)
-                loss = train_model(x, y)
-                loss_sum += loss.detach()
-                (loss / plan.grad_accum_steps).backward()
+            loss_sum = forward_backward(train_model, loader, plan.grad_accum_steps, device)
             loss_value, stop_synced = sync_step_stats(loss_sum, plan.grad_accum_steps, stop.requested, world)
             if not math.isfinite(loss_value):
                 optimizer.zero_grad(set_to_none=True)  # parameters and optimizer state untouched
@@ -508,7 +538,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
         "depth": cfg.depth, "model_tag": cfg.tag, "data": cfg.data, "params": facts.total_params, "scaling_params": facts.scaling_params,
         "flops_per_token": facts.flops_per_token, "iterations": n, "final_step": step, "tokens": plan.total_tokens,
         "total_batch_size": plan.total_batch_size, "world_size": world, "device": device_type,
-        "min_val_bpb": min_val if math.isfinite(min_val) else None, "final_val_bpb": val_bpb, "total_time_s": clock.total, "wall_time_s": time.time() - t_run,
+        "min_val_bpb": min_val if math.isfinite(min_val) else None, "final_val_bpb": val_bpb, "total_time_s": time.time() - t_run, "training_time_s": clock.total,
         "mfu_pct": (100 * flops_per_step * clock.timed_steps / clock.total / (peak * world)) if (peak and clock.total) else None,
         "stopped_by": stop.signame if stopped_by_signal else None,
     }  # fmt: skip
@@ -519,12 +549,9 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
             print0(f"{stop.signame}: saved step {step} and stopped; `nanochat pretrain ... --resume auto` continues")
         else:
             print0(f"done: {step} steps, min val bpb {min_val:.4f}, training time {format_duration(clock.total)}")
-            _record_report(summary, {"train_loss": train_series, "val_bpb": val_series})
+            if core_series:
+                summary["core"] = core_series[-1][1]
+            _record_report(summary, {"train_loss": train_series, "val_bpb": val_series, **({"core": core_series} if core_series else {})})
     if wb:
         wb.finish()
     return summary
-
-
-def config_from_kwargs(**kwargs: Any) -> PretrainConfig:
-    names = {f.name for f in fields(PretrainConfig)}
-    return PretrainConfig(**{k: v for k, v in kwargs.items() if k in names})
