@@ -55,9 +55,9 @@ def test_packing_pads_with_bos_and_never_splits():
     longer than a row is cut to the row and sits alone in it."""
     from nanochat.data.tokenizer import Tokenizer
     from nanochat.train.sft_data import SFTPacker, sft_mixture
-    from tests.train_helpers import _tokenizer_files
+    from tests.train_helpers import session_tokenizer_dir
 
-    tok = Tokenizer.load(_tokenizer_files())
+    tok = Tokenizer.load(session_tokenizer_dir())
     train, _, _ = sft_mixture("demo")
     seq = 64
     p = SFTPacker(train, tok, batch_size=8, seq_len=seq, buffer_size=4)  # a small buffer: padding is common
@@ -92,9 +92,9 @@ def test_masked_loss_by_hand():
     from nanochat.model.config import GPTConfig
     from nanochat.model.gpt import build_model
     from nanochat.train.sft_data import SFTPacker
-    from tests.train_helpers import _tokenizer_files
+    from tests.train_helpers import session_tokenizer_dir
 
-    tok = Tokenizer.load(_tokenizer_files())
+    tok = Tokenizer.load(session_tokenizer_dir())
     convs = [
         {"messages": [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."}]},
         {"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi there!"}]},

@@ -99,3 +99,16 @@ def test_tiny_speedrun_end_to_end(nanochat_home):
     again = run_cli("speedrun", "--tiny", "--device", "cpu", "--nproc", "1")
     assert again.returncode == 0 and "stage 1/" not in again.stdout and "done, skipped" in again.stdout
     print(f"tiny speedrun end to end: {time.time() - t0:.0f} s")
+
+
+def test_with_rl_adds_rl_only_when_built(monkeypatch):
+    from nanochat.train import speedrun as sr
+
+    monkeypatch.setattr(sr, "rl_available", lambda: False)
+    assert [s.name for s in sr.plan(demo=True, with_rl=True)] == DEMO_STAGES
+    monkeypatch.setattr(sr, "rl_available", lambda: True)
+    stages = {s.name: s for s in sr.plan(demo=True, with_rl=True)}
+    assert list(stages) == DEMO_STAGES[:-1] + ["rl", "rl-eval", "report"]
+    assert stages["rl"].args[:5] == ("rl", "--source", "sft", "--model-tag", "demo")
+    # offline RL trains on a partition of GSM8K test, so the after-RL eval leaves gsm8k out
+    assert "gsm8k" in stages["chat-eval"].command and "gsm8k" not in stages["rl-eval"].command
