@@ -20,7 +20,7 @@ class FakeTok:
 
     def render_conversation(self, conv, max_tokens=2048):
         ids = [BOS] + [100 + conv["k"]] * (conv["n"] - 1)
-        mask = [0] + [1] * (conv["n"] - 1)
+        mask = [0] + [0 if conv.get("prompt_only") else 1] * (conv["n"] - 1)
         return ids[:max_tokens], mask[:max_tokens]
 
 
@@ -48,6 +48,18 @@ def test_best_fit_packing_by_hand():
     a = next(p)
     b = next(P2(_convs([4, 7, 3, 12, 2, 9, 5]), FakeTok(), batch_size=3, seq_len=9, buffer_size=3, state=state))
     assert a[0].tolist() == b[0].tolist() and a[1].tolist() == b[1].tolist()
+
+
+def test_conversations_with_nothing_to_train_are_passed_over():
+    from nanochat.common.errors import NanochatError
+    from nanochat.train.sft_data import SFTPacker
+
+    convs = [{"k": 0, "n": 6, "prompt_only": True}, {"k": 1, "n": 3}, {"k": 2, "n": 4, "prompt_only": True}]
+    x, y = next(SFTPacker(convs, FakeTok(), batch_size=1, seq_len=5, buffer_size=1))
+    assert x[0].tolist() == [BOS, 101, 101, BOS, 101]  # conversation 1, twice (epochs wrap); 0 and 2 never appear
+    assert y[0].tolist() == [101, 101, -1, 101, 101]
+    with pytest.raises(NanochatError, match="no conversation has an assistant token"):
+        next(SFTPacker([convs[0]], FakeTok(), batch_size=1, seq_len=5))
 
 
 def test_packing_pads_with_bos_and_never_splits():
@@ -173,7 +185,7 @@ def _masked_loss(model, tok, convs, seq=64):
         return model(x, y).item()
 
 
-def test_sft_lowers_loss_and_resumes_exactly(nanochat_home):
+def test_sft_lowers_loss_and_resumes_exactly(nanochat_home, monkeypatch):
     from nanochat.common import checkpoint as ck
     from nanochat.train.sft import SFTConfig, run_sft
     from nanochat.train.sft_data import sft_mixture
@@ -203,6 +215,17 @@ def test_sft_lowers_loss_and_resumes_exactly(nanochat_home):
     la, lb = train_losses(ck.checkpoint_dir("sft", "a")), train_losses(ck.checkpoint_dir("sft", "b"))
     assert la == lb and sorted(la) == list(range(6))
     assert all(math.isfinite(v) for v in la.values())
+
+    # --num-iterations -1: one epoch of the mixture; the LR reaches its final value as the epoch ends
+    from nanochat.train import sft_data
+    from nanochat.train.loop import read_metrics
+
+    small = [train[i] for i in range(200)]
+    monkeypatch.setattr(sft_data, "sft_mixture", lambda data, **kw: (small, small[:10], []))
+    run_sft(SFTConfig(**{**common, "num_iterations": -1, "eval_every": -1}, out_tag="e"))
+    recs = [r for r in read_metrics(ck.checkpoint_dir("sft", "e") / "metrics.jsonl") if r["kind"] == "train"]
+    assert 3 <= len(recs) <= 60 and recs[-1]["progress"] >= 1.0 > recs[-2]["progress"] and recs[-1]["lrm"] == 0.0
+    assert ck.load_meta(ck.checkpoint_dir("sft", "e") / ck.step_name(len(recs)))["loop_state"]["done"] is True
 
 
 def test_sft_cli_errors(nanochat_home):

@@ -12,7 +12,7 @@
 `SFTPacker` turns a mixture into `(inputs, targets)` batches (REFERENCE §5.3). Rank r reads
 conversations `r, r+N, r+2N, ...` (wrapping into the next epoch), renders each with the tokenizer's
 `render_conversation` (cut to one row, `seq_len + 1` tokens, so no conversation ever spans two
-rows) and keeps a buffer of 100. Each row takes the largest buffered conversation that still fits,
+rows; a conversation left with no assistant token is passed over) and keeps a buffer of 100. Each row takes the largest buffered conversation that still fits,
 again and again; when none fits, the rest of the row is padded with BOS and the row is done (a
 conversation is never cropped to fill a row). Targets are the next tokens, set to -1 where the
 target token's mask is 0 (BOS, user turns, `<|assistant_start|>`, tool outputs) and on padding.
@@ -117,12 +117,19 @@ class SFTPacker:
         return self.epoch + min(self.cursor, len(self.dataset)) / len(self.dataset)
 
     def _fetch(self) -> None:
-        if self.cursor >= len(self.dataset):
-            self.cursor -= len(self.dataset)
-            self.epoch += 1
-        ids, mask = self.tokenizer.render_conversation(self.dataset[self.cursor], max_tokens=self.seq_len + 1)
-        self.buffer.append((ids, mask))
-        self.cursor += self.world_size
+        """Read the next conversation of this rank into the buffer; one whose assistant part falls
+        entirely beyond the row (a long prompt cut to `seq_len + 1` tokens) has nothing to train and is
+        passed over: a micro-batch of only such rows would have no target at all, and a NaN loss."""
+        for _ in range(len(self.dataset) + 1):
+            if self.cursor >= len(self.dataset):
+                self.cursor -= len(self.dataset)
+                self.epoch += 1
+            ids, mask = self.tokenizer.render_conversation(self.dataset[self.cursor], max_tokens=self.seq_len + 1)
+            self.cursor += self.world_size
+            if any(mask):
+                self.buffer.append((ids, mask))
+                return
+        raise NanochatError(f"no conversation has an assistant token within {self.seq_len + 1} tokens; use a longer --max-seq-len")
 
     def next_row(self) -> tuple[list[int], list[int]]:
         """One row of seq_len + 1 tokens and its mask (padding has mask 0)."""
