@@ -232,3 +232,34 @@ def test_sft_cli_errors(nanochat_home):
     r = run_cli("sft", "--data", "demo", "--device", "cpu", "--nproc", "1")
     assert r.returncode == 1
     assert "no valid base checkpoint" in r.stderr and "nanochat pretrain" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sigterm_saves_and_resume_auto_continues(nanochat_home):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from nanochat.common import checkpoint as ck
+    from nanochat.train.loop import read_metrics
+
+    _tiny_base(nanochat_home)
+    args = [sys.executable, "-m", "nanochat", "sft", "--data", "demo", "--device", "cpu", "--nproc", "1", "--eval-every", "-1", "--model-tag", "t"]
+    proc = subprocess.Popen([*args, "--num-iterations", "2000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("step 00002/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = "".join(lines) + proc.stdout.read()
+    assert proc.wait(timeout=120) == 0, out
+    assert "SIGTERM: saved step" in out
+    saved = ck.find_latest("sft", "t")
+    assert saved is not None and 2 <= saved.step < 2000
+    # the stopped run continues from its checkpoint (here to a shorter horizon, so it ends quickly)
+    from nanochat.train.sft import SFTConfig, run_sft
+
+    run_sft(SFTConfig(data="demo", device="cpu", eval_every=-1, model_tag="t", num_iterations=saved.step + 2))
+    steps = [r["step"] for r in read_metrics(ck.checkpoint_dir("sft", "t") / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps == list(range(saved.step + 2))

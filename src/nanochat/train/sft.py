@@ -368,8 +368,8 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
     # the base model's val bpb of plain text (the report's summary row) so the two are never compared
     summary = {
         "source": f"{cfg.source}/{base.tag} step {base.step}", "model_tag": tag, "data": cfg.data, "iterations": step,
-        "tokens": step * tbs, "total_batch_size": tbs, "world_size": world, "device": device_type,
-        "chat_val_bpb_min": _finite(min_val), "chat_val_bpb_final": _finite(val_bpb), "total_time_s": clock.total,
+        "tokens": step * tbs, "total_batch_size": tbs, "world_size": world, "device": device_type, "init_lr_frac": cfg.init_lr_frac,
+        **{k: v for k, v in lrs.items()}, "optimizer_warm_start": cfg.load_optimizer and cfg.source == "base", "chat_val_bpb_min": _finite(min_val), "chat_val_bpb_final": _finite(val_bpb), "total_time_s": clock.total,
         "wall_time_s": time.time() - t_run, "stopped_by": stop.signame if stop_synced and not done and step < n else None,
         "mixture": "\n".join(["| set | train | val | source |", "|---|---|---|---|"] + [f"| {p.name} | {p.train} | {p.val} | {p.source} |" for p in parts]),
     }  # fmt: skip
