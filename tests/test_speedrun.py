@@ -23,7 +23,8 @@ def test_dry_run_prints_every_stage_command_and_runs_nothing(nanochat_home):
     assert "--source base" in lines[2] and "--source sft" in lines[4] and "--resume auto" in lines[3]
     assert not (nanochat_home / "speedrun").exists() and not (nanochat_home / "tokenizer").exists()
     full = run_cli("speedrun", "--depth", "26", "--dry-run")
-    assert "$ nanochat data download --for-depth 26" in full.stdout and "--data web" in full.stdout
+    assert "$ nanochat data download --for-depth 26 --ratio 8" in full.stdout and "--data web" in full.stdout
+    assert "--target-param-data-ratio 8 " in full.stdout
     bad = run_cli("speedrun", "--demo", "--from-stage", "nope", "--dry-run")
     assert bad.returncode == 2 and "tokenizer, pretrain" in bad.stderr
 

@@ -14,6 +14,7 @@ def speedrun(
     demo: bool = typer.Option(False, "--demo", help="A tiny run on the packaged data: vocab 4096, depth 4, 256-token rows; CPU, minutes."),
     from_stage: Optional[str] = typer.Option(None, help="Rerun from this stage on (download, prepare-evals, tokenizer, pretrain, base-eval, sft, chat-eval, rl, rl-eval, report)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (each stage's command line and status) and exit."),
+    target_param_data_ratio: float = typer.Option(8.0, help="Web run: training tokens per scaling parameter (the reference speedrun's 8)."),
     with_rl: bool = typer.Option(False, "--with-rl", help="Add RL on GSM8K after SFT (when `nanochat rl` is built)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     nproc: Optional[int] = typer.Option(None, help=NPROC_HELP),
@@ -22,4 +23,5 @@ def speedrun(
     """Run every stage in order, from tokenizer to report card; a rerun continues where it stopped."""
     from nanochat.train.speedrun import speedrun as run
 
-    run(depth=depth, demo=demo, tiny=tiny, with_rl=with_rl, from_stage=from_stage, dry_run=dry_run, device=device, nproc=nproc)
+    run(depth=depth, demo=demo, tiny=tiny, with_rl=with_rl, from_stage=from_stage, dry_run=dry_run, device=device, nproc=nproc,
+        ratio=target_param_data_ratio)

@@ -31,7 +31,16 @@ from dataclasses import asdict, dataclass, field
 from nanochat.common import checkpoint as ck
 from nanochat.common.errors import NanochatError, UsageError
 from nanochat.common.logging import print0, table, warn0
-from nanochat.train.loop import MetricsLog, Progress, StepClock, StopSignal, evaluate_bpb, format_duration, sync_step_stats
+from nanochat.train.loop import (
+    MetricsLog,
+    Progress,
+    StepClock,
+    StopSignal,
+    evaluate_bpb,
+    format_duration,
+    forward_backward,
+    sync_step_stats,
+)
 from nanochat.train.scaling import lr_scale
 
 MOMENTUM_WARMUP_STEPS = 300
@@ -322,12 +331,7 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
                 break
 
             clock.start(device_type)
-            loss_sum = torch.zeros((), device=device)
-            for _ in range(accum):
-                x, y = next(packer)
-                loss = train_model(x, y)
-                loss_sum += loss.detach()
-                (loss / accum).backward()
+            loss_sum = forward_backward(train_model, packer, accum, device)
             loss_value, stop_synced = sync_step_stats(loss_sum, accum, stop.requested, world)
             if not math.isfinite(loss_value):
                 optimizer.zero_grad(set_to_none=True)

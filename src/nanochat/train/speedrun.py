@@ -49,6 +49,7 @@ from nanochat.common.logging import console, print0, table, warn0
 from nanochat.train.loop import StopSignal, format_duration
 
 STATE_VERSION = 1
+SPEEDRUN_RATIO = 8.0  # training tokens per scaling parameter in the reference's speedrun (d24 at ratio 8)
 
 
 @dataclass(frozen=True)
@@ -107,9 +108,10 @@ TINY = Scale(
 )  # fmt: skip
 
 
-def web_scale(depth: int) -> Scale:
-    return Scale(data="web", vocab_size=32768, max_chars="2e9", depth=depth, model_args=(), pretrain_args=(), base_eval_args=(),
-                 sft_args=(), chat_eval_args=(), rl_args=(), offline=False)  # fmt: skip
+def web_scale(depth: int, ratio: float) -> Scale:
+    return Scale(data="web", vocab_size=32768, max_chars="2e9", depth=depth, model_args=(),
+                 pretrain_args=("--target-param-data-ratio", f"{ratio:g}"), base_eval_args=(), sft_args=(), chat_eval_args=(),
+                 rl_args=(), offline=False)  # fmt: skip
 
 
 def rl_available() -> bool:
@@ -117,16 +119,17 @@ def rl_available() -> bool:
     return importlib.util.find_spec("nanochat.train.rl") is not None
 
 
-def plan(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: bool = False, device: str = "auto", nproc: int | None = None) -> list[Stage]:
+def plan(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: bool = False, device: str = "auto", nproc: int | None = None,
+         ratio: float = SPEEDRUN_RATIO) -> list[Stage]:  # fmt: skip
     """The stages of a run, with their exact command lines."""
-    scale = TINY if tiny else DEMO if demo else web_scale(depth)
+    scale = TINY if tiny else DEMO if demo else web_scale(depth, ratio)
     tag = "demo" if (demo or tiny) else f"d{depth}"
     dev = ("--device", device)
     procs = ("--nproc", str(nproc)) if nproc is not None else ()
     off = ("--offline",) if scale.offline else ()
     stages: list[Stage] = []
     if scale.data == "web":
-        stages.append(Stage("download", ("data", "download", "--for-depth", str(depth)), "pretraining shards for this depth"))
+        stages.append(Stage("download", ("data", "download", "--for-depth", str(depth), "--ratio", f"{ratio:g}"), "pretraining shards for this depth"))
         stages.append(Stage("prepare-evals", ("data", "prepare-evals"), "CORE bundle and chat eval sets"))
     stages += [
         Stage("tokenizer", ("tokenize-train", "--data", scale.data, "--vocab-size", str(scale.vocab_size), "--max-chars", scale.max_chars), "BPE tokenizer"),
@@ -244,11 +247,13 @@ def print_plan(decisions: list[tuple[Stage, str]], title: str) -> None:
 
 
 def speedrun(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: bool = False, from_stage: str | None = None,
-             dry_run: bool = False, device: str = "auto", nproc: int | None = None, runner=run_stage) -> dict:  # fmt: skip
+             dry_run: bool = False, device: str = "auto", nproc: int | None = None, ratio: float = SPEEDRUN_RATIO, runner=run_stage) -> dict:  # fmt: skip
     """Run (or continue) the whole pipeline; returns {"stages": {name: seconds}, "total_s", "report"}."""
     if depth < 1:
         raise UsageError(f"--depth {depth} must be at least 1")
-    stages = plan(depth, demo, tiny, with_rl, device, nproc)
+    if ratio <= 0:
+        raise UsageError(f"--target-param-data-ratio {ratio} must be positive")
+    stages = plan(depth, demo, tiny, with_rl, device, nproc, ratio)
     state = load_state()
     decisions = stages_to_run(stages, state, from_stage)
     kind = "demo (packaged data, CPU-sized)" if (demo or tiny) else f"depth {depth} on web data"
