@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from nanochat.common import checkpoint as ck
 from nanochat.common.errors import NanochatError, UsageError
@@ -80,7 +80,6 @@ class SFTConfig:
     compile: bool | None = None
     max_bad_steps: int = 5
     dry_run: bool = False
-    extra: dict = field(default_factory=dict, repr=False)
 
     def validate(self) -> None:
         if self.source not in ("base", "sft"):
@@ -279,7 +278,7 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
     token_bytes = torch.tensor(tokenizer.token_bytes(), dtype=torch.int64, device=device)
     train_model = torch.compile(model, dynamic=False) if compile_model else model
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if resume_step >= 0 else None, enabled=master)
-    user_config = {k: v for k, v in asdict(cfg).items() if k != "extra"} | {"inherited": hp}
+    user_config = asdict(cfg) | {"inherited": hp}
     stop = StopSignal().install()
     clock = StepClock(warmup=10 if compile_model else 0, total=loop_state.get("total_training_time", 0.0))
     progress = Progress(n, start_step, enabled=master)
