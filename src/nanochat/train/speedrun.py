@@ -85,7 +85,7 @@ DEMO = Scale(
     # width 128 (2 heads of 64), ~3M parameters; 1,024-token steps
     model_args=("--aspect-ratio", "32", "--head-dim", "64", "--max-seq-len", "256", "--device-batch-size", "4"),
     # CPU batches are tiny (2,048 tokens), so the √(B/B_ref) LR scaling would leave LRs ~16× too small: raise them 10×
-    pretrain_args=("--num-iterations", "200", "--eval-every", "100", "--eval-tokens", "8192", "--sample-every", "-1",
+    pretrain_args=("--num-iterations", "200", "--total-batch-size", "1024", "--eval-every", "100", "--eval-tokens", "8192", "--sample-every", "-1",
                    "--matrix-lr", "0.2", "--embedding-lr", "3", "--unembedding-lr", "0.08", "--warmup-steps", "20"),
     base_eval_args=("--max-per-task", "30"),
     sft_args=("--num-iterations", "80", "--eval-every", "40", "--eval-tokens", "8192"),
@@ -97,7 +97,7 @@ DEMO = Scale(
 TINY = Scale(
     data="demo", vocab_size=512, max_chars="4e5", depth=2,
     model_args=("--aspect-ratio", "32", "--head-dim", "32", "--max-seq-len", "64", "--device-batch-size", "4", "--tokenizer-threads", "1"),
-    pretrain_args=("--num-iterations", "40", "--eval-every", "-1", "--sample-every", "-1", "--warmup-steps", "5",
+    pretrain_args=("--num-iterations", "40", "--total-batch-size", "256", "--eval-every", "-1", "--sample-every", "-1", "--warmup-steps", "5",
                    "--matrix-lr", "0.2", "--embedding-lr", "3", "--unembedding-lr", "0.08"),
     base_eval_args=("--max-per-task", "2"),
     sft_args=("--num-iterations", "10", "--eval-every", "-1"),
@@ -125,7 +125,8 @@ def plan(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: bool 
     scale = TINY if tiny else DEMO if demo else web_scale(depth, ratio)
     tag = "demo" if (demo or tiny) else f"d{depth}"
     dev = ("--device", device)
-    procs = ("--nproc", str(nproc)) if nproc is not None else ()
+    # the demo's batches are one micro-batch of one process (the same run on a CPU or a GPU): one process unless told
+    procs = ("--nproc", str(nproc)) if nproc is not None else ("--nproc", "1") if (demo or tiny) else ()
     off = ("--offline",) if scale.offline else ()
     stages: list[Stage] = []
     if scale.data == "web":
