@@ -263,3 +263,14 @@ def test_sigterm_saves_and_resume_auto_continues(nanochat_home):
     run_sft(SFTConfig(data="demo", device="cpu", eval_every=-1, model_tag="t", num_iterations=saved.step + 2))
     steps = [r["step"] for r in read_metrics(ck.checkpoint_dir("sft", "t") / "metrics.jsonl") if r["kind"] == "train"]
     assert steps == list(range(saved.step + 2))
+
+
+def test_web_mixture_offline_names_the_demo_data(monkeypatch):
+    from nanochat.common.errors import NanochatError
+    from nanochat.train.sft_data import sft_mixture
+
+    monkeypatch.setenv("NANOCHAT_OFFLINE", "1")
+    with pytest.raises(NanochatError, match="--data demo"):
+        sft_mixture("web")
+    with pytest.raises(NanochatError, match="use web .* or demo"):
+        sft_mixture("mine")

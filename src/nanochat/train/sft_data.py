@@ -77,7 +77,11 @@ def sft_mixture(data: str, seed: int = 42, mmlu_epochs: int = 3, gsm8k_epochs: i
         from nanochat.tasks.mmlu import MMLU
         from nanochat.tasks.smoltalk import SmolTalk
 
-        st, mmlu, gsm = SmolTalk("train"), MMLU("all", "auxiliary_train"), GSM8K("main", "train")
+        try:
+            st, mmlu, gsm = SmolTalk("train"), MMLU("all", "auxiliary_train"), GSM8K("main", "train")
+        except NanochatError as e:
+            raise NanochatError(f"the web SFT mixture (SmolTalk, MMLU, GSM8K) needs the Hugging Face Hub: {str(e).split(';')[0]}; "
+                                "offline, fine-tune on the packaged conversations with --data demo") from e  # fmt: skip
         ident = IdentityConversations(size=1000)
         train += [st] + [mmlu] * mmlu_epochs + [gsm] * gsm8k_epochs + [ident]
         parts += [MixturePart("SmolTalk train", len(st), 0, st.data_source),
