@@ -1,4 +1,4 @@
-"""`nanochat speedrun`: every stage in order, resumable, ending in a report card."""
+"""`nanochat speedrun`: every stage in order, resumable, ending in a report card (see train.speedrun)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,22 @@ from typing import Optional
 
 import typer
 
-from nanochat.commands._common import not_built
+from nanochat.commands._common import DEVICE_HELP, NPROC_HELP
 
 
 def speedrun(
-    depth: int = typer.Option(26, help="Model depth."),
-    demo: bool = typer.Option(False, "--demo", help="A tiny run on the packaged data (CPU, minutes)."),
-    from_stage: Optional[str] = typer.Option(None, help="Start at this stage."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),
+    depth: int = typer.Option(26, help="Model depth of the web-data run (ignored with --demo)."),
+    demo: bool = typer.Option(False, "--demo", help="A tiny run on the packaged data: vocab 4096, depth 4, 256-token rows; CPU, minutes."),
+    from_stage: Optional[str] = typer.Option(None, help="Rerun from this stage on (download, prepare-evals, tokenizer, pretrain, base-eval, sft, chat-eval, rl, rl-eval, report)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (each stage's command line and status) and exit."),
+    target_param_data_ratio: float = typer.Option(8.0, help="Web run: training tokens per scaling parameter (the reference speedrun's 8)."),
+    with_rl: bool = typer.Option(False, "--with-rl", help="Add RL on GSM8K after SFT (when `nanochat rl` is built)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    nproc: Optional[int] = typer.Option(None, help=NPROC_HELP),
+    tiny: bool = typer.Option(False, "--tiny", hidden=True, help="Tests: an even smaller demo (vocab 512, depth 2, 64-token rows)."),
 ) -> None:
-    """Run every stage in order, from tokenizer to report card."""
-    not_built("speedrun", "speedrun")
+    """Run every stage in order, from tokenizer to report card; a rerun continues where it stopped."""
+    from nanochat.train.speedrun import speedrun as run
+
+    run(depth=depth, demo=demo, tiny=tiny, with_rl=with_rl, from_stage=from_stage, dry_run=dry_run, device=device, nproc=nproc,
+        ratio=target_param_data_ratio)

@@ -1,0 +1,174 @@
+"""SFT data: the conversation mixture and its BOS-aligned best-fit packing into fixed-size rows.
+
+`sft_mixture(data, seed)` returns the train and validation mixtures plus one line per set used:
+
+- `web` (online, the reference): SmolTalk train + 3× MMLU auxiliary_train + 4× GSM8K train
+  (+ 1,000 identity conversations); validation SmolTalk test + MMLU test[:5200] + GSM8K test[:420].
+- `demo` (offline, packaged data only): the packaged chat sets (chatterbot, chitchat), identity
+  conversations, SimpleSpelling and SpellingBee (train seeds), and the NON-test multiple-choice
+  splits (MMLU dev + validation, ARC-Easy/Challenge validation). No eval (test) split is ever
+  trained on. Validation is a held-out 5% head of every one of these sets (never in the train mixture).
+
+`SFTPacker` turns a mixture into `(inputs, targets)` batches (REFERENCE §5.3). Rank r reads
+conversations `r, r+N, r+2N, ...` (wrapping into the next epoch), renders each with the tokenizer's
+`render_conversation` (cut to one row, `seq_len + 1` tokens, so no conversation ever spans two
+rows; a conversation left with no assistant token is passed over) and keeps a buffer of 100. Each row takes the largest buffered conversation that still fits,
+again and again; when none fits, the rest of the row is padded with BOS and the row is done (a
+conversation is never cropped to fill a row). Targets are the next tokens, set to -1 where the
+target token's mask is 0 (BOS, user turns, `<|assistant_start|>`, tool outputs) and on padding.
+`state_dict()` (cursor, epoch and the buffer) makes a resumed run read exactly the same batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from nanochat.common.errors import NanochatError
+
+VAL_FRACTION = 0.05
+
+
+@dataclass
+class MixturePart:
+    name: str
+    train: int  # conversations in the train mixture (repeats counted)
+    val: int
+    source: str
+
+
+def _held_out(task, parts: list, train: list, val: list, repeats: int = 1) -> None:
+    """Split `task` into a 5% validation head and a train tail; the tail enters the mixture `repeats` times."""
+    k = max(1, int(len(task) * VAL_FRACTION))
+    head, tail = task[:k], task[k:]
+    train.extend([tail] * repeats)
+    val.append(head)
+    parts.append(MixturePart(task.name + (f" ×{repeats}" if repeats > 1 else ""), len(tail) * repeats, len(head), task.data_source))
+
+
+def sft_mixture(data: str, seed: int = 42, mmlu_epochs: int = 3, gsm8k_epochs: int = 4):
+    """(train TaskMixture, val TaskMixture, [MixturePart]) for `--data web|demo`."""
+    from nanochat.tasks.base import TaskMixture
+    from nanochat.tasks.identity import IdentityConversations
+    from nanochat.tasks.spellingbee import SimpleSpelling, SpellingBee
+
+    parts: list[MixturePart] = []
+    train: list = []
+    val: list = []
+    if data == "demo":
+        from nanochat.tasks.arc import ARC
+        from nanochat.tasks.customjson import PackagedChat
+        from nanochat.tasks.mmlu import MMLU
+
+        tasks = [
+            PackagedChat("chatterbot"), PackagedChat("chitchat"), IdentityConversations(size=500),
+            SimpleSpelling(size=300, split="train"), SpellingBee(size=300, split="train"),
+            MMLU("all", "dev", source="packaged"), MMLU("all", "validation", source="packaged"),
+            ARC("ARC-Easy", "validation", source="packaged"), ARC("ARC-Challenge", "validation", source="packaged"),
+        ]  # fmt: skip
+        for task in tasks:
+            if getattr(task, "split", "") == "test":  # a guard: eval sets never enter the training mixture
+                raise NanochatError(f"{task.name} test split in the SFT mixture; this is a bug")
+            if type(task).__name__ in ("MMLU", "ARC"):
+                task.name = f"{task.name} {task.split}"
+            _held_out(task, parts, train, val)
+    elif data == "web":
+        from nanochat.tasks.gsm8k import GSM8K
+        from nanochat.tasks.mmlu import MMLU
+        from nanochat.tasks.smoltalk import SmolTalk
+
+        try:
+            st, mmlu, gsm = SmolTalk("train"), MMLU("all", "auxiliary_train"), GSM8K("main", "train")
+        except NanochatError as e:
+            raise NanochatError(f"the web SFT mixture (SmolTalk, MMLU, GSM8K) needs the Hugging Face Hub: {str(e).split(';')[0]}; "
+                                "offline, fine-tune on the packaged conversations with --data demo") from e  # fmt: skip
+        ident = IdentityConversations(size=1000)
+        train += [st] + [mmlu] * mmlu_epochs + [gsm] * gsm8k_epochs + [ident]
+        parts += [MixturePart("SmolTalk train", len(st), 0, st.data_source),
+                  MixturePart(f"MMLU auxiliary_train ×{mmlu_epochs}", len(mmlu) * mmlu_epochs, 0, mmlu.data_source),
+                  MixturePart(f"GSM8K train ×{gsm8k_epochs}", len(gsm) * gsm8k_epochs, 0, gsm.data_source),
+                  MixturePart("identity", len(ident), 0, ident.data_source)]  # fmt: skip
+        st_val, mmlu_val, gsm_val = SmolTalk("test"), MMLU("all", "test")[:5200], GSM8K("main", "test")[:420]
+        val += [st_val, mmlu_val, gsm_val]
+        parts += [MixturePart("SmolTalk test (val)", 0, len(st_val), st_val.data_source),
+                  MixturePart("MMLU test[:5200] (val)", 0, len(mmlu_val), mmlu_val.data_source),
+                  MixturePart("GSM8K test[:420] (val)", 0, len(gsm_val), gsm_val.data_source)]  # fmt: skip
+    else:
+        raise NanochatError(f"--data {data!r} is not an SFT mixture; use web (SmolTalk, MMLU, GSM8K; online) or demo (packaged, offline)")
+    return TaskMixture(train, seed=seed), TaskMixture(val, seed=seed), parts
+
+
+class SFTPacker:
+    """Batches of best-fit packed, BOS-padded conversations; an iterator of (inputs, targets)."""
+
+    def __init__(self, dataset, tokenizer, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1,
+                 device: str = "cpu", buffer_size: int = 100, state: dict | None = None) -> None:  # fmt: skip
+        if len(dataset) == 0:
+            raise NanochatError("the SFT mixture is empty; check --data")
+        self.dataset, self.tokenizer = dataset, tokenizer
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.world_size, self.device, self.buffer_size = world_size, device, buffer_size
+        self.cursor, self.epoch = rank, 0
+        self.buffer: list[tuple[list[int], list[int]]] = []
+        self.rows_padding = 0  # padding tokens in the last batch (for the efficiency line)
+        if state is not None:
+            self.cursor, self.epoch = int(state["cursor"]), int(state["epoch"])
+            self.buffer = [(list(i), list(m)) for i, m in state["buffer"]]
+
+    @property
+    def progress(self) -> float:
+        """Epochs consumed so far (fractional), by this rank's cursor."""
+        return self.epoch + min(self.cursor, len(self.dataset)) / len(self.dataset)
+
+    def _fetch(self) -> None:
+        """Read the next conversation of this rank into the buffer; one whose assistant part falls
+        entirely beyond the row (a long prompt cut to `seq_len + 1` tokens) has nothing to train and is
+        passed over: a micro-batch of only such rows would have no target at all, and a NaN loss."""
+        for _ in range(len(self.dataset) + 1):
+            if self.cursor >= len(self.dataset):
+                self.cursor -= len(self.dataset)
+                self.epoch += 1
+            ids, mask = self.tokenizer.render_conversation(self.dataset[self.cursor], max_tokens=self.seq_len + 1)
+            self.cursor += self.world_size
+            if any(mask):
+                self.buffer.append((ids, mask))
+                return
+        raise NanochatError(f"no conversation has an assistant token within {self.seq_len + 1} tokens; use a longer --max-seq-len")
+
+    def next_row(self) -> tuple[list[int], list[int]]:
+        """One row of seq_len + 1 tokens and its mask (padding has mask 0)."""
+        cap = self.seq_len + 1
+        ids: list[int] = []
+        mask: list[int] = []
+        while len(ids) < cap:
+            while len(self.buffer) < self.buffer_size:
+                self._fetch()
+            room = cap - len(ids)
+            best = -1
+            for j, (conv, _) in enumerate(self.buffer):
+                if len(conv) <= room and (best < 0 or len(conv) > len(self.buffer[best][0])):
+                    best = j
+            if best < 0:
+                ids += [self.tokenizer.bos_id] * room
+                mask += [0] * room
+                break
+            conv, m = self.buffer.pop(best)
+            ids += conv
+            mask += m
+        return ids, mask
+
+    def __iter__(self) -> "SFTPacker":
+        return self
+
+    def __next__(self):
+        import torch
+
+        rows = [self.next_row() for _ in range(self.batch_size)]
+        ids = torch.tensor([r[0] for r in rows], dtype=torch.long)
+        mask = torch.tensor([r[1] for r in rows], dtype=torch.bool)
+        inputs = ids[:, :-1]
+        targets = torch.where(mask[:, 1:], ids[:, 1:], torch.full_like(ids[:, 1:], -1))
+        return inputs.to(self.device), targets.to(self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"cursor": self.cursor, "epoch": self.epoch, "buffer": [[i, m] for i, m in self.buffer]}

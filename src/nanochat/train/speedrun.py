@@ -1,0 +1,325 @@
+"""`nanochat speedrun`: every stage, in order, as one resumable run that ends in a report card.
+
+Stages (each one `python -m nanochat <command> ...`; `plan()` builds their exact command lines):
+
+    download       nanochat data download --for-depth D          (web runs only)
+    prepare-evals  nanochat data prepare-evals                   (web runs only; the demo uses the packaged CORE)
+    tokenizer      nanochat tokenize-train ...
+    pretrain       nanochat pretrain ... --resume auto
+    base-eval      nanochat eval --source base --tasks core,bpb
+    sft            nanochat sft ... --resume auto
+    chat-eval      nanochat eval --source sft
+    rl, rl-eval    nanochat rl / eval --source rl                (with --with-rl, when RL is in this build)
+    report         nanochat report
+
+Why subprocesses: each stage is the very command a user would type (the plan prints them, so any
+stage can be rerun by hand), it gets a fresh process (pretrain and sft relaunch themselves under
+torchrun on several GPUs; a stage's memory is returned before the next starts), and a crash in one
+stage cannot leave state behind in the next.
+
+Resuming: `<NANOCHAT_HOME>/speedrun/state.json` (written atomically after every stage) records each
+finished stage with its command line. A rerun skips the leading stages that finished with the same
+command line and continues with the first that did not; the training stages themselves resume from
+their newest checkpoint (`--resume auto`). A changed stage command (other flags) reruns that stage
+and every stage after it. `--from-stage S` reruns from S on, whatever is recorded (the stages before
+S are taken as done). A SIGINT/SIGTERM stops the running stage (it saves a checkpoint) and the run;
+that stage is not marked finished.
+
+A fresh run (no stage recorded) moves the report sections of any earlier run aside
+(`report/previous-<time>/`), so the report card describes this run only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nanochat.common import paths
+from nanochat.common.atomic import atomic_write_json
+from nanochat.common.errors import NanochatError, UsageError
+from nanochat.common.logging import console, print0, table, warn0
+from nanochat.train.loop import StopSignal, format_duration
+
+STATE_VERSION = 1
+SPEEDRUN_RATIO = 8.0  # training tokens per scaling parameter in the reference's speedrun (d24 at ratio 8)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    args: tuple[str, ...]  # after `nanochat`
+    what: str
+
+    @property
+    def command(self) -> str:
+        return "nanochat " + shlex.join(self.args)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The sizes of a run; `demo` and `tiny` (tests) are CPU-sized."""
+
+    data: str
+    vocab_size: int
+    max_chars: str
+    depth: int
+    model_args: tuple[str, ...]  # pretrain flags beyond --depth
+    pretrain_args: tuple[str, ...]
+    base_eval_args: tuple[str, ...]
+    sft_args: tuple[str, ...]
+    chat_eval_args: tuple[str, ...]
+    rl_args: tuple[str, ...]
+    offline: bool
+
+
+DEMO = Scale(
+    data="demo", vocab_size=4096, max_chars="2e7", depth=4,
+    # width 128 (2 heads of 64), ~3M parameters; 1,024-token steps
+    model_args=("--aspect-ratio", "32", "--head-dim", "64", "--max-seq-len", "256", "--device-batch-size", "4"),
+    # CPU batches are tiny (2,048 tokens), so the √(B/B_ref) LR scaling would leave LRs ~16× too small: raise them 10×
+    pretrain_args=("--num-iterations", "200", "--total-batch-size", "1024", "--eval-every", "100", "--eval-tokens", "8192", "--sample-every", "-1",
+                   "--matrix-lr", "0.2", "--embedding-lr", "3", "--unembedding-lr", "0.08", "--warmup-steps", "20"),
+    base_eval_args=("--max-per-task", "30"),
+    sft_args=("--num-iterations", "80", "--eval-every", "40", "--eval-tokens", "8192"),
+    chat_eval_args=("--tasks", "arc-easy,arc-challenge,mmlu,gsm8k,spellingbee", "--max-per-task", "20", "--max-new-tokens", "64"),
+    rl_args=("--num-iterations", "20", "--examples-per-step", "4", "--num-samples", "4", "--device-batch-size", "4",
+             "--max-new-tokens", "64", "--eval-every", "-1", "--eval-examples", "20"),
+    offline=True,
+)  # fmt: skip
+TINY = Scale(
+    data="demo", vocab_size=512, max_chars="4e5", depth=2,
+    model_args=("--aspect-ratio", "32", "--head-dim", "32", "--max-seq-len", "64", "--device-batch-size", "4", "--tokenizer-threads", "1"),
+    pretrain_args=("--num-iterations", "40", "--total-batch-size", "256", "--eval-every", "-1", "--sample-every", "-1", "--warmup-steps", "5",
+                   "--matrix-lr", "0.2", "--embedding-lr", "3", "--unembedding-lr", "0.08"),
+    base_eval_args=("--max-per-task", "2"),
+    sft_args=("--num-iterations", "10", "--eval-every", "-1"),
+    chat_eval_args=("--tasks", "arc-easy,spellingbee", "--max-per-task", "2", "--max-new-tokens", "8"),
+    rl_args=("--num-iterations", "2", "--examples-per-step", "2", "--num-samples", "2", "--device-batch-size", "2",
+             "--max-new-tokens", "8", "--eval-every", "-1", "--eval-examples", "2"),
+    offline=True,
+)  # fmt: skip
+
+
+def web_scale(depth: int, ratio: float) -> Scale:
+    return Scale(data="web", vocab_size=32768, max_chars="2e9", depth=depth, model_args=(),
+                 pretrain_args=("--target-param-data-ratio", f"{ratio:g}"), base_eval_args=(), sft_args=(), chat_eval_args=(),
+                 rl_args=(), offline=False)  # fmt: skip
+
+
+def rl_available() -> bool:
+    """Whether `nanochat rl` is built in this version (its training module exists)."""
+    return importlib.util.find_spec("nanochat.train.rl") is not None
+
+
+def plan(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: bool = False, device: str = "auto", nproc: int | None = None,
+         ratio: float = SPEEDRUN_RATIO) -> list[Stage]:  # fmt: skip
+    """The stages of a run, with their exact command lines."""
+    scale = TINY if tiny else DEMO if demo else web_scale(depth, ratio)
+    tag = "demo" if (demo or tiny) else f"d{depth}"
+    dev = ("--device", device)
+    # the demo's batches are one micro-batch of one process (the same run on a CPU or a GPU): one process unless told
+    procs = ("--nproc", str(nproc)) if nproc is not None else ("--nproc", "1") if (demo or tiny) else ()
+    off = ("--offline",) if scale.offline else ()
+    stages: list[Stage] = []
+    if scale.data == "web":
+        stages.append(Stage("download", ("data", "download", "--for-depth", str(depth), "--ratio", f"{ratio:g}"), "pretraining shards for this depth"))
+        stages.append(Stage("prepare-evals", ("data", "prepare-evals"), "CORE bundle and chat eval sets"))
+    stages += [
+        Stage("tokenizer", ("tokenize-train", "--data", scale.data, "--vocab-size", str(scale.vocab_size), "--max-chars", scale.max_chars), "BPE tokenizer"),
+        Stage("pretrain", ("pretrain", "--data", scale.data, "--depth", str(scale.depth), *scale.model_args, *scale.pretrain_args,
+                           "--model-tag", tag, "--resume", "auto", *dev, *procs), "base model"),
+        Stage("base-eval", ("eval", "--source", "base", "--model-tag", tag, "--tasks", "core,bpb", *scale.base_eval_args, *off, *dev, *procs), "CORE and bits per byte"),
+        Stage("sft", ("sft", "--source", "base", "--model-tag", tag, "--data", scale.data, *scale.sft_args, "--resume", "auto", *dev, *procs), "chat fine-tuning"),
+        Stage("chat-eval", ("eval", "--source", "sft", "--model-tag", tag, *scale.chat_eval_args, *off, *dev, *procs), "chat tasks and ChatCORE"),
+    ]  # fmt: skip
+    if with_rl:
+        if rl_available():
+            stages.append(Stage("rl", ("rl", "--source", "sft", "--model-tag", tag, *scale.rl_args, "--resume", "auto", *dev, *procs), "RL on GSM8K"))
+            rl_eval = scale.chat_eval_args
+            if scale.offline:  # offline, RL trains on a partition of GSM8K test: `eval --tasks gsm8k` would score seen problems
+                rl_eval = tuple(",".join(t for t in a.split(",") if t != "gsm8k") if a.startswith("arc-") else a for a in rl_eval)
+            stages.append(Stage("rl-eval", ("eval", "--source", "rl", "--model-tag", tag, *rl_eval, *off, *dev, *procs), "chat tasks after RL"))
+        else:
+            warn0("--with-rl: `nanochat rl` is not built in this version; the run skips RL")
+    stages.append(Stage("report", ("report",), "report.md and plots"))
+    return stages
+
+
+# ------------------------------------------------------------------------------------------------
+# state
+
+
+def state_path() -> Path:
+    return paths.home() / "speedrun" / "state.json"
+
+
+def load_state() -> dict:
+    p = state_path()
+    if not p.is_file():
+        return {"version": STATE_VERSION, "stages": {}}
+    try:
+        state = json.loads(p.read_text())
+        if not isinstance(state.get("stages"), dict):
+            raise ValueError("no stages")
+    except (OSError, ValueError, AttributeError) as e:
+        raise NanochatError(f"the speedrun state {p} is damaged ({e}); delete it to start over, or pass --from-stage") from None
+    return state
+
+
+def save_state(state: dict) -> None:
+    atomic_write_json(state_path(), state)
+
+
+def stages_to_run(stages: list[Stage], state: dict, from_stage: str | None) -> list[tuple[Stage, str]]:
+    """(stage, 'run' | 'done' | 'skip') for every stage: the leading finished stages with unchanged
+    commands are 'done'; with --from-stage the stages before it are 'skip' and it and all after 'run'."""
+    names = [s.name for s in stages]
+    if from_stage is not None and from_stage not in names:
+        raise UsageError(f"--from-stage {from_stage!r} is not a stage of this run; use one of {', '.join(names)}")
+    out = []
+    running = False
+    for s in stages:
+        if from_stage is not None:
+            running = running or s.name == from_stage
+            out.append((s, "run" if running else "skip"))
+            continue
+        rec = state["stages"].get(s.name)
+        if not running and rec is not None and rec.get("args") == list(s.args):
+            out.append((s, "done"))
+        else:
+            running = True
+            out.append((s, "run"))
+    return out
+
+
+def _archive_report() -> Path | None:
+    """Move an earlier run's report sections aside (a fresh run's card describes that run only)."""
+    from nanochat.eval.report import sections_dir
+
+    d = sections_dir()
+    if not d.is_dir() or not any(d.iterdir()):
+        return None
+    dest = paths.report_dir() / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+    os.replace(d, dest)
+    return dest
+
+
+# ------------------------------------------------------------------------------------------------
+# running
+
+
+class _Signals(StopSignal):
+    """SIGINT/SIGTERM while a stage runs: remembered (the stage is then not marked finished), and a SIGTERM is
+    passed on to the stage (a terminal's Ctrl-C reaches it already). A second signal stops at once."""
+
+    child: subprocess.Popen | None = None
+
+    def _handle(self, signum, frame) -> None:
+        super()._handle(signum, frame)
+        if self.child is not None and self.child.poll() is None and signum == signal.SIGTERM:
+            self.child.send_signal(signal.SIGTERM)
+
+
+def run_stage(stage: Stage, signals: _Signals) -> int:
+    """Run one stage as `python -m nanochat ...`, its output straight to ours; returns the exit code."""
+    proc = subprocess.Popen([sys.executable, "-m", "nanochat", *stage.args])
+    signals.child = proc
+    try:
+        return proc.wait()
+    finally:
+        signals.child = None
+
+
+def print_plan(decisions: list[tuple[Stage, str]], title: str) -> None:
+    """One line per stage with its status, then its exact command line (plain, to copy)."""
+    label = {"run": "to run", "done": "done, skipped", "skip": "skipped (--from-stage)"}
+    print0(f"[bold]{title}[/bold]")
+    for i, (s, d) in enumerate(decisions):
+        print0(f"{i + 1}. {s.name} ({s.what}): {label[d]}")
+        console().print(f"     $ {s.command}", markup=False, highlight=False, soft_wrap=True)
+
+
+def speedrun(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: bool = False, from_stage: str | None = None,
+             dry_run: bool = False, device: str = "auto", nproc: int | None = None, ratio: float = SPEEDRUN_RATIO, runner=run_stage) -> dict:  # fmt: skip
+    """Run (or continue) the whole pipeline; returns {"stages": {name: seconds}, "total_s", "report"}."""
+    if depth < 1:
+        raise UsageError(f"--depth {depth} must be at least 1")
+    if ratio <= 0:
+        raise UsageError(f"--target-param-data-ratio {ratio} must be positive")
+    stages = plan(depth, demo, tiny, with_rl, device, nproc, ratio)
+    state = load_state()
+    decisions = stages_to_run(stages, state, from_stage)
+    kind = "demo (packaged data, CPU-sized)" if (demo or tiny) else f"depth {depth} on web data"
+    print_plan(decisions, f"nanochat speedrun: {kind}")
+    if dry_run:
+        print0(f"dry run: nothing run; the state of finished stages is kept in {state_path()}")
+        return {"stages": {}, "total_s": 0.0, "report": None}
+
+    if not state["stages"] and from_stage is None:
+        moved = _archive_report()
+        if moved:
+            print0(f"a fresh run: the report sections of the earlier run are moved to {moved}")
+    if from_stage is not None:
+        later = {s.name for s, d in decisions if d == "run"}
+        state["stages"] = {k: v for k, v in state["stages"].items() if k not in later}
+        save_state(state)
+    state.setdefault("started", time.time())
+    t_run = time.time()
+    times: dict[str, float] = {}
+    signals = _Signals().install()
+    try:
+        for i, (stage, decision) in enumerate(decisions):
+            if decision != "run":
+                continue
+            if stage.name == "report":
+                _record_speedrun_section(state, stages)
+            console().rule(f"stage {i + 1}/{len(stages)}: {stage.name} — {stage.what}")
+            print0(f"$ {stage.command}")
+            t0 = time.time()
+            rc = runner(stage, signals)
+            dt = time.time() - t0
+            if signals.requested:
+                raise NanochatError(f"{signals.signame}: stopped during stage {stage.name} (its checkpoint, if any, is saved); "
+                                    "run the same `nanochat speedrun` command again to continue")  # fmt: skip
+            if rc != 0:
+                raise NanochatError(f"stage {stage.name} failed (exit code {rc}); fix what it reported above and rerun the same "
+                                    f"`nanochat speedrun` command: it continues at {stage.name}")  # fmt: skip
+            times[stage.name] = dt
+            state["stages"][stage.name] = {"args": list(stage.args), "finished": time.time(), "seconds": dt}
+            save_state(state)
+    finally:
+        signals.uninstall()
+    total = time.time() - t_run
+    report = paths.report_dir() / "report.md"
+    _print_summary(times, total, sum(r.get("seconds", 0.0) for r in state["stages"].values()), report)
+    return {"stages": times, "total_s": total, "report": report}
+
+
+def _record_speedrun_section(state: dict, stages: list[Stage]) -> None:
+    """The stage timings (as recorded, so a resumed run's earlier stages count too), in plan order."""
+    from nanochat.eval.report import record_section
+
+    rows = ["| stage | wall clock |", "|---|---|"]
+    for s in stages:
+        if s.name in state["stages"]:
+            rows.append(f"| {s.name} | {format_duration(state['stages'][s.name].get('seconds', 0.0))} |")
+    record_section("speedrun", {"stages": "\n".join(rows), "wall_time_s": sum(r.get("seconds", 0.0) for r in state["stages"].values())}, title="Speedrun")
+
+
+def _print_summary(times: dict[str, float], total: float, all_stages: float, report: Path) -> None:
+    from nanochat.eval.report import load_sections, summary_table
+
+    headers, rows = summary_table(load_sections())
+    if rows:
+        console().print(table("report card", rows, headers))
+    if times:
+        print0(f"stages run now: {', '.join(f'{k} {format_duration(v)}' for k, v in times.items())} ({total:.0f} s)")
+    print0(f"speedrun done: all stages took {format_duration(all_stages)} ({all_stages:.0f} s); the report card is {report}")
