@@ -8,7 +8,7 @@ with the label. Offline the packaged `tasks/arc_{easy,challenge}_{validation,tes
 from __future__ import annotations
 
 from nanochat.common.errors import NanochatError
-from nanochat.tasks.base import Conversation, Task, load_rows, render_mc, shuffled
+from nanochat.tasks.base import Conversation, RowTask, load_rows, render_mc
 
 SUBSETS = {"ARC-Easy": "arc_easy", "ARC-Challenge": "arc_challenge"}
 
@@ -23,7 +23,7 @@ def _from_hub(row: dict) -> dict:
     }
 
 
-class ARC(Task):
+class ARC(RowTask):
     eval_type = "categorical"
     random_baseline = 0.25
 
@@ -36,12 +36,7 @@ class ARC(Task):
         self.name = subset
         packaged = None if split == "train" else f"tasks/{SUBSETS[subset]}_{split}.jsonl"
         loaded = load_rows(("allenai/ai2_arc", subset, split), packaged, from_hub=_from_hub, source=source, what=f"{subset} {split}")
-        self.rows = shuffled(loaded.rows, 42)
-        self.data_source = loaded.source
-        self.split = split
-
-    def num_examples(self) -> int:
-        return len(self.rows)
+        self._use_rows(loaded, split)
 
     def get_example(self, index: int) -> Conversation:
         row = self.rows[index]

@@ -77,6 +77,22 @@ class Task:
         return f"{self.name} ({len(self)} examples, {self.data_source})"
 
 
+class RowTask(Task):
+    """A task over loaded rows, one conversation per row, shuffled with seed 42 like the reference."""
+
+    rows: list
+    split: str | None = None
+
+    def _use_rows(self, loaded, split: str | None = None, shuffle: bool = True) -> None:
+        """Take the rows and data source of a `hub.load_rows` result."""
+        self.rows = shuffled(loaded.rows, 42) if shuffle else list(loaded.rows)
+        self.data_source = loaded.source
+        self.split = split
+
+    def num_examples(self) -> int:
+        return len(self.rows)
+
+
 class TaskMixture:
     """Several tasks shuffled together with `random.Random(seed)`; a task passed twice appears twice
     as often (oversampling by repetition)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from nanochat.common.errors import NanochatError
-from nanochat.tasks.base import Conversation, Task, load_rows, shuffled
+from nanochat.tasks.base import Conversation, RowTask, load_rows, shuffled
 
 ANSWER_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
 CALC_RE = re.compile(r"(<<[^>]*>>)")
@@ -49,7 +49,7 @@ def solution_parts(answer: str) -> list[dict]:
     return parts
 
 
-class GSM8K(Task):
+class GSM8K(RowTask):
     name = "GSM8K"
     eval_type = "generative"
     random_baseline = 0.0
@@ -76,9 +76,6 @@ class GSM8K(Task):
             self.data_source += f" [held-out {len(rows)} test problems, disjoint from train-from-test]"
         self.rows = rows
         self.split = split
-
-    def num_examples(self) -> int:
-        return len(self.rows)
 
     def get_example(self, index: int) -> Conversation:
         row = self.rows[index]

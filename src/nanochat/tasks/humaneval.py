@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from nanochat.common.errors import NanochatError
-from nanochat.tasks.base import Conversation, Task, load_rows, shuffled
+from nanochat.tasks.base import Conversation, RowTask, load_rows
 
 FENCE_RE = re.compile(r"```(?:python|py)?[^\n]*\n(.*?)```", re.DOTALL)
 
@@ -48,7 +48,7 @@ def sandbox_runner():
     return run_python
 
 
-class HumanEval(Task):
+class HumanEval(RowTask):
     name = "HumanEval"
     eval_type = "generative"
     random_baseline = 0.0
@@ -56,12 +56,8 @@ class HumanEval(Task):
     def __init__(self, source: str = "auto", **kwargs):
         super().__init__(**kwargs)
         loaded = load_rows(("openai/openai_humaneval", "openai_humaneval", "test"), "tasks/humaneval.jsonl", source=source, what="HumanEval")
-        self.rows = shuffled(loaded.rows, 42)
-        self.data_source = loaded.source
+        self._use_rows(loaded)
         self._run = None
-
-    def num_examples(self) -> int:
-        return len(self.rows)
 
     def get_example(self, index: int) -> Conversation:
         row = self.rows[index]

@@ -8,7 +8,7 @@ seed 42, as the reference does.
 from __future__ import annotations
 
 from nanochat.common.errors import NanochatError
-from nanochat.tasks.base import Conversation, Task, load_rows, render_mc, shuffled
+from nanochat.tasks.base import Conversation, RowTask, load_rows, render_mc
 
 LETTERS = ("A", "B", "C", "D")
 SPLITS = ("auxiliary_train", "dev", "validation", "test")
@@ -20,7 +20,7 @@ def _from_hub(row: dict) -> dict:
     return {"question": row["question"], "subject": row.get("subject", ""), "choices": list(row["choices"]), "answer": int(row["answer"])}
 
 
-class MMLU(Task):
+class MMLU(RowTask):
     name = "MMLU"
     eval_type = "categorical"
     random_baseline = 0.25
@@ -33,12 +33,7 @@ class MMLU(Task):
         if subset != "all":
             packaged = None
         loaded = load_rows(("cais/mmlu", subset, split), packaged, from_hub=_from_hub, source=source, what=f"MMLU {split}")
-        self.rows = shuffled(loaded.rows, 42)
-        self.data_source = loaded.source
-        self.split = split
-
-    def num_examples(self) -> int:
-        return len(self.rows)
+        self._use_rows(loaded, split)
 
     def get_example(self, index: int) -> Conversation:
         row = self.rows[index]

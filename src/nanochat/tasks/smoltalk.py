@@ -8,13 +8,13 @@ with a message naming the substitute, the packaged chat sets (`PackagedChat("cha
 from __future__ import annotations
 
 from nanochat.common.errors import NanochatError
-from nanochat.tasks.base import Conversation, Task, load_rows, shuffled
+from nanochat.tasks.base import Conversation, RowTask, load_rows
 from nanochat.tasks.customjson import validate_messages
 
 OFFLINE_SUBSTITUTE = "the packaged chat sets PackagedChat('chatterbot') and PackagedChat('chitchat') from nanochat.tasks.customjson"
 
 
-class SmolTalk(Task):
+class SmolTalk(RowTask):
     name = "SmolTalk"
     eval_type = None
 
@@ -28,12 +28,7 @@ class SmolTalk(Task):
             loaded = load_rows(("HuggingFaceTB/smol-smoltalk", "default", split), None, source=source, what=f"SmolTalk {split}")
         except NanochatError as e:
             raise NanochatError(f"SmolTalk is unavailable: it needs the Hugging Face Hub ({str(e).split(';')[0]}); offline use {OFFLINE_SUBSTITUTE}") from e
-        self.rows = shuffled(loaded.rows, 42)
-        self.data_source = loaded.source
-        self.split = split
-
-    def num_examples(self) -> int:
-        return len(self.rows)
+        self._use_rows(loaded, split)
 
     def get_example(self, index: int) -> Conversation:
         messages = [{"role": m["role"], "content": m["content"]} for m in self.rows[index]["messages"]]
