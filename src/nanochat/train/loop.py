@@ -271,3 +271,30 @@ def _sync(device_type: str) -> None:
         import torch
 
         torch.cuda.synchronize()
+
+
+def run_distributed(device_preference: str, body) -> Any:
+    """Set up this process (a torchrun rank or a single process), run `body(device_type, dist_info)`,
+    and always tear the process group down, also when training fails."""
+    from nanochat.common.device import detect_device
+    from nanochat.common.dist import cleanup, init_distributed
+
+    device_type = detect_device(device_preference)
+    info = init_distributed(device_type)
+    try:
+        return body(device_type, info)
+    finally:
+        cleanup()
+
+
+def record_report(name: str, data: dict, series: dict | None = None, title: str | None = None) -> None:
+    """Record a stage's report section; failing to write it warns and never stops a finished run."""
+    from nanochat.common.errors import NanochatError
+    from nanochat.common.logging import warn0
+    from nanochat.eval.report import record_section
+
+    try:
+        record_section(name, data, series=series, title=title)
+    except NanochatError as e:
+        warn0(f"could not record the report section: {e}")
+

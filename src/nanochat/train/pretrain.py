@@ -38,6 +38,8 @@ from nanochat.train.loop import (
     evaluate_bpb,
     format_duration,
     forward_backward,
+    record_report,
+    run_distributed,
     greedy_samples,
     sync_step_stats,
 )
@@ -278,31 +280,12 @@ def _core_metric(model, tokenizer, device: str, max_per_task: int) -> tuple[floa
     return result.core, result.label
 
 
-def _record_report(data: dict, series: dict) -> None:
-    try:
-        from nanochat.eval.report import record_section
-    except ImportError:
-        return
-    try:
-        record_section("pretrain", data, series=series, title="Base model training")
-    except NanochatError as e:
-        warn0(f"could not record the report section: {e}")
-
-
 def run_pretrain(cfg: PretrainConfig) -> dict:
     """Train (or resume) a base model; returns a summary dict (rank 0's view)."""
     if cfg.dry_run:
         return dry_run(cfg)
     cfg.validate()
-    from nanochat.common.device import detect_device
-    from nanochat.common.dist import cleanup, init_distributed
-
-    device_type = detect_device(cfg.device)
-    dist_info = init_distributed(device_type)
-    try:
-        return _train(cfg, device_type, dist_info.rank, dist_info.world_size, dist_info.device)
-    finally:
-        cleanup()
+    return run_distributed(cfg.device, lambda device_type, info: _train(cfg, device_type, info.rank, info.world_size, info.device))
 
 
 def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device: str) -> dict:
@@ -551,7 +534,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
             print0(f"done: {step} steps, min val bpb {min_val:.4f}, training time {format_duration(clock.total)}")
             if core_series:
                 summary["core"] = core_series[-1][1]
-            _record_report(summary, {"train_loss": train_series, "val_bpb": val_series, **({"core": core_series} if core_series else {})})
+            record_report("pretrain", summary, {"train_loss": train_series, "val_bpb": val_series, **({"core": core_series} if core_series else {})}, title="Base model training")
     if wb:
         wb.finish()
     return summary

@@ -39,7 +39,7 @@ from typing import Any
 from nanochat.common import checkpoint as ck
 from nanochat.common.errors import NanochatError, UsageError
 from nanochat.common.logging import print0, table, warn0
-from nanochat.train.loop import MetricsLog, Progress, StepClock, StopSignal, format_duration, sync_step_stats
+from nanochat.train.loop import MetricsLog, Progress, StepClock, StopSignal, format_duration, record_report, run_distributed, sync_step_stats
 
 OFFLINE_TRAIN_LABEL = "GSM8K train partition carved from the test split (1,000 problems)"
 OFFLINE_EVAL_LABEL = "GSM8K test, held-out 319 problems (disjoint from the train partition)"
@@ -281,14 +281,7 @@ def _resume_step(cfg: RLConfig, tag: str) -> int | None:
 def run_rl(cfg: RLConfig) -> dict:
     """Train (or resume) a policy on GSM8K; returns a summary dict (rank 0's view)."""
     cfg.validate()
-    from nanochat.common.device import detect_device
-    from nanochat.common.dist import cleanup, init_distributed
-
-    info = init_distributed(detect_device(cfg.device))
-    try:
-        return _train(cfg, info)
-    finally:
-        cleanup()
+    return run_distributed(cfg.device, lambda device_type, info: _train(cfg, info))
 
 
 def _train(cfg: RLConfig, info) -> dict:
@@ -466,11 +459,6 @@ def _train(cfg: RLConfig, info) -> dict:
             print0(f"{stop.signame}: saved step {step} and stopped; `nanochat rl ... --resume auto` continues")
         else:
             print0(f"done: {step} steps, training time {format_duration(clock.total)}" + (f", pass@1 {passk['pass@1']:.4f} on {eval_label}" if passk else ""))
-            from nanochat.eval.report import record_section
-
-            try:
-                record_section("rl", summary, series={"reward": reward_series, "gsm8k_pass@1": passk_series}, title="Reinforcement learning")
-            except NanochatError as e:
-                warn0(f"could not record the report section: {e}")
+            record_report("rl", summary, series={"reward": reward_series, "gsm8k_pass@1": passk_series}, title="Reinforcement learning")
     return summary
 

@@ -39,6 +39,8 @@ from nanochat.train.loop import (
     evaluate_bpb,
     format_duration,
     forward_backward,
+    record_report,
+    run_distributed,
     sync_step_stats,
 )
 from nanochat.train.scaling import lr_scale
@@ -144,29 +146,10 @@ def _broadcast_int(value: int, world: int, device) -> int:
     return int(t.item())
 
 
-def _record_report(data: dict, series: dict) -> None:
-    try:
-        from nanochat.eval.report import record_section
-    except ImportError:
-        return
-    try:
-        record_section("sft", data, series=series)
-    except NanochatError as e:
-        warn0(f"could not record the report section: {e}")
-
-
 def run_sft(cfg: SFTConfig) -> dict:
     """Fine-tune (or resume); returns a summary dict (rank 0's view)."""
     cfg.validate()
-    from nanochat.common.device import detect_device
-    from nanochat.common.dist import cleanup, init_distributed
-
-    device_type = detect_device(cfg.device)
-    info = init_distributed(device_type)
-    try:
-        return _train(cfg, device_type, info.rank, info.world_size, info.device)
-    finally:
-        cleanup()
+    return run_distributed(cfg.device, lambda device_type, info: _train(cfg, device_type, info.rank, info.world_size, info.device))
 
 
 def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> dict:
@@ -381,7 +364,7 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
             print0(f"{stop.signame}: saved step {step} and stopped; `nanochat sft ... --resume auto` continues")
         else:
             print0(f"done: {step} steps, min val bpb {min_val:.4f}, training time {format_duration(clock.total)}; chat with `nanochat chat --source sft`")
-            _record_report(summary, {"train_loss": train_series, "val_bpb": val_series})
+            record_report("sft", summary, {"train_loss": train_series, "val_bpb": val_series})
     return summary
 
 
