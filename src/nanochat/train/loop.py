@@ -9,7 +9,6 @@ the non-finite-loss guard, val bits-per-byte and greedy samples.
 - `forward_backward`: gradient accumulation over micro-batches.
 - `sync_step_stats`: one all-reduce per step carrying the loss and the stop flag, so every rank skips
   a non-finite step, and stops, together.
-- `evaluate_bpb`: bits per byte with the tokenizer's token-bytes table (special tokens count 0 bytes).
 - `greedy_samples`: a few greedy continuations of fixed prompts, to read during training.
 """
 
@@ -21,7 +20,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from nanochat.common.logging import console, is_rank0
 
@@ -195,33 +194,6 @@ def sync_step_stats(loss_sum, micro_steps: int, stop: bool, world_size: int) -> 
         dist.all_reduce(stats, op=dist.ReduceOp.SUM)
     loss, stops = stats.tolist()
     return loss / (micro_steps * world_size), stops > 0
-
-
-def evaluate_bpb(model, batches: Iterable, steps: int, token_bytes) -> float:
-    """Bits per byte over `steps` batches: Σ nats of targets with bytes / (ln 2 · Σ bytes), all ranks summed."""
-    import torch
-
-    total = None
-    for i, (x, y) in enumerate(batches):
-        if i >= steps:
-            break
-        if total is None:
-            total = torch.zeros(2, dtype=torch.float64, device=y.device)
-            token_bytes = torch.as_tensor(token_bytes, dtype=torch.int64, device=y.device)
-        with torch.no_grad():
-            loss = model(x, y, loss_reduction="none").reshape(-1)
-        flat = y.reshape(-1)
-        nbytes = torch.where(flat >= 0, token_bytes[flat.clamp(min=0)], torch.zeros_like(flat))
-        total[0] += (loss.double() * (nbytes > 0)).sum()
-        total[1] += nbytes.sum()
-    if total is None:
-        return float("inf")
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    nats, nbytes = total.tolist()
-    return float("inf") if nbytes == 0 else nats / (math.log(2) * nbytes)
 
 
 def greedy_samples(model, tokenizer, prompts: list[str] = SAMPLE_PROMPTS, max_tokens: int = 16, device: str = "cpu") -> list[str]:

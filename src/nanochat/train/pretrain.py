@@ -30,12 +30,12 @@ from nanochat.common import checkpoint as ck
 from nanochat.common.errors import NanochatError, UsageError
 from nanochat.common.logging import console, print0, table, warn0
 from nanochat.optim import schedules
+from nanochat.eval.bpb import evaluate_bpb
 from nanochat.train.loop import (
     MetricsLog,
     Progress,
     StepClock,
     StopSignal,
-    evaluate_bpb,
     format_duration,
     forward_backward,
     record_report,
