@@ -31,7 +31,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from nanochat.engine import sandbox
+    from nanochat.common import sandbox
     from nanochat.engine.tools import use_calculator
 
     rows = []

@@ -80,7 +80,7 @@ def test_prepare_evals_offline(nanochat_home):
 def test_eval_generative_tasks_through_the_engine(nanochat_home, tmp_path):
     """sft checkpoint, the generative tasks and ChatCORE (needs the Engine and the sandbox)."""
     pytest.importorskip("nanochat.engine.engine")
-    pytest.importorskip("nanochat.engine.sandbox")
+    pytest.importorskip("nanochat.common.sandbox")
     from nanochat.common import paths
     from nanochat.common.checkpoint import save_checkpoint
     from nanochat.data.resources import open_resource

@@ -34,7 +34,8 @@ def test_demo_run_val_bpb_falls_and_checkpoint_loads(nanochat_home):
     assert len(train_losses(run_dir)) == 24
     assert "CORE" in r.stdout  # the eval stage's CORE (offline bundle) ran at the last step
 
-    from nanochat.common.checkpoint import find_latest, load_model
+    from nanochat.common.checkpoint import find_latest
+    from nanochat.engine.loading import load_model
 
     assert find_latest("base", "d4").step == 24
     model, tokenizer, meta = load_model("base", device="cpu")

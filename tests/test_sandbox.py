@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from nanochat.common.errors import NanochatError
-from nanochat.engine import sandbox
-from nanochat.engine.sandbox import ExecutionResult, run_python
+from nanochat.common import sandbox
+from nanochat.common.sandbox import ExecutionResult, run_python
 
 # Skipped where bubblewrap cannot run, unless NANOCHAT_REQUIRE_SANDBOX=1 (CI sets it: there a skip would hide a
 # machine that runs untrusted code unsandboxed).

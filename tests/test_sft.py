@@ -187,18 +187,19 @@ def _masked_loss(model, tok, convs, seq=64):
 
 def test_sft_lowers_loss_and_resumes_exactly(nanochat_home, monkeypatch):
     from nanochat.common import checkpoint as ck
+    from nanochat.engine.loading import load_model
     from nanochat.train.sft import SFTConfig, run_sft
     from nanochat.train.sft_data import sft_mixture
 
     _tiny_base(nanochat_home)
-    base, tok, _ = ck.load_model("base", "t", quiet=True)
+    base, tok, _ = load_model("base", "t", quiet=True)
     train, _, _ = sft_mixture("demo")
     fixed = [train[i] for i in range(8)]
     before = _masked_loss(base, tok, fixed)
 
     common = dict(data="demo", num_iterations=6, init_lr_frac=4.0, eval_every=3, eval_tokens=256, device="cpu", model_tag="t")
     run_sft(SFTConfig(**common, out_tag="a"))
-    a, _, meta = ck.load_model("sft", "a", quiet=True)
+    a, _, meta = load_model("sft", "a", quiet=True)
     assert meta["step"] == 6 and meta["source"] == {"kind": "base", "tag": "t", "step": 6}
     after = _masked_loss(a, tok, fixed)
     assert after < before - 0.05, (before, after)

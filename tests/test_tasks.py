@@ -208,7 +208,7 @@ def test_humaneval_programs_pass_with_the_canonical_solution():
         ko = subprocess.run([sys.executable, "-c", build_program(row, bad)], capture_output=True, timeout=30)
         assert ok.returncode == 0 and ko.returncode != 0
     try:
-        import nanochat.engine.sandbox  # noqa: F401
+        import nanochat.common.sandbox  # noqa: F401
     except ImportError:
         with pytest.raises(NanochatError, match="sandbox"):
             t.evaluate(t[0], "pass")

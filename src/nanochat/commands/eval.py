@@ -65,7 +65,7 @@ def eval_(
     info = init_distributed(detect_device(device))
     try:
         try:
-            from nanochat.common.checkpoint import load_model
+            from nanochat.engine.loading import load_model
         except ImportError as e:
             raise NanochatError("checkpoint loading is not in this build yet; `nanochat eval` needs the training stage") from e
         model, tokenizer, meta = load_model(source, model_tag, step, device=info.device)

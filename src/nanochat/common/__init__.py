@@ -1,1 +1,1 @@
-"""Shared foundations: paths, errors, atomic writes, logging, device and distributed setup."""
+"""Shared foundations: paths, errors, atomic writes, logging, device and distributed setup, checkpoints, the code sandbox."""

@@ -35,7 +35,7 @@ from typing import Any
 from nanochat.common import paths
 from nanochat.common.atomic import fsync_dir, publish_dir
 from nanochat.common.errors import NanochatError
-from nanochat.common.logging import print0, warn0
+from nanochat.common.logging import warn0
 
 FORMAT_VERSION = 1
 SOURCES = ("base", "sft", "rl")
@@ -426,31 +426,3 @@ def load_rank_state(path: Path, rank: int = 0, device: str = "cpu") -> tuple[Any
     tensors = load_file(str(path / optim_file(rank)), device=str(device))
     tree = json.loads((path / rank_file(rank)).read_text())
     return decode_tree(tree["optimizer"], tensors), decode_tree(tree["state"], tensors)
-
-
-def load_model(source: str, model_tag: str | None = None, step: int | None = None, device: str = "cpu", quiet: bool = False):
-    """Build the model of a checkpoint with its weights: returns (model, tokenizer, meta).
-
-    Prints which checkpoint it chose. The tokenizer is the one in NANOCHAT_HOME; its vocabulary
-    must match the model's.
-    """
-    from nanochat.data.tokenizer import get_tokenizer
-    from nanochat.model.config import GPTConfig
-    from nanochat.model.gpt import build_model
-
-    info = resolve_checkpoint(source, model_tag, step)
-    meta = load_meta(info.path)
-    config = GPTConfig(**meta["model_config"])
-    model = build_model(config, device, init=False)
-    state = load_weights(info.path, device)
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    tokenizer = get_tokenizer()
-    if tokenizer.vocab_size != config.vocab_size:
-        raise NanochatError(
-            f"the tokenizer has {tokenizer.vocab_size} tokens but {info.path} was trained with {config.vocab_size}; "
-            "retrain the tokenizer that model used or point NANOCHAT_HOME at the home it was trained in"
-        )
-    if not quiet:
-        print0(f"loaded {source}/{info.tag} step {info.step} from {info.path}")
-    return model, tokenizer, meta

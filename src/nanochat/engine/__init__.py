@@ -1,1 +1,1 @@
-"""Inference: KV-cache generation, sampling, tools (calculator) and the code sandbox."""
+"""Inference: KV-cache generation, sampling, the calculator tool, and loading models from checkpoints."""

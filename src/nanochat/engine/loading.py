@@ -1,4 +1,5 @@
-"""Loading a chat model for `nanochat chat` and `nanochat serve`: the newest sft/rl checkpoint by default.
+"""Loading models from checkpoints: `load_model` for every consumer (sft, rl, eval, chat, serve), and
+`load_chat_model` for `nanochat chat` and `nanochat serve` (the newest sft/rl checkpoint by default).
 
 `load_chat_model(source=None)` picks whichever of `rl` and `sft` was written most recently (or the
 source named), and returns `(model, tokenizer, label)` where label says what was loaded
@@ -34,7 +35,7 @@ def load_chat_model(source: str | None = None, model_tag: str | None = None, ste
     caller prints what was loaded, e.g. to stderr so that one-shot answers on stdout stay clean)."""
     import torch
 
-    from nanochat.common.checkpoint import load_model, resolve_checkpoint
+    from nanochat.common.checkpoint import resolve_checkpoint
 
     if source is not None and source not in SOURCES:
         raise NanochatError(f"--source {source!r} is not a checkpoint kind; use sft, rl or base")
@@ -46,3 +47,33 @@ def load_chat_model(source: str | None = None, model_tag: str | None = None, ste
         # of float32 masters (the Linear layers then have nothing to cast)
         model.to(model.compute_dtype)
     return model, tokenizer, f"{source}/{info.tag} step {info.step}"
+
+
+def load_model(source: str, model_tag: str | None = None, step: int | None = None, device: str = "cpu", quiet: bool = False):
+    """Build the model of a checkpoint with its weights: returns (model, tokenizer, meta).
+
+    Prints which checkpoint it chose. The tokenizer is the one in NANOCHAT_HOME; its vocabulary
+    must match the model's.
+    """
+    from nanochat.common.checkpoint import load_meta, load_weights, resolve_checkpoint
+    from nanochat.common.logging import print0
+    from nanochat.data.tokenizer import get_tokenizer
+    from nanochat.model.config import GPTConfig
+    from nanochat.model.gpt import build_model
+
+    info = resolve_checkpoint(source, model_tag, step)
+    meta = load_meta(info.path)
+    config = GPTConfig(**meta["model_config"])
+    model = build_model(config, device, init=False)
+    state = load_weights(info.path, device)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    tokenizer = get_tokenizer()
+    if tokenizer.vocab_size != config.vocab_size:
+        raise NanochatError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but {info.path} was trained with {config.vocab_size}; "
+            "retrain the tokenizer that model used or point NANOCHAT_HOME at the home it was trained in"
+        )
+    if not quiet:
+        print0(f"loaded {source}/{info.tag} step {info.step} from {info.path}")
+    return model, tokenizer, meta

@@ -3,7 +3,7 @@
 The user message is the function's signature and docstring; the model's answer is code. Scoring
 takes the first fenced code block of the completion (or the whole completion), puts the prompt's
 imports above it and the task's `check(entry_point)` tests below it, and runs the program in the
-sandbox (`nanochat.engine.sandbox.run_python`, 5 s, 256 MB). A pass is a zero exit code.
+sandbox (`nanochat.common.sandbox.run_python`, 5 s, 256 MB). A pass is a zero exit code.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ def build_program(row: dict, completion: str) -> str:
 def sandbox_runner():
     """`run_python` from the sandbox, or a one-line error saying HumanEval needs it."""
     try:
-        from nanochat.engine.sandbox import run_python
+        from nanochat.common.sandbox import run_python
     except ImportError as e:
-        raise NanochatError("HumanEval needs the code sandbox (nanochat.engine.sandbox), which is not in this build; leave humaneval out of --tasks") from e
+        raise NanochatError("HumanEval needs the code sandbox (nanochat.common.sandbox), which is not in this build; leave humaneval out of --tasks") from e
     return run_python
 
 

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from nanochat.common import checkpoint as ck
+from nanochat.engine.loading import load_model
 from nanochat.common.errors import NanochatError, UsageError
 from nanochat.common.logging import print0, table, warn0
 from nanochat.train.loop import MetricsLog, Progress, StepClock, StopSignal, format_duration, record_report, run_distributed, sync_step_stats
@@ -302,10 +303,10 @@ def _train(cfg: RLConfig, info) -> dict:
     tag = src.tag
     resume_at = _resume_step(cfg, tag)
     if resume_at is not None:
-        model, tokenizer, meta = ck.load_model("rl", tag, resume_at, device=device)
+        model, tokenizer, meta = load_model("rl", tag, resume_at, device=device)
         started_from = meta.get("started_from", {})
     else:
-        model, tokenizer, meta = ck.load_model(cfg.source, src.tag, src.step, device=device)
+        model, tokenizer, meta = load_model(cfg.source, src.tag, src.step, device=device)
         started_from = {"source": cfg.source, "model_tag": src.tag, "step": src.step}
         if master and cfg.resume == "never" and ck.list_steps("rl", tag):
             warn0(f"--resume never: starting afresh; checkpoints saved by this run replace those in {ck.checkpoint_dir('rl', tag)}")

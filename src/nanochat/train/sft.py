@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from nanochat.common import checkpoint as ck
+from nanochat.engine.loading import load_model
 from nanochat.common.errors import NanochatError, UsageError
 from nanochat.common.logging import print0, table, warn0
 from nanochat.eval.bpb import evaluate_bpb
@@ -168,7 +169,7 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
 
     # ---- the starting checkpoint
     base = ck.resolve_checkpoint(cfg.source, cfg.model_tag, cfg.step)
-    model, tokenizer, base_meta = ck.load_model(cfg.source, base.tag, base.step, device=device, quiet=True)
+    model, tokenizer, base_meta = load_model(cfg.source, base.tag, base.step, device=device, quiet=True)
     print0(f"starting from {cfg.source}/{base.tag} step {base.step} ({base.path})")
     model.train()
     gpt_config = GPTConfig(**base_meta["model_config"])
