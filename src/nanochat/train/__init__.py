@@ -1,1 +1,1 @@
-"""Training loops: scaling rules, pretraining, and what the loops share."""
+"""Training loops: scaling rules, pretraining, SFT, RL, the speedrun, and what the loops share."""
