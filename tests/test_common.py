@@ -84,3 +84,16 @@ def test_env_command_is_truthful(nanochat_home):
     if not torch.cuda.is_available():
         assert "float32" in r.stdout and "not available" in r.stdout
     assert "checkpoints" in r.stdout and "none" in r.stdout
+
+
+def test_table_cells_are_plain_text_not_markup():
+    import io
+
+    from rich.console import Console
+
+    from nanochat.common.logging import table
+
+    out = io.StringIO()
+    Console(file=out, width=120).print(table("t [x]", [("total batch", "65,536 [auto off the GPU]"), ("n", "[bold]2")]))
+    text = out.getvalue()
+    assert "65,536 [auto off the GPU]" in text and "[bold]2" in text and "t [x]" in text
