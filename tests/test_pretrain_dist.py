@@ -40,3 +40,62 @@ def test_two_process_gloo_run_trains_and_resumes(nanochat_home):
     # a different process count cannot pick up per-rank state: one clear line
     r = run_cli("pretrain", *TINY, "--nproc", "1", "--num-iterations", "12", "--eval-every", "-1")
     assert r.returncode == 1 and "--nproc 2" in r.stderr and "Traceback" not in r.stderr
+
+
+def _rank_pids(home, local_rank: int) -> list[int]:
+    """Processes of this test's run (its NANOCHAT_HOME) that torchrun started as `local_rank`."""
+    import os
+
+    want = {f"LOCAL_RANK={local_rank}".encode(), f"NANOCHAT_HOME={home}".encode()}
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                env = set(open(f"/proc/{entry}/environ", "rb").read().split(b"\0"))
+            except OSError:
+                continue
+            if want <= env:
+                pids.append(int(entry))
+    return pids
+
+
+def test_killed_rank_ends_the_run_without_a_hang_and_resume_continues(nanochat_home):
+    # a rank dies (SIGKILL, as an OOM kill would): the other must not hang in a collective; the whole
+    # run ends within 60 s, and `--resume auto` continues from the newest valid checkpoint
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    install_tokenizer(nanochat_home)
+    args = ["pretrain", *TINY, "--nproc", "2", "--num-iterations", "400", "--save-every", "2", "--eval-every", "-1"]
+    proc = subprocess.Popen([sys.executable, "-m", "nanochat", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_dir = nanochat_home / "checkpoints" / "base" / "d2"
+    try:
+        deadline = time.monotonic() + 240
+        while not (run_dir / "step_000004").is_dir():
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not reach step 4"
+            time.sleep(0.2)
+        victims = _rank_pids(nanochat_home, 1)
+        assert victims, "rank 1 not found"
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        proc.wait(timeout=90)
+        took = time.monotonic() - killed_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = proc.stdout.read()
+    assert proc.returncode != 0, out[-2000:]
+    print(f"run ended {took:.1f} s after rank 1 was killed")
+    assert took < 60, f"the run took {took:.0f} s to end after a rank died"
+    assert not _rank_pids(nanochat_home, 0), "rank 0 outlived the run"
+    newest = ck.find_latest("base", "d2").step
+    assert newest >= 4
+    r = run_cli("pretrain", *TINY, "--nproc", "2", "--num-iterations", str(newest + 2), "--save-every", "2", "--eval-every", "-1", timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"resuming d2 from step {newest}" in r.stdout
+    assert ck.find_latest("base", "d2").step == newest + 2
