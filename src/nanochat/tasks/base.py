@@ -12,6 +12,7 @@ packaged with nanochat offline. Either way the task's `data_source` says which o
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 import random
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -21,7 +22,7 @@ from nanochat.common.errors import NanochatError
 Conversation = dict[str, Any]
 
 
-class Task:
+class Task(ABC):
     """A sequence of conversations. Subclasses implement `num_examples` and `get_example`, and for
     evaluation `eval_type` ("categorical" | "generative") and `evaluate`."""
 
@@ -35,11 +36,11 @@ class Task:
         self._slices: tuple[slice, ...] = (slice(start, stop, step),)
 
     # --- what subclasses provide ---------------------------------------------------------------
-    def num_examples(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def num_examples(self) -> int: ...
 
-    def get_example(self, index: int) -> Conversation:
-        raise NotImplementedError
+    @abstractmethod
+    def get_example(self, index: int) -> Conversation: ...
 
     def evaluate(self, conversation: Conversation, completion: str) -> bool:
         raise NanochatError(f"{self.name} has no scoring: it is training data only")
