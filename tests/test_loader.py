@@ -135,3 +135,33 @@ def test_bad_state_and_reader_failures_are_clear():
     with pytest.raises(NanochatError, match="unreadable"):
         for _ in range(100):
             next(broken)
+
+
+def test_micro_step_loader_splits_a_step_the_same_way_for_any_process_count():
+    # rows of one optimizer step: micro-step m of 1 process == rank m of 2 processes == the plain
+    # best-fit specification over data shard m of 2
+    from nanochat.data.loader import MicroStepLoader
+
+    corpus, tok = FakeCorpus(), FakeTokenizer()
+    spec = [naive_rows(corpus, tok, 2, 16, 8, 3, rank=m, world=2) for m in range(2)]
+    one = MicroStepLoader(corpus, tok, 2, 16, rank=0, world_size=1, accum=2, threads=1, buffer_size=8)
+    ranks = [MicroStepLoader(corpus, tok, 2, 16, rank=r, world_size=2, accum=1, threads=1, buffer_size=8) for r in range(2)]
+    try:
+        for b in range(3):
+            for m in range(2):
+                x = next(one)[0]
+                assert torch.equal(x, torch.from_numpy(spec[m][b, :, :-1]).long())
+                assert torch.equal(x, next(ranks[m])[0])
+        # a resume from the state continues with the same micro-batches
+        state = one.state_dict()
+        again = MicroStepLoader(corpus, tok, 2, 16, rank=0, world_size=1, accum=2, threads=1, buffer_size=8, state=state)
+        try:
+            for _ in range(4):
+                assert torch.equal(next(one)[0], next(again)[0])
+        finally:
+            again.close()
+        with pytest.raises(NanochatError, match="micro-steps"):
+            MicroStepLoader(corpus, tok, 2, 16, accum=4, threads=1, state=state)
+    finally:
+        for loader in (one, *ranks):
+            loader.close()

@@ -19,6 +19,10 @@ entered the buffer and the buffer itself (true lengths and kept tokens, in arriv
 int32 tensor the checkpoint stores in safetensors). `PackingLoader(..., state=that)` rebuilds the
 buffer and reads on from that position, so the batches after a resume equal, token for token, those
 of a run that never stopped. Documents the thread had read ahead are simply read again.
+
+Splitting a step: `MicroStepLoader` gives micro-step m of rank r the rows of data shard r*A + m of
+N*A (N processes, A accumulation steps), so an optimizer step sees the same rows however the total
+batch is split between processes and micro-steps: 1 GPU x 8 micro-steps and 8 GPUs x 1 train alike.
 """
 
 from __future__ import annotations
@@ -272,3 +276,50 @@ class PackingLoader:
             self.close()
         except Exception:
             pass
+
+
+class MicroStepLoader:
+    """The batches of one process when the total batch is split over `world_size` processes and
+    `accum` micro-steps: micro-step m of rank r reads data shard r*accum + m of world_size*accum.
+
+    The rows of an optimizer step are therefore the same for any split with the same product
+    (e.g. 2 processes x 1 micro-step or 1 process x 2 micro-steps), which is what makes a run on N
+    GPUs comparable loss for loss with a run on one. Iterating yields the micro-batches in order.
+    """
+
+    def __init__(self, corpus: Any, tokenizer: Any, batch_size: int, seq_len: int, *, rank: int = 0, world_size: int = 1,
+                 accum: int = 1, threads: int = 4, state: dict | None = None, **kwargs: Any) -> None:  # fmt: skip
+        if accum < 1:
+            raise NanochatError(f"gradient accumulation must be at least 1 (got {accum})")
+        if state is not None and len(state.get("shards", ())) != accum:
+            raise NanochatError(
+                f"the checkpoint's data loader was split into {len(state.get('shards', ()))} micro-steps, this run into {accum}; "
+                "resume with the same --device-batch-size, --total-batch-size and --nproc"
+            )
+        per_loader = max(1, threads // accum)
+        self.loaders = [
+            PackingLoader(corpus, tokenizer, batch_size, seq_len, rank=rank * accum + m, world_size=world_size * accum,
+                          threads=per_loader, state=state["shards"][m] if state else None, **kwargs)  # fmt: skip
+            for m in range(accum)
+        ]
+        self._next = int(state["next"]) if state else 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.loaders[self._next])
+        self._next = (self._next + 1) % len(self.loaders)
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"shards": [loader.state_dict() for loader in self.loaders], "next": self._next}
+
+    @property
+    def epoch(self) -> int:
+        return min(loader.epoch for loader in self.loaders)
+
+    def close(self) -> None:
+        for loader in self.loaders:
+            loader.close()
+
