@@ -237,17 +237,27 @@ def split_passages(text: str, max_chars: int = DEMO_PASSAGE_CHARS) -> list[str]:
     passages: list[str] = []
     for chapter in chapters:
         paras = [" ".join(line.strip() for line in p.strip().splitlines()) for p in re.split(r"\n\s*\n", chapter)]
-        current: list[str] = []
-        size = 0
-        for para in (p for p in paras if p):
-            if current and size + 2 + len(para) > max_chars:
-                passages.append("\n\n".join(current))
-                current, size = [], 0
-            current.append(para)
-            size += len(para) + (2 if size else 0)
-        if current:
-            passages.append("\n\n".join(current))
+        passages += pack_paragraphs(paras, max_chars)
     return passages
+
+
+def pack_paragraphs(paras: list[str], max_chars: int) -> list[str]:
+    """Consecutive paragraphs joined by blank lines into pieces of at most `max_chars`
+    (a longer paragraph is a piece of its own); empty paragraphs are dropped."""
+    pieces: list[str] = []
+    current: list[str] = []
+    size = 0
+    for para in paras:
+        if not para.strip():
+            continue
+        if current and size + 2 + len(para) > max_chars:
+            pieces.append("\n\n".join(current))
+            current, size = [], 0
+        current.append(para)
+        size += len(para) + (2 if size else 0)
+    if current:
+        pieces.append("\n\n".join(current))
+    return pieces
 
 
 @lru_cache(maxsize=8)

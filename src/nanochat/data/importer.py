@@ -33,7 +33,7 @@ from typing import IO, Iterator
 from nanochat.common import paths
 from nanochat.common.atomic import fresh_temp_dir, publish_dir
 from nanochat.common.errors import NanochatError
-from nanochat.data.corpus import RESERVED_NAMES
+from nanochat.data.corpus import RESERVED_NAMES, pack_paragraphs
 
 TEXT_EXTS = {".txt", ".md", ".markdown", ".text"}
 JSONL_EXTS = {".jsonl"}
@@ -117,19 +117,7 @@ def split_long(text: str, max_chars: int) -> list[str]:
     """Cut text at blank lines into pieces of whole paragraphs of at most max_chars."""
     if max_chars <= 0 or len(text) <= max_chars:
         return [text]
-    pieces, current, size = [], [], 0
-    for para in re.split(r"\n\s*\n", text):
-        para = para.strip("\n")
-        if not para.strip():
-            continue
-        if current and size + 2 + len(para) > max_chars:
-            pieces.append("\n\n".join(current))
-            current, size = [], 0
-        current.append(para)
-        size += len(para) + (2 if size else 0)
-    if current:
-        pieces.append("\n\n".join(current))
-    return pieces
+    return pack_paragraphs([para.strip("\n") for para in re.split(r"\n\s*\n", text)], max_chars)
 
 
 def iter_file_docs(path: Path, text_field: str = "text", max_doc_chars: int = 20_000) -> Iterator[str]:
