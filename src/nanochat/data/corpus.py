@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -89,7 +90,10 @@ class MemoryShard:
 
 
 class ParquetShard:
-    """One parquet file with a `text` column; row groups are read one at a time."""
+    """One parquet file with a `text` column; row groups are read one at a time.
+
+    Several loader threads read the same shard objects (one per micro-step shard of a pretraining run), so the
+    open file handle is per thread: one thread closing its handle never pulls the file from under another."""
 
     def __init__(self, path: Path):
         import pyarrow.parquet as pq
@@ -106,7 +110,7 @@ class ParquetShard:
         self._text_bytes = sum(
             meta.row_group(i).column(meta.schema.names.index(TEXT_COLUMN)).total_uncompressed_size for i in range(meta.num_row_groups)
         )
-        self._file = None
+        self._local = threading.local()
 
     @property
     def num_row_groups(self) -> int:
@@ -122,14 +126,17 @@ class ParquetShard:
     def read_row_group(self, i: int) -> list[str]:
         import pyarrow.parquet as pq
 
-        if self._file is None:
-            self._file = pq.ParquetFile(self.path)
-        return self._file.read_row_group(i, columns=[TEXT_COLUMN]).column(0).to_pylist()
+        f = getattr(self._local, "file", None)
+        if f is None:
+            f = self._local.file = pq.ParquetFile(self.path)
+        return f.read_row_group(i, columns=[TEXT_COLUMN]).column(0).to_pylist()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Close this thread's handle (the next read reopens it)."""
+        f = getattr(self._local, "file", None)
+        if f is not None:
+            f.close()
+            self._local.file = None
 
 
 # ---- the corpus --------------------------------------------------------------------------------

@@ -56,6 +56,8 @@ class PretrainConfig:
     head_dim: int = 128
     n_kv_head: int | None = None
     window_pattern: str = "SSSL"
+    smear: bool = True
+    backout: bool = True
     max_seq_len: int = 2048
     device_batch_size: int = 32
     total_batch_size: int = -1  # -1 = auto
@@ -70,6 +72,7 @@ class PretrainConfig:
     warmup_steps: int = 40
     warmdown_ratio: float = 0.65
     final_lr_frac: float = 0.05
+    warmdown_shape: str = "linear"  # linear | sqrt (optim.schedules.lr_multiplier)
     eval_every: int = 250
     eval_tokens: int = -1  # -1 = auto: 80 × 2^19 on CUDA, 20 micro-batches elsewhere
     sample_every: int = 2000
@@ -104,6 +107,8 @@ class PretrainConfig:
             raise UsageError(f"--device-batch-size {self.device_batch_size} must be at least 1")
         if not (0.0 <= self.warmdown_ratio <= 1.0):
             raise UsageError(f"--warmdown-ratio {self.warmdown_ratio} must be between 0 and 1")
+        if self.warmdown_shape not in schedules.WARMDOWN_SHAPES:
+            raise UsageError(f"--warmdown-shape {self.warmdown_shape!r} must be one of {', '.join(schedules.WARMDOWN_SHAPES)}")
         if self.warmup_steps < 0:
             raise UsageError(f"--warmup-steps {self.warmup_steps} must be 0 or more")
         if self.keep_last is not None and self.keep_last < 1:
@@ -124,7 +129,7 @@ def model_config(cfg: PretrainConfig, vocab_size: int, depth: int | None = None)
     return GPTConfig.from_depth(
         cfg.depth if depth is None else depth, vocab_size, cfg.max_seq_len,
         aspect_ratio=cfg.aspect_ratio, head_dim=cfg.head_dim, n_kv_head=cfg.n_kv_head if depth is None else None,
-        window_pattern=cfg.window_pattern,
+        window_pattern=cfg.window_pattern, smear=cfg.smear, backout=cfg.backout,
     )  # fmt: skip
 
 
@@ -293,7 +298,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
 
     from nanochat.common.device import choose_dtype, peak_flops
     from nanochat.data.corpus import open_corpus
-    from nanochat.data.loader import MicroStepLoader, PackingLoader
+    from nanochat.data.loader import MicroStepLoader, PackingLoader, shard_buffer_size
     from nanochat.data.tokenizer import get_tokenizer
     from nanochat.model.gpt import build_model
     from nanochat.optim import build_optimizer
@@ -363,7 +368,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     compile_model = cfg.compile if cfg.compile is not None else device_type == "cuda"
     core_every = cfg.core_metric_every if cfg.core_metric_every is not None else (2000 if device_type == "cuda" else -1)
     rows = plan_rows(facts, opts, plan) + [
-        ("schedule", f"warmup {cfg.warmup_steps}, warmdown {cfg.warmdown_ratio:g} → {cfg.final_lr_frac:g}× LR; Muon momentum 0.85→0.97→0.90; WD cosine to 0"),
+        ("schedule", f"warmup {cfg.warmup_steps}, {cfg.warmdown_shape} warmdown {cfg.warmdown_ratio:g} → {cfg.final_lr_frac:g}× LR; Muon momentum 0.85→0.97→0.90; WD cosine to 0"),
         ("device", f"{device} × {world} ({str(dtype).removeprefix('torch.')}{', compiled' if compile_model else ''}; attention {model.attn_backend})"),
         ("peak FLOP/s (MFU)", f"{peak * world:.3g}" if peak else "unknown (MFU not shown)"),
         ("data", f"{cfg.data} (train); " + (f"val bpb every {cfg.eval_every} steps on {eval_steps * cfg.device_batch_size * cfg.max_seq_len * world:,} tokens"
@@ -429,7 +434,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
             # ---- evaluate, sample, save (at the top of a step: the state after `step` updates)
             if top and cfg.eval_every > 0 and (last or step % cfg.eval_every == 0) and not (info and step == start_step and val_bpb is not None):
                 val_loader = PackingLoader(val_corpus, tokenizer, cfg.device_batch_size, cfg.max_seq_len, rank=rank, world_size=world,
-                                           device=device, threads=threads, buffer_size=100)  # fmt: skip
+                                           device=device, threads=threads, buffer_size=shard_buffer_size(1000, world))  # fmt: skip
                 model.eval()
                 val_bpb = evaluate_bpb(train_model, val_loader, eval_steps, token_bytes)
                 model.train()
@@ -478,7 +483,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
                     )
                 continue
             bad_in_row = 0
-            lrm = schedules.lr_multiplier(step, n, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac)
+            lrm = schedules.lr_multiplier(step, n, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac, cfg.warmdown_shape)
             momentum = schedules.muon_momentum(step, n, warmdown_ratio=cfg.warmdown_ratio)
             wd = schedules.weight_decay(step, n, plan.weight_decay)
             optimizer.set_schedule(lrm, momentum, wd)
