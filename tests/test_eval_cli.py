@@ -63,7 +63,7 @@ def test_eval_chat_task_and_errors(tiny_checkpoint):
     assert r.returncode == 0, r.stderr
     assert "packaged:tasks/mmlu_test.jsonl" in r.stdout and "arc_easy_test" in r.stdout
     r = run_cli("eval", "--source", "base", "--tasks", "core,nope", "--device", "cpu")
-    assert r.returncode == 1 and "unknown eval task(s) nope" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "unknown eval task(s) nope" in r.stderr and "Traceback" not in r.stderr  # a name outside the task list is bad usage
     r = run_cli("eval", "--source", "sft", "--tasks", "mmlu", "--device", "cpu")
     assert r.returncode == 1 and "sft" in r.stderr and "Traceback" not in r.stderr
 

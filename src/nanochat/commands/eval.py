@@ -30,23 +30,39 @@ def eval_(
     nproc: Optional[int] = typer.Option(None, help=NPROC_HELP),
 ) -> None:
     """Evaluate a checkpoint: CORE and bits per byte for base models, chat tasks for sft/rl."""
-    from nanochat.common.launch import maybe_relaunch
-
-    maybe_relaunch(nproc, device)
-
     import math
     import os
 
-    from nanochat.common.errors import NanochatError
+    from nanochat.common import checks
+    from nanochat.common.checkpoint import require_checkpoint
+    from nanochat.common.device import check_device_name
+    from nanochat.common.errors import NanochatError, UsageError
+    from nanochat.common.launch import maybe_relaunch
     from nanochat.common.logging import console, is_rank0, print0
     from nanochat.eval.suite import EvalOptions, parse_tasks
 
-    if source not in ("base", "sft", "rl"):
-        raise NanochatError(f"--source {source!r} is not a checkpoint kind; use base, sft or rl")
-    if num_samples < 1 or batch_size < 1:
-        raise NanochatError("--num-samples and --batch-size must be 1 or more")
+    # every check that needs no model, before any process is started or anything loaded
+    checks.one_of("source", source, ("base", "sft", "rl"))
+    try:
+        task_names = parse_tasks(tasks, source)
+    except NanochatError as e:  # a name outside the fixed task list is bad usage
+        raise UsageError(str(e)) from None
+    checks.count("max_per_task", max_per_task, minus_one="all")
+    for name, value in (("batch_size", batch_size), ("num_samples", num_samples), ("max_new_tokens", max_new_tokens)):
+        checks.count(name, value)
+    checks.number("temperature", temperature, low=0)
+    checks.count("top_k", top_k, low=0)
+    checks.nproc(nproc)
+    check_device_name(device)
+    if data is not None:
+        from nanochat.data.corpus import check_data_name
+
+        check_data_name(data)
+    require_checkpoint(source, model_tag, step)
+    maybe_relaunch(nproc, device)
+
     opts = EvalOptions(
-        tasks=parse_tasks(tasks, source),
+        tasks=task_names,
         max_per_task=max_per_task,
         batch_size=batch_size,
         num_samples=num_samples,

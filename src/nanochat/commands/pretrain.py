@@ -67,22 +67,16 @@ def pretrain(
     skip_restore: str = typer.Option("", hidden=True, help="Tests only: comma list of loader,rng not to restore on resume."),
 ) -> None:
     """Pretrain the base GPT on web or demo text; resumable exactly from its checkpoints."""
-    from nanochat.common.errors import NanochatError
+    from nanochat.common import checks
+    from nanochat.common.errors import UsageError
     from nanochat.common.launch import maybe_relaunch
-
-    if fp8:
-        raise NanochatError("--fp8 is not available in this version of nanochat; train in bf16 (drop --fp8)")
-    if not dry_run:
-        maybe_relaunch(nproc, device)
+    from nanochat.data.corpus import check_data_name, open_corpus
     from nanochat.train.pretrain import PretrainConfig, run_pretrain
 
+    if fp8:
+        raise UsageError("--fp8 is not available in this version of nanochat; train in bf16 (drop --fp8)")
+    checks.nproc(nproc)
     skip = {s.strip() for s in skip_restore.split(",") if s.strip()}
-    planned_world = 1
-    if dry_run:  # plan for the processes a real run would start (see common.launch)
-        from nanochat.common.launch import visible_gpu_count
-
-        gpus = visible_gpu_count() if device in ("auto", "cuda") else 0
-        planned_world = nproc if nproc else (gpus if gpus > 1 else 1)
     cfg = PretrainConfig(
         depth=depth, data=data, aspect_ratio=aspect_ratio, head_dim=head_dim, n_kv_head=n_kv_head, window_pattern=window_pattern,
         smear=smear, backout=backout,
@@ -93,6 +87,19 @@ def pretrain(
         eval_tokens=eval_tokens, sample_every=sample_every, core_metric_every=core_metric_every, core_metric_max_per_task=core_metric_max_per_task, save_every=save_every, keep_last=keep_last, resume=resume,
         model_tag=model_tag, device=device, seed=seed, compile=compile, max_bad_steps=max_bad_steps,
         tokenizer_threads=tokenizer_threads, run=run, dry_run=dry_run,
-        restore_loader="loader" not in skip, restore_rng="rng" not in skip, dry_run_world_size=planned_world,
+        restore_loader="loader" not in skip, restore_rng="rng" not in skip,
     )  # fmt: skip
+    # every check that needs no model, before any process is started or anything loaded
+    cfg.validate()
+    if dry_run:
+        check_data_name(data)  # a plan may name data still to download, never data that cannot exist
+        from nanochat.common.launch import visible_gpu_count
+
+        # plan for the processes a real run would start (see common.launch)
+        gpus = visible_gpu_count() if device in ("auto", "cuda") else 0
+        cfg.dry_run_world_size = nproc if nproc else (gpus if gpus > 1 else 1)
+    else:
+        open_corpus(data, "train")
+        open_corpus(data, "val")
+        maybe_relaunch(nproc, device)
     run_pretrain(cfg)

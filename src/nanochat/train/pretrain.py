@@ -99,24 +99,40 @@ class PretrainConfig:
         return self.model_tag or f"d{self.depth}"
 
     def validate(self) -> None:
-        if self.depth < 1:
-            raise UsageError(f"--depth {self.depth} must be at least 1")
+        """Refuse option values that make no run (bad usage, exit 2); reads no files, so commands call it first."""
+        from nanochat.common import checks
+        from nanochat.common.device import check_device_name
+
+        checks.count("depth", self.depth)
         if self.max_seq_len < 8:
             raise UsageError(f"--max-seq-len {self.max_seq_len} is too short; use at least 8")
-        if self.device_batch_size < 1:
-            raise UsageError(f"--device-batch-size {self.device_batch_size} must be at least 1")
-        if not (0.0 <= self.warmdown_ratio <= 1.0):
-            raise UsageError(f"--warmdown-ratio {self.warmdown_ratio} must be between 0 and 1")
+        checks.count("device_batch_size", self.device_batch_size)
+        checks.count("total_batch_size", self.total_batch_size, minus_one="auto")
+        checks.count("num_iterations", self.num_iterations, minus_one="derive them from --target-flops or --target-param-data-ratio")
+        checks.number("target_flops", self.target_flops, low=0, low_open=True, minus_one="off")
+        checks.number("target_param_data_ratio", self.target_param_data_ratio, low=0, low_open=True, minus_one="off")
+        for name in ("aspect_ratio", "head_dim", "n_kv_head", "tokenizer_threads", "max_bad_steps"):
+            checks.count(name, getattr(self, name))
+        if self.head_dim % 2:
+            raise UsageError(f"--head-dim {self.head_dim} is odd; rotary embeddings need an even head dim, e.g. 64 or 128")
+        if not self.window_pattern or set(self.window_pattern.upper()) - {"S", "L"}:
+            raise UsageError(f"--window-pattern {self.window_pattern!r} must be letters S (short window) and L (long), e.g. SSSL")
+        for name in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr", "weight_decay"):
+            checks.number(name, getattr(self, name), low=0)
+        checks.count("warmup_steps", self.warmup_steps, low=0)
+        checks.number("warmdown_ratio", self.warmdown_ratio, low=0, high=1)
+        checks.number("final_lr_frac", self.final_lr_frac, low=0, high=1)
         if self.warmdown_shape not in schedules.WARMDOWN_SHAPES:
             raise UsageError(f"--warmdown-shape {self.warmdown_shape!r} must be one of {', '.join(schedules.WARMDOWN_SHAPES)}")
-        if self.warmup_steps < 0:
-            raise UsageError(f"--warmup-steps {self.warmup_steps} must be 0 or more")
-        if self.keep_last is not None and self.keep_last < 1:
-            raise UsageError(f"--keep-last {self.keep_last} must be at least 1")
-        if self.resume not in ("auto", "never") and not self.resume.isdigit():
-            raise UsageError(f"--resume {self.resume!r} must be auto, never or a step number")
-        if self.max_bad_steps < 1:
-            raise UsageError("--max-bad-steps must be at least 1")
+        for name in ("eval_every", "sample_every", "core_metric_every", "save_every"):
+            checks.count(name, getattr(self, name), minus_one="off" if name != "save_every" else "only at the end")
+        checks.count("eval_tokens", self.eval_tokens, minus_one="auto")
+        checks.count("core_metric_max_per_task", self.core_metric_max_per_task, minus_one="all")
+        checks.count("keep_last", self.keep_last)
+        checks.resume(self.resume)
+        if self.model_tag is not None:
+            ck.checkpoint_dir("base", self.model_tag)  # a tag that is not a folder name is refused there
+        check_device_name(self.device)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -85,20 +85,36 @@ class SFTConfig:
     dry_run: bool = False
 
     def validate(self) -> None:
+        """Refuse option values that make no run (bad usage, exit 2); reads no files, so commands call it first."""
+        from nanochat.common import checks
+        from nanochat.common.device import check_device_name
+
         if self.source not in ("base", "sft"):
             raise UsageError(f"--source {self.source!r}: SFT starts from base (or an earlier sft) checkpoint")
+        if self.data not in ("web", "demo"):
+            raise UsageError(f"--data {self.data!r} is not an SFT mixture; use web (SmolTalk, MMLU, GSM8K; online) or demo (packaged, offline)")
         for name in ("init_lr_frac", "warmup_ratio", "warmdown_ratio", "final_lr_frac"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= (10.0 if name == "init_lr_frac" else 1.0):
-                raise UsageError(f"--{name.replace('_', '-')} {v} is out of range")
+            checks.number(name, getattr(self, name), low=0, high=10.0 if name == "init_lr_frac" else 1.0)
         if self.warmup_ratio + self.warmdown_ratio > 1.0:
             raise UsageError("--warmup-ratio + --warmdown-ratio must be at most 1")
-        if self.resume not in ("auto", "never") and not self.resume.isdigit():
-            raise UsageError(f"--resume {self.resume!r} must be auto, never or a step number")
-        if self.num_iterations == 0 or self.num_iterations < -1:
-            raise UsageError(f"--num-iterations {self.num_iterations} must be positive, or -1 for one epoch")
-        if self.keep_last is not None and self.keep_last < 1:
-            raise UsageError(f"--keep-last {self.keep_last} must be at least 1")
+        checks.resume(self.resume)
+        checks.count("num_iterations", self.num_iterations, minus_one="one epoch")
+        checks.count("step", self.step, low=0)
+        if self.max_seq_len is not None and self.max_seq_len < 8:
+            raise UsageError(f"--max-seq-len {self.max_seq_len} is too short; use at least 8 (or omit it for the base run's)")
+        for name in ("device_batch_size", "total_batch_size", "keep_last", "max_bad_steps"):
+            checks.count(name, getattr(self, name))
+        for name in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr"):
+            checks.number(name, getattr(self, name), low=0)
+        for name in ("mmlu_epochs", "gsm8k_epochs"):
+            checks.count(name, getattr(self, name), low=0)
+        checks.count("eval_every", self.eval_every, minus_one="off")
+        checks.count("eval_tokens", self.eval_tokens, minus_one="auto")
+        checks.count("save_every", self.save_every, minus_one="only at the end")
+        for tag in (self.model_tag, self.out_tag):
+            if tag is not None:
+                ck.checkpoint_dir("sft", tag)  # a tag that is not a folder name is refused there
+        check_device_name(self.device)
 
 
 def lr_multiplier(progress: float, init_lr_frac: float, warmup_ratio: float, warmdown_ratio: float, final_lr_frac: float) -> float:
