@@ -143,9 +143,10 @@ def test_micro_step_loader_splits_a_step_the_same_way_for_any_process_count():
     from nanochat.data.loader import MicroStepLoader
 
     corpus, tok = FakeCorpus(), FakeTokenizer()
-    spec = [naive_rows(corpus, tok, 2, 16, 8, 3, rank=m, world=2) for m in range(2)]
-    one = MicroStepLoader(corpus, tok, 2, 16, rank=0, world_size=1, accum=2, threads=1, buffer_size=8)
-    ranks = [MicroStepLoader(corpus, tok, 2, 16, rank=r, world_size=2, accum=1, threads=1, buffer_size=8) for r in range(2)]
+    # buffer_size is the step's total: 64 documents, so 32 for each of the two data shards
+    spec = [naive_rows(corpus, tok, 2, 16, 32, 3, rank=m, world=2) for m in range(2)]
+    one = MicroStepLoader(corpus, tok, 2, 16, rank=0, world_size=1, accum=2, threads=1, buffer_size=64)
+    ranks = [MicroStepLoader(corpus, tok, 2, 16, rank=r, world_size=2, accum=1, threads=1, buffer_size=64) for r in range(2)]
     try:
         for b in range(3):
             for m in range(2):
@@ -154,7 +155,7 @@ def test_micro_step_loader_splits_a_step_the_same_way_for_any_process_count():
                 assert torch.equal(x, next(ranks[m])[0])
         # a resume from the state continues with the same micro-batches
         state = one.state_dict()
-        again = MicroStepLoader(corpus, tok, 2, 16, rank=0, world_size=1, accum=2, threads=1, buffer_size=8, state=state)
+        again = MicroStepLoader(corpus, tok, 2, 16, rank=0, world_size=1, accum=2, threads=1, buffer_size=64, state=state)
         try:
             for _ in range(4):
                 assert torch.equal(next(one)[0], next(again)[0])

@@ -15,7 +15,8 @@ def eval_(
         None,
         help="Comma-separated: core,bpb,arc-easy,arc-challenge,mmlu,gsm8k,humaneval,spellingbee. Default: core,bpb for base; the six chat tasks for sft/rl.",
     ),
-    max_per_task: int = typer.Option(-1, help="Examples per task (-1: all). For bpb: sequences per split."),
+    max_per_task: int = typer.Option(-1, help="Examples per task (-1: all); bpb has --bpb-tokens."),
+    bpb_tokens: Optional[int] = typer.Option(None, help="Tokens per split for bpb (default: as many as the checkpoint's training evaluated its val bpb on)."),
     json_file: Optional[str] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
     model_tag: Optional[str] = typer.Option(None, help="Model tag (default: the newest)."),
     step: Optional[int] = typer.Option(None, help="Checkpoint step (default: the newest complete one)."),
@@ -61,6 +62,8 @@ def eval_(
     require_checkpoint(source, model_tag, step)
     maybe_relaunch(nproc, device)
 
+    if bpb_tokens is not None:
+        checks.count("bpb_tokens", bpb_tokens)
     opts = EvalOptions(
         tasks=task_names,
         max_per_task=max_per_task,
@@ -70,6 +73,7 @@ def eval_(
         top_k=top_k or None,
         max_new_tokens=max_new_tokens,
         data=data,
+        bpb_tokens=bpb_tokens,
         data_source="packaged" if offline else "auto",
     )
     if offline:
@@ -94,11 +98,11 @@ def eval_(
         from rich.table import Table
 
         t = Table(title=f"nanochat eval --source {source}", title_justify="left")
-        for name, justify in (("task", "left"), ("metric", "left"), ("value", "right"), ("examples", "right"), ("time", "right"), ("data", "left")):
+        for name, justify in (("task", "left"), ("metric", "left"), ("value", "right"), ("on", "right"), ("time", "right"), ("data", "left")):
             t.add_column(name, justify=justify, overflow="fold")
         for r in rows:
             value = "-" if r.value is None or (isinstance(r.value, float) and math.isnan(r.value)) else f"{r.value:.4f}"
-            t.add_row(r.task, r.metric, value, str(r.examples), f"{r.seconds:.1f}s", r.source)
+            t.add_row(r.task, r.metric, value, r.on, f"{r.seconds:.1f}s", r.source)
         console().print(t)
         for r in rows:
             if r.task == "core":
@@ -123,7 +127,7 @@ def eval_(
             print0(f"results written to {json_file}")
         from nanochat.eval.report import record_environment, record_section, sections_dir
 
-        record_section(f"eval-{source}", {**report_data(rows), "step": meta.get("step")})
+        record_section(f"eval-{source}", report_data(rows, meta.get("step")))
         if not (sections_dir() / "environment.json").is_file():
             record_environment()
     finally:
