@@ -24,8 +24,9 @@ def serve(
     allowed_hosts: Optional[str] = typer.Option(None, help="Comma-separated Host names to accept ('*': any). Default: loopback names when bound to loopback."),
     insecure: bool = typer.Option(False, "--insecure", help="Allow binding a non-loopback address without an API key."),
     log_requests: bool = typer.Option(False, "--log-requests", help="Log every conversation and answer (off by default)."),
+    served_model_name: Optional[str] = typer.Option(None, help="The model name clients must send (default: nanochat-SOURCE-TAG-stepN); `nanochat` is always accepted too."),
 ) -> None:
-    """Serve the chat page at / and an OpenAI-compatible API at /v1 (chat completions, models)."""
+    """Serve the chat page at / and an OpenAI-compatible API at /v1 (chat completions, completions, models)."""
     from nanochat.common.errors import UsageError
     from nanochat.serve.app import check_bind
 
@@ -35,6 +36,8 @@ def serve(
         raise UsageError(f"--workers {workers} must be at least 1")
     if queue_size < 0 or max_tokens < 1:
         raise UsageError("--queue-size must be >= 0 and --max-tokens >= 1")
+    if served_model_name is not None and (not served_model_name.strip() or len(served_model_name) > 200):
+        raise UsageError("--served-model-name must be 1 to 200 characters")
     check_bind(host, api_key, insecure)
 
     import logging
@@ -66,7 +69,7 @@ def serve(
         allowed_hosts=[h for h in allowed_hosts.split(",")] if allowed_hosts else None,
         queue_size=queue_size,
         log_requests=log_requests,
-        model_name=f"nanochat-{src}-{info.tag}-step{info.step}",
+        model_name=served_model_name or f"nanochat-{src}-{info.tag}-step{info.step}",
         default_max_tokens=max_tokens,
     )
     if dev == "cpu":
