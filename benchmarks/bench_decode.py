@@ -14,7 +14,7 @@ Modes (rows of the table):
 Each run goes through `Engine.generate` end to end (sampling at temperature 1 with top-k 50, the row state
 machine, the host sync per token), from a 128-token prompt, and times the decode steps only (prefill is
 excluded). The ceiling column is the steps/s at which reading the weights once per step saturates 3.0 TB/s
-(the copy bandwidth measured on the H100, GPU-NOTES.md). Prints one table.
+(the device-to-device copy bandwidth measured on the H100). Prints one table.
 """
 
 from __future__ import annotations

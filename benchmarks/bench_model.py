@@ -6,7 +6,7 @@
 For each (depth, back end): checks first that the back end's attention matches a float64 reference on the
 model's own shapes (bf16: max abs error, and the windowed layers' too), then compiles the model, warms up, and
 times forward+backward and the optimizer step separately. Prints one table: ms per step, tokens/s, MFU against
-989 TFLOPS (the reference's convention; REFERENCE.md's d12 figure is ~400K tok/s, 31% MFU; d20 133K tok/s, 38.8%),
+989 TFLOPS (the reference's convention; its d12 figure is ~400K tok/s, 31% MFU; d20 133K tok/s, 38.8%),
 peak memory.
 """
 

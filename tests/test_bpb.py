@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from nanochat.eval.bpb import evaluate_bpb, token_stream_batches
+from nanochat.eval.bpb import TextBpb, evaluate_bpb, token_stream_batches
 
 DOCS = [
     "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife.",
@@ -72,3 +72,29 @@ def test_stream_batches_score_every_token_once(tokenizer):
     xs = torch.cat([x.reshape(-1) for x, _ in batches]).tolist()
     ys = torch.cat([y.reshape(-1) for _, y in batches]).tolist()
     assert xs == stream[: len(xs)] and ys == stream[1 : len(ys) + 1]
+
+
+def test_text_bpb_scores_the_stream_prefix_whatever_the_batch_or_process_count(tokenizer):
+    V, T = tokenizer.vocab_size, 16
+    docs = DOCS * 20
+    stream = [t for d in docs for t in tokenizer.encode(d, prepend=tokenizer.bos_id)]
+    # 100 tokens are 6 whole rows of 16 targets: targets stream[1:97], each row one token longer than its targets
+    expected_rows = [stream[i * T : i * T + T + 1] for i in range(6)]
+    for world in (1, 3, 4):
+        parts = [TextBpb(tokenizer, iter(docs), 100, T, rank=r, world_size=world) for r in range(world)]
+        assert all(p.rows == 6 and p.tokens == 96 for p in parts)
+        assert sorted(row for p in parts for row in p._mine.tolist()) == sorted(expected_rows)
+    # a uniform model: ln V nats on every target that stands for bytes, counted by hand from the stream
+    tb = tokenizer.token_bytes()
+    targets = stream[1:97]
+    n_bytes = sum(tb[t] for t in targets)
+    expected = math.log2(V) * sum(tb[t] > 0 for t in targets) / n_bytes
+    one = TextBpb(tokenizer, iter(docs), 100, T)
+    for batch in (1, 4, 5):  # 5 leaves a padded last batch: its rows score nothing
+        res = one.evaluate(Uniform(V), batch, tb, "cpu")
+        assert res.bpb == pytest.approx(expected, rel=1e-6) and res.tokens == 96 and res.bytes == n_bytes
+        assert sum(1 for _ in one.batches(batch, "cpu")) == -(-6 // batch)
+    # a split shorter than asked: every whole row there is, and the count says so
+    short = TextBpb(tokenizer, iter(DOCS), 10**6, T)
+    n = sum(len(tokenizer.encode(d)) + 1 for d in DOCS)
+    assert short.rows == (n - 1) // T and short.tokens == short.rows * T

@@ -116,6 +116,43 @@ def test_chatcore_by_hand():
     assert chatcore_partial(acc) == pytest.approx((1 / 3 + 0.1 + 0.3) / 5)
 
 
+def _row(task, value, n=20, metric="accuracy", unit="questions"):
+    from nanochat.eval.suite import EvalRow
+
+    return EvalRow(task, metric, value, n, "packaged", 0.1, unit=unit)
+
+
+def test_chatcore_is_computed_whenever_its_tasks_ran_and_labelled_partial():
+    from nanochat.eval.suite import chatcore_row
+
+    # two of the six: arc-easy at 0.4 is (0.4 - 0.25) / 0.75 = 0.2 above chance, spellingbee 0.1 (chance 0)
+    cc = chatcore_row([_row("arc-easy", 0.4), _row("spellingbee", 0.1, metric="pass@1"), _row("bpb", 1.9, 8192, "val bpb", "tokens")])
+    assert cc.metric == "ChatCORE (partial: 2 of 6 tasks)" and cc.value == pytest.approx((0.2 + 0.1) / 2)
+    assert cc.on == "2 tasks" and "missing arc-challenge, mmlu, gsm8k, humaneval" in cc.source
+    full = chatcore_row([_row(t, 0.25 if t in ("arc-easy", "arc-challenge", "mmlu") else 0.5) for t in ("arc-easy", "arc-challenge", "mmlu", "gsm8k", "humaneval", "spellingbee")])
+    assert full.metric == "ChatCORE" and full.value == pytest.approx(3 * 0.5 / 6) and full.on == "6 tasks"
+    # a task without a value (no problems) is not counted as run; none at all: no ChatCORE
+    assert chatcore_row([_row("mmlu", 0.5), _row("gsm8k", float("nan"))]).metric == "ChatCORE (partial: 1 of 6 tasks)"
+    assert chatcore_row([_row("bpb", 1.9, 8192, "val bpb", "tokens")]) is None
+
+
+def test_eval_results_are_named_with_unit_and_count():
+    from nanochat.eval.report import metric_label
+    from nanochat.eval.suite import EvalRow, chatcore_row, report_data
+
+    rows = [EvalRow("bpb", "val bpb", 1.9, 8192, "corpus:demo (val split)", 1.0, {"val_bpb": 1.9, "train_bpb": 1.7, "val_tokens": 8192, "train_tokens": 8192}, unit="tokens"),
+            _row("arc-easy", 0.5, 200), _row("gsm8k", 0.05, 100, "pass@1", "problems")]  # fmt: skip
+    rows.append(chatcore_row(rows))
+    assert [r.on for r in rows] == ["8,192 tokens", "200 questions", "100 problems", "2 tasks"]
+    res = report_data(rows, step=70)["results"]
+    assert {k: metric_label(m) for k, m in res.items()} == {
+        "val_bpb": "val bpb on 8,192 tokens", "train_bpb": "train bpb on 8,192 tokens", "arc-easy": "ARC-Easy accuracy on 200 questions",
+        "gsm8k": "GSM8K pass@1 on 100 problems", "chatcore": "ChatCORE (partial: 2 of 6 tasks)"}  # fmt: skip
+    assert res["arc-easy"]["chance"] == 0.25 and res["gsm8k"]["chance"] is None  # 1 in 4 letters; no guessing a number
+    assert res["val_bpb"]["value"] == 1.9 and res["train_bpb"]["value"] == 1.7 and not res["train_bpb"]["summary"]
+    assert all(m["step"] == 70 for m in res.values())
+
+
 def test_multi_token_letters_are_refused(tokenizer):
     from nanochat.common.errors import NanochatError
     from nanochat.eval.chat_eval import letter_token_ids

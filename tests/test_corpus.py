@@ -139,3 +139,35 @@ def test_import_errors(tmp_path, nanochat_home):
     with pytest.raises(NanochatError, match="at least 2"):
         import_dataset([str(one)], "w")
     assert not paths.data_dir().exists() or not any(paths.data_dir().iterdir())
+
+
+def test_threads_reading_one_corpus_never_close_each_others_files(tmp_path):
+    """The micro-step loaders of one run share the corpus object; each thread closes the shard it leaves, which
+    must not close the file under another thread still reading it (it did: "Invalid operation on closed file")."""
+    import threading
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for s in range(9):  # 8 train shards of 12 row groups of 3 rows, and the validation shard
+        texts = [f"shard {s} doc {i} " + "x" * 50 for i in range(36)]
+        pq.write_table(pa.table({"text": texts}), folder / f"shard_{s:05d}.parquet", row_group_size=3)
+    corpus = open_corpus(str(folder), "train")
+    seen: dict[int, list[str]] = {}
+    errors: list[BaseException] = []
+
+    def read(rank: int) -> None:
+        try:
+            seen[rank] = [text for text, _ in itertools.islice(corpus.iter_docs(rank, 4), 3 * 72)]
+        except BaseException as e:  # noqa: BLE001 - the test reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=read, args=(r,)) for r in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    # three epochs of each rank's quarter of the 96 row groups, in order, and the quarters are disjoint
+    firsts = [set(seen[r][: 3 * 24]) for r in range(4)]
+    assert all(len(f) == 72 for f in firsts) and len(set().union(*firsts)) == 288
+    assert all(seen[r][:72] == seen[r][72:144] == seen[r][144:] for r in range(4))

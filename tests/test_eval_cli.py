@@ -34,7 +34,7 @@ def tiny_checkpoint(nanochat_home):
 
 def test_eval_core_and_bpb_on_the_offline_bundle(tiny_checkpoint, tmp_path):
     out = tmp_path / "results.json"
-    r = run_cli("eval", "--source", "base", "--tasks", "core,bpb", "--max-per-task", "20", "--device", "cpu", "--json", str(out), env=ONE_THREAD)
+    r = run_cli("eval", "--source", "base", "--tasks", "core,bpb", "--max-per-task", "20", "--bpb-tokens", "2600", "--device", "cpu", "--json", str(out), env=ONE_THREAD)
     assert r.returncode == 0, r.stderr
     assert "CORE-offline (19 tasks, squad 1k, coqa 4.9k)" in r.stdout
     assert "corpus:demo" in r.stdout and "loaded base/d1 step 7" in r.stdout
@@ -52,10 +52,16 @@ def test_eval_core_and_bpb_on_the_offline_bundle(tiny_checkpoint, tmp_path):
     bpb = res["results"]["bpb"]
     # an untrained model over 512 tokens: about log2(512) = 9 bits per token, tokens of a few bytes each
     assert 1.0 < bpb["val_bpb"] < 9.5 and 1.0 < bpb["train_bpb"] < 9.5
-    assert bpb["data_source"] == "corpus:demo"
-    # the eval recorded its report section
+    assert bpb["data_source"] == "corpus:demo (val split)"
+    # 2,600 tokens are 20 whole rows of the model's 128: 2,560 targets per split, so named in the table
+    assert bpb["count"] == 2560 and bpb["unit"] == "tokens" and bpb["val_tokens"] == bpb["train_tokens"] == 2560
+    assert "2,560 tokens" in r.stdout and core["count"] == 19 * 20 and core["unit"] == "examples"
+    # the eval recorded its report section: each number with its unit and count
     section = json.loads((tiny_checkpoint / "report" / "sections" / "eval-base.json").read_text())
-    assert section["data"]["core"] == pytest.approx(core["value"]) and section["data"]["val_bpb"] == pytest.approx(bpb["val_bpb"])
+    results = section["data"]["results"]
+    assert results["core"]["value"] == pytest.approx(core["value"]) and results["core"]["count"] == 380
+    assert results["val_bpb"]["value"] == pytest.approx(bpb["val_bpb"]) and (results["val_bpb"]["count"], results["val_bpb"]["unit"]) == (2560, "tokens")
+    assert results["train_bpb"]["value"] == pytest.approx(bpb["train_bpb"]) and section["data"]["step"] == 7
 
 
 def test_eval_chat_task_and_errors(tiny_checkpoint):
@@ -63,7 +69,7 @@ def test_eval_chat_task_and_errors(tiny_checkpoint):
     assert r.returncode == 0, r.stderr
     assert "packaged:tasks/mmlu_test.jsonl" in r.stdout and "arc_easy_test" in r.stdout
     r = run_cli("eval", "--source", "base", "--tasks", "core,nope", "--device", "cpu")
-    assert r.returncode == 1 and "unknown eval task(s) nope" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "unknown eval task(s) nope" in r.stderr and "Traceback" not in r.stderr  # a name outside the task list is bad usage
     r = run_cli("eval", "--source", "sft", "--tasks", "mmlu", "--device", "cpu")
     assert r.returncode == 1 and "sft" in r.stderr and "Traceback" not in r.stderr
 
@@ -99,7 +105,9 @@ def test_eval_generative_tasks_through_the_engine(nanochat_home, tmp_path):
     res = json.loads(out.read_text())["results"]
     assert set(res) == {"arc-easy", "arc-challenge", "mmlu", "gsm8k", "humaneval", "spellingbee", "chatcore"}
     for name in ("gsm8k", "humaneval", "spellingbee"):
-        assert res[name]["metric"] == "pass@1" and res[name]["examples"] == 2
+        assert res[name]["metric"] == "pass@1" and res[name]["count"] == 2
     accs = {k: v["value"] for k, v in res.items() if k != "chatcore"}
     base = {"arc-easy": 0.25, "arc-challenge": 0.25, "mmlu": 0.25}
     assert res["chatcore"]["value"] == pytest.approx(sum((a - base.get(k, 0.0)) / (1 - base.get(k, 0.0)) for k, a in accs.items()) / 6)
+    assert res["chatcore"]["metric"] == "ChatCORE" and (res["chatcore"]["count"], res["chatcore"]["unit"]) == (6, "tasks")
+    assert res["mmlu"]["unit"] == "questions" and res["gsm8k"]["unit"] == "problems"

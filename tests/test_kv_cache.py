@@ -17,6 +17,7 @@ def model_with_signal(backend="sdpa"):
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
+        m.smear_lambda.fill_(0.8)  # open the smear gate: decode must read each row's previous token from the cache
     return m.eval()
 
 

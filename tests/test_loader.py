@@ -143,9 +143,10 @@ def test_micro_step_loader_splits_a_step_the_same_way_for_any_process_count():
     from nanochat.data.loader import MicroStepLoader
 
     corpus, tok = FakeCorpus(), FakeTokenizer()
-    spec = [naive_rows(corpus, tok, 2, 16, 8, 3, rank=m, world=2) for m in range(2)]
-    one = MicroStepLoader(corpus, tok, 2, 16, rank=0, world_size=1, accum=2, threads=1, buffer_size=8)
-    ranks = [MicroStepLoader(corpus, tok, 2, 16, rank=r, world_size=2, accum=1, threads=1, buffer_size=8) for r in range(2)]
+    # buffer_size is the step's total: 64 documents, so 32 for each of the two data shards
+    spec = [naive_rows(corpus, tok, 2, 16, 32, 3, rank=m, world=2) for m in range(2)]
+    one = MicroStepLoader(corpus, tok, 2, 16, rank=0, world_size=1, accum=2, threads=1, buffer_size=64)
+    ranks = [MicroStepLoader(corpus, tok, 2, 16, rank=r, world_size=2, accum=1, threads=1, buffer_size=64) for r in range(2)]
     try:
         for b in range(3):
             for m in range(2):
@@ -154,7 +155,7 @@ def test_micro_step_loader_splits_a_step_the_same_way_for_any_process_count():
                 assert torch.equal(x, next(ranks[m])[0])
         # a resume from the state continues with the same micro-batches
         state = one.state_dict()
-        again = MicroStepLoader(corpus, tok, 2, 16, rank=0, world_size=1, accum=2, threads=1, buffer_size=8, state=state)
+        again = MicroStepLoader(corpus, tok, 2, 16, rank=0, world_size=1, accum=2, threads=1, buffer_size=64, state=state)
         try:
             for _ in range(4):
                 assert torch.equal(next(one)[0], next(again)[0])
@@ -165,3 +166,33 @@ def test_micro_step_loader_splits_a_step_the_same_way_for_any_process_count():
     finally:
         for loader in (one, *ranks):
             loader.close()
+
+
+def _pack_stats(loaders, steps):
+    for _ in range(steps):
+        for loader in loaders:
+            loader.next_rows()
+    cropped = sum(x.tokens_cropped for x in loaders)
+    packed = sum(x.tokens_packed for x in loaders)
+    stats = cropped / (cropped + packed), sum(x.docs_read for x in loaders)
+    for loader in loaders:
+        loader.close()
+    return stats
+
+
+def test_micro_step_loaders_share_one_buffer_budget():
+    """Four micro-step loaders hold the documents one loader of the whole step would hold between them (each 1/4),
+    so they train on the same mix: documents longer than a row pile up in every buffer, and four full-size buffers
+    kept four times as many of them out of training, cropping far fewer tokens than the one loader did."""
+    from nanochat.data.loader import MicroStepLoader, shard_buffer_size
+
+    assert shard_buffer_size(1000, 8) == 125 and shard_buffer_size(1000, 1) == 1000 and shard_buffer_size(1000, 512) == 32
+    corpus = FakeCorpus(n=4000, seed=5, max_len=400)  # about a third of the documents are longer than a 65-token row
+    tok = FakeTokenizer()
+    one = _pack_stats([PackingLoader(corpus, tok, 16, 64, buffer_size=256, threads=1)], 40)
+    shared = MicroStepLoader(corpus, tok, 4, 64, accum=4, buffer_size=256, threads=1)
+    assert [x.buffer_size for x in shared.loaders] == [64] * 4
+    split = _pack_stats(shared.loaders, 40)
+    full = _pack_stats([PackingLoader(corpus, tok, 4, 64, rank=m, world_size=4, buffer_size=256, threads=1) for m in range(4)], 40)
+    assert abs(split[0] - one[0]) < 0.03 and abs(split[1] - one[1]) < 0.1 * one[1], (one, split)
+    assert one[0] - full[0] > 0.1, (one, full)  # the old split is measurably different: the check above can fail

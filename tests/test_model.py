@@ -76,7 +76,7 @@ def test_config_roundtrips_through_a_dict():
 
 @pytest.mark.parametrize(
     "depth,total,scaling,flops",
-    # REFERENCE.md section 2.4, derived table (vocab 32768, T 2048, SSSL)
+    # the reference's derived sizes (docs/reference.md; vocab 32768, T 2048, SSSL)
     [(12, 286.3e6, 110.1e6, 7.60e8), (20, 896.5e6, 435.2e6, 2.89e9), (24, 1384.1e6, 729.8e6, 4.78e9), (32, 2818.6e6, 1677.7e6, 1.08e10)],
 )
 def test_param_counts_and_flops_match_the_reference_table(depth, total, scaling, flops):
@@ -98,7 +98,7 @@ def test_param_counts_by_group_hand_computed():
     assert counts["lm_head"] == 128 * 32
     assert counts["value_embeds"] == 2 * 128 * 16
     assert counts["matrices"] == 3 * per_layer + 2 * (2 * 12)  # + two ve_gates (2 kv heads x 12 channels)
-    assert counts["scalars"] == 6
+    assert counts["scalars"] == 6 + 24 + 1 + 1  # resid + x0 lambdas; smear gate (24 channels), smear and backout lambdas
     assert counts["total"] == sum(p.numel() for p in m.parameters())
     # flops: 6 x (matrices + lm_head) + 12 * heads * head_dim * window per layer (windows 8, 32, 32 at T=32)
     assert m.flops_per_token() == 6 * (counts["matrices"] + counts["lm_head"]) + 12 * 4 * 8 * (8 + 32 + 32)
@@ -130,7 +130,7 @@ def test_init_follows_the_reference():
 
 
 def naive_forward(model: GPT, idx: torch.Tensor) -> torch.Tensor:
-    """An independent float64 re-implementation of the forward, written from REFERENCE.md section 3."""
+    """An independent float64 re-implementation of the forward, written from docs/reference.md ("Model")."""
     c = model.config
     P = {k: v.detach().double() for k, v in model.state_dict().items()}
     H, Hkv, D, T = c.n_head, c.n_kv_head, c.head_dim, idx.shape[1]
@@ -151,7 +151,11 @@ def naive_forward(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     windows = c.window_sizes()
     logits_rows = []
     for row in idx:
-        x = rms(P["wte.weight"][row])
+        e = rms(P["wte.weight"][row])
+        x = e.clone()
+        if c.smear:
+            for t in range(1, T):
+                x[t] = e[t] + P["smear_lambda"][0] * torch.sigmoid(e[t, :24] @ P["smear_gate.weight"][0]) * e[t - 1]
         x0 = x
         for layer in range(c.n_layer):
             pre = f"h.{layer}."
@@ -176,19 +180,106 @@ def naive_forward(model: GPT, idx: torch.Tensor) -> torch.Tensor:
             x = x + y.reshape(T, H * D) @ P[pre + "attn.c_proj.weight"].T
             h = rms(x)
             x = x + torch.relu(h @ P[pre + "mlp.c_fc.weight"].T) ** 2 @ P[pre + "mlp.c_proj.weight"].T
+            if layer == c.n_layer // 2:
+                mid = x
+        if c.backout:
+            x = x - P["backout_lambda"][0] * mid
         logits = (rms(x) @ P["lm_head.weight"].T)[:, : c.vocab_size]
         logits_rows.append(15 * torch.tanh(logits / 15))
     return torch.stack(logits_rows)
 
 
-def test_forward_matches_a_naive_float64_reference():
-    c = tiny_config(sequence_len=12)  # windows: layer 0 short (3), layers 1-2 full
+@pytest.mark.parametrize("smear,backout", [(True, True), (False, False)])
+def test_forward_matches_a_naive_float64_reference(smear, backout):
+    c = tiny_config(sequence_len=12, smear=smear, backout=backout)  # windows: layer 0 short (3), layers 1-2 full
     assert c.window_sizes() == [3, 12, 12]
     m = perturbed(build_model(c, "cpu", seed=0))
+    if smear:
+        with torch.no_grad():
+            m.smear_lambda.fill_(0.9)  # well away from its zero init, so the smear path is visible
     idx = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(1))
     got = m(idx)
     assert got.dtype == torch.float32 and got.shape == (2, 12, 100)
     torch.testing.assert_close(got.double(), naive_forward(m, idx), atol=2e-5, rtol=1e-4)
+
+
+def _block_input(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    """The smeared embedding x0 of one row: block 0 receives (resid_lambdas[0] + x0_lambdas[0]) * x0."""
+    captured = {}
+    def hook(module, args):
+        captured["x"] = args[0].detach().clone()  # returns None: the block's inputs stay as they are
+
+    handle = model.h[0].register_forward_pre_hook(hook)
+    model(idx)
+    handle.remove()
+    return captured["x"][0] / (model.resid_lambdas[0].item() + model.x0_lambdas[0].item())
+
+
+def test_smear_gate_on_three_tokens_by_hand():
+    """x[t] += lambda * sigmoid(w . x[t, :24]) * x[t-1], computed by hand on 3-token inputs."""
+    c = GPTConfig(sequence_len=8, vocab_size=64, n_layer=1, n_head=1, n_kv_head=1, n_embd=24, backout=False)
+    m = build_model(c, "cpu", seed=0)
+    with torch.no_grad():
+        m.wte.weight.zero_()
+        m.wte.weight[1, 0] = 1.0  # token 1: channel 0
+        m.wte.weight[2, 1] = m.wte.weight[2, 2] = 1.0  # token 2: channels 1 and 2
+        m.wte.weight[3, 3] = 2.0  # token 3: channel 3
+        m.smear_lambda.fill_(0.5)
+        m.smear_gate.weight.zero_()
+        m.smear_gate.weight[0, 0] = 1.0  # the gate reads channel 0 only
+    r = 24**0.5  # RMS-normed, a row with one nonzero channel holds sqrt(24) there
+    e1, e2, e3 = torch.zeros(24), torch.zeros(24), torch.zeros(24)
+    e1[0], e2[1], e2[2], e3[3] = r, r / 2**0.5, r / 2**0.5, r
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    # tokens 2 and 3 have 0 in channel 0: their gates are sigmoid(0) = 1/2
+    want = torch.stack([e1, e2 + 0.5 * 0.5 * e1, e3 + 0.5 * 0.5 * e2])
+    torch.testing.assert_close(_block_input(m, torch.tensor([[1, 2, 3]])), want, atol=1e-5, rtol=1e-5)
+    # token 1 has sqrt(24) in channel 0: a gate of sigmoid(sqrt(24))
+    got = _block_input(m, torch.tensor([[3, 1, 1]]))
+    torch.testing.assert_close(got, torch.stack([e3, e1 + 0.5 * sig(r) * e3, e1 + 0.5 * sig(r) * e1]), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        m.smear_lambda.zero_()  # the init: no smear at all
+    torch.testing.assert_close(_block_input(m, torch.tensor([[1, 2, 3]])), torch.stack([e1, e2, e3]), atol=1e-5, rtol=1e-5)
+
+
+def test_backout_subtracts_the_mid_residual_by_hand():
+    """Backout takes backout_lambda x (the residual after block n_layer // 2) off before the final norm. Three
+    layers: blocks 0 and 1 are identities (zero output projections), block 2's MLP writes a vector that is not
+    parallel to x0, so the subtraction changes the direction the head reads; checked against a hand computation."""
+    c = GPTConfig(sequence_len=8, vocab_size=64, n_layer=3, n_head=1, n_kv_head=1, n_embd=24, smear=False)
+    m = build_model(c, "cpu", seed=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        m.h[2].mlp.c_proj.weight.normal_(0, 0.5, generator=g)
+        m.lm_head.weight.normal_(0, 1.0, generator=g)
+        m.backout_lambda.fill_(0.7)
+    idx = torch.tensor([[4, 5, 6]])
+    P = {k: v.detach() for k, v in m.state_dict().items()}
+    rms = lambda v: v / v.pow(2).mean(-1, keepdim=True).add(torch.finfo(torch.float32).eps).sqrt()  # noqa: E731
+    x0 = rms(P["wte.weight"][idx[0]])
+    x = x0
+    for i in range(3):
+        x = P["resid_lambdas"][i] * x + P["x0_lambdas"][i] * x0
+        if i == 2:
+            x = x + torch.relu(rms(x) @ P["h.2.mlp.c_fc.weight"].T) ** 2 @ P["h.2.mlp.c_proj.weight"].T
+        if i == 1:
+            mid = x
+    h = rms(x - 0.7 * mid)
+    want = 15 * torch.tanh((h @ P["lm_head.weight"].T)[:, :64] / 15)
+    torch.testing.assert_close(m(idx)[0], want, atol=1e-5, rtol=1e-5)
+    without = 15 * torch.tanh((rms(x) @ P["lm_head.weight"].T)[:, :64] / 15)
+    assert (m(idx)[0] - without).abs().max() > 1e-2  # the check above can tell backout from no backout
+
+
+def test_old_checkpoint_configs_load_without_smear_and_backout():
+    d = tiny_config().to_dict()
+    assert d["smear"] is True and d["backout"] is True
+    old = {k: v for k, v in d.items() if k not in ("smear", "backout")}
+    c = GPTConfig.from_dict(old)
+    assert c.smear is False and c.backout is False
+    with torch.device("meta"):
+        m = GPT(c)
+    assert "smear_lambda" not in m.state_dict() and "backout_lambda" not in m.state_dict()
 
 
 def test_loss_is_cross_entropy_ignoring_minus_one():

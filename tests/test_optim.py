@@ -27,11 +27,13 @@ def test_adamw_groups_match_torch_adamw_over_10_steps():
     model = tiny_model()
     opt = build_optimizer(model, embedding_lr=0.3, unembedding_lr=0.008, scalar_lr=0.5)
     adam_groups = [g for g in opt.param_groups if g["kind"] == "adamw"]
-    assert [g["name"] for g in adam_groups] == ["lm_head", "wte", "value_embeds", "resid_lambdas", "x0_lambdas"]
+    assert [g["name"] for g in adam_groups] == ["lm_head", "wte", "value_embeds", "resid_lambdas", "x0_lambdas", "smear"]
+    smear = adam_groups[-1]["params"]
+    assert [p.shape for p in smear] == [(1, 24), (1,), (1,)]  # smear gate, smear lambda, backout lambda
     s = (64 / 768) ** -0.5  # width scaling of the embedding/head LRs
     expected = {"lm_head": (0.008 * s, (0.8, 0.96), 0.01), "wte": (0.3 * s, (0.8, 0.995), 0.001),
                 "value_embeds": (0.15 * s, (0.8, 0.995), 0.01), "resid_lambdas": (0.005, (0.8, 0.95), 0.05),
-                "x0_lambdas": (0.5, (0.96, 0.95), 0.0)}  # fmt: skip
+                "x0_lambdas": (0.5, (0.96, 0.95), 0.0), "smear": (0.2, (0.8, 0.95), 0.0)}  # fmt: skip
     clones, ref_groups = {}, []
     for g in adam_groups:
         lr, betas, wd = expected[g["name"]]
@@ -180,6 +182,13 @@ def test_schedules_hand_computed():
     assert schedules.lr_multiplier(350, n) == 1.0
     assert schedules.lr_multiplier(675, n) == pytest.approx(1 - 0.95 * 0.5)
     assert schedules.lr_multiplier(1000, n) == pytest.approx(0.05)
+    # the 1-sqrt warmdown: a quarter of the way through it, the LR has fallen by sqrt(1/4) = 1/2 of its way down
+    assert schedules.lr_multiplier(350 + 650 // 4, n, shape="sqrt") == pytest.approx(1 - 0.95 * (162 / 650) ** 0.5)
+    assert schedules.lr_multiplier(350 + 650 // 4, n, shape="sqrt") < schedules.lr_multiplier(350 + 650 // 4, n)
+    assert schedules.lr_multiplier(1000, n, shape="sqrt") == pytest.approx(0.05)
+    assert schedules.lr_multiplier(200, n, shape="sqrt") == 1.0
+    with pytest.raises(ValueError, match="cosine"):
+        schedules.lr_multiplier(500, n, shape="cosine")
     m = 2000  # warmdown starts at 700
     assert schedules.muon_momentum(0, m) == pytest.approx(0.85)
     assert schedules.muon_momentum(200, m) == pytest.approx(0.91)

@@ -24,7 +24,7 @@ def test_demo_run_val_bpb_falls_and_checkpoint_loads(nanochat_home):
             "--matrix-lr", "0.1", "--embedding-lr", "1.5", "--unembedding-lr", "0.04", "--tokenizer-threads", "1"]  # fmt: skip
     r = run_cli(*args, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for derived in ("total batch (tokens)", "gradient accumulation", "iterations", "matrix LR", "weight decay", "FLOPs per token"):
+    for derived in ("total batch (tokens)", "gradient accumulation", "iterations", "effective LR Muon", "weight decay", "FLOPs per token"):
         assert derived in r.stdout
     assert "step 00024/00024" in r.stdout and "tok/s" in r.stdout and "eta" in r.stdout and "sample:" in r.stdout
     run_dir = nanochat_home / "checkpoints" / "base" / "d4"
@@ -41,14 +41,14 @@ def test_demo_run_val_bpb_falls_and_checkpoint_loads(nanochat_home):
     model, tokenizer, meta = load_model("base", device="cpu")
     assert meta["step"] == 24 and meta["model_config"]["n_layer"] == 4 and tokenizer.vocab_size == 512
     assert meta["val_bpb"] == pytest.approx(bpb[24])
-    # the loaded weights give the final val bpb again (a second code path over the same data)
+    # the loaded weights give the final val bpb again from a naive reference of its token set: the val
+    # documents in order as one BOS-separated stream, the first 2048 targets in rows of 128, one row at a time
     from nanochat.data.corpus import open_corpus
-    from nanochat.data.loader import PackingLoader
-    from nanochat.eval.bpb import evaluate_bpb
+    from nanochat.eval.bpb import evaluate_bpb, token_stream_batches
 
-    val = PackingLoader(open_corpus("demo", "val"), tokenizer, 4, 128, threads=1, buffer_size=100)
-    again = evaluate_bpb(model, val, 4, tokenizer.token_bytes())
-    val.close()
+    assert meta["val_bpb_tokens"] == 2048
+    docs = (text for text, _ in open_corpus("demo", "val").iter_docs(loop=False))
+    again = evaluate_bpb(model, token_stream_batches(tokenizer, docs, 1, 128, "cpu"), 2048 // 128, tokenizer.token_bytes())
     assert again == pytest.approx(bpb[24], rel=1e-5)
     assert not list(nanochat_home.rglob("*.pt")) and not list(nanochat_home.rglob("*.pkl"))
 
@@ -61,6 +61,24 @@ def test_dry_run_builds_on_meta_and_trains_nothing(nanochat_home):
     assert "768" in out and "524,288" in out  # width and the power-law batch at depth 12
     assert "tokenizer" in out and "absent" in out and "nanochat data download" in out
     assert not (nanochat_home / "checkpoints").exists()
+
+
+def test_dry_run_prints_the_effective_learning_rates(nanochat_home):
+    """Depth 20 (width 1280) plans a 2^20-token batch: every LR x sqrt(2); AdamW head/embedding LRs also x sqrt(768/1280)."""
+    r = run_cli("pretrain", "--depth", "20", "--dry-run", "--data", "web", "--device", "cuda")
+    assert r.returncode == 0, r.stderr
+    rows = {}
+    for line in r.stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│┃|").split("│")]
+        if len(cells) == 2 and cells[0].startswith("effective LR"):
+            rows[cells[0]] = cells[1]
+    b, w = 2**0.5, (768 / 1280) ** 0.5
+    want = {"lm_head": 0.008 * b * w, "wte": 0.3 * b * w, "value_embeds": 0.15 * b * w, "resid_lambdas": 0.005 * b,
+            "x0_lambdas": 0.5 * b, "smear": 0.2}  # fmt: skip
+    for name, lr in want.items():
+        assert float(rows[f"effective LR {name} (AdamW)"]) == pytest.approx(lr, rel=1e-5), (name, rows)
+    assert float(rows["effective LR Muon"]) == pytest.approx(0.02 * b, rel=1e-5)
+    assert rows["effective LR Muon c_fc (5120×1280)"].startswith(f"{0.04 * b:.6g} ")
 
 
 def test_bad_options_fail_in_one_line(nanochat_home):

@@ -4,6 +4,7 @@ one real end-to-end tiny run ending in a report and an sft model that answers `n
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -84,22 +85,110 @@ def test_damaged_state_file_is_one_clear_error(nanochat_home):
     assert r.returncode == 1 and "damaged" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_tiny_speedrun_end_to_end(nanochat_home):
-    t0 = time.time()
-    r = run_cli("speedrun", "--tiny", "--device", "cpu", "--nproc", "1", timeout=600)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny speedrun for the tests below: (its home, its stdout, the wall time this test measured)."""
+    home = tmp_path_factory.mktemp("speedrun-home")
+    t0 = time.perf_counter()
+    r = run_cli("speedrun", "--tiny", "--device", "cpu", "--nproc", "1", env={"NANOCHAT_HOME": str(home)}, timeout=600)
+    wall = time.perf_counter() - t0
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    report = nanochat_home / "report" / "report.md"
-    assert report.is_file() and str(report) in r.stdout
+    print(f"tiny speedrun: {wall:.0f} s")
+    return home, r.stdout, wall
+
+
+def test_tiny_speedrun_end_to_end(tiny_run):
+    home, out, _ = tiny_run
+    env = {"NANOCHAT_HOME": str(home)}
+    report = home / "report" / "report.md"
+    assert report.is_file() and str(report) in out
     text = report.read_text()
-    for title in ("Base model training", "Base model evaluation", "Supervised fine-tuning", "Chat evaluation (SFT)", "Speedrun"):
+    for title in ("Summary", "Timings", "Base model training", "Base model evaluation", "Supervised fine-tuning", "Chat evaluation (SFT)"):
         assert f"## {title}" in text
-    assert list((nanochat_home / "checkpoints" / "sft" / "demo").glob("step_*/manifest.json"))
-    chat = run_cli("chat", "--source", "sft", "-p", "hi", "--max-tokens", "8", "--device", "cpu")
+    assert list((home / "checkpoints" / "sft" / "demo").glob("step_*/manifest.json"))
+    chat = run_cli("chat", "--source", "sft", "-p", "hi", "--max-tokens", "8", "--device", "cpu", env=env)
     assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
     # everything is recorded: a rerun runs nothing and only prints the summary
-    again = run_cli("speedrun", "--tiny", "--device", "cpu", "--nproc", "1")
+    again = run_cli("speedrun", "--tiny", "--device", "cpu", "--nproc", "1", env=env)
     assert again.returncode == 0 and "stage 1/" not in again.stdout and "done, skipped" in again.stdout
-    print(f"tiny speedrun end to end: {time.time() - t0:.0f} s")
+    assert report.read_text() == text
+
+
+def _md_rows(md: str, heading: str) -> dict[str, list[str]]:
+    """The rows of the first table under `## heading`, by first cell."""
+    body = md.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in body.splitlines() if line.startswith("| ")]
+    return {r[0]: r[1:] for r in rows[1:]}
+
+
+def _stage_outputs(out: str) -> dict[str, str]:
+    parts = re.split(r"^─+ stage \d+/\d+: (\S+) — .*$", out, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def test_card_adds_up_to_what_the_stages_printed_and_recorded(tiny_run):
+    """Every number on the card against the stages' own output and metrics files, parsed here."""
+    from nanochat.train.loop import read_metrics
+
+    home, out, wall = tiny_run
+    md = (home / "report" / "report.md").read_text()
+    summary = _md_rows(md, "Summary")
+    stage_out = _stage_outputs(out)
+    assert list(stage_out) == DEMO_STAGES
+
+    # pretraining: its metrics file and its own lines; the base eval of its last checkpoint: the same number
+    evals = [r for r in read_metrics(home / "checkpoints" / "base" / "demo" / "metrics.jsonl") if r["kind"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 20, 40] and {e["tokens"] for e in evals} == {512}  # --eval-every 20 --eval-tokens 512
+    final = f"{evals[-1]['val_bpb']:.4f}"
+    lowest = min(evals, key=lambda e: e["val_bpb"])
+    assert f"step 00040 | val bpb {final} on 512 tokens" in stage_out["pretrain"]
+    printed_bpb = re.search(r"^│ bpb\s+│ val bpb\s+│\s+(\S+) │\s+([\d,]+) tokens │", stage_out["base-eval"], re.M)
+    assert printed_bpb.groups() == (final, "512")
+    assert summary["val bpb on 512 tokens"] == [final, "-"]
+    pre = _md_rows(md, "Base model training")
+    assert pre["end-of-training val bpb on 512 tokens"] == [final, "40", "corpus:demo (val split)"]
+    assert pre["lowest val bpb during training on 512 tokens"] == [f"{lowest['val_bpb']:.4f}", str(lowest["step"]), "corpus:demo (val split)"]
+    assert _md_rows(md, "Base model evaluation")["val bpb on 512 tokens"][:2] == [final, "40"]
+    # CORE: 19 offline tasks x --max-per-task 2
+    core = re.search(r"^│ core\s+│ CORE-offline[^│]*│\s+(\S+) │\s+([\d,]+) examples │", stage_out["base-eval"], re.M)
+    assert core.group(2) == "38" and summary["CORE-offline (19 tasks, squad 1k, coqa 4.9k) on 38 examples"] == [core.group(1), "-"]
+
+    # SFT's chat val bpb: its metrics file and its closing line
+    sft_evals = [r for r in read_metrics(home / "checkpoints" / "sft" / "demo" / "metrics.jsonl") if r["kind"] == "eval"]
+    assert [e["step"] for e in sft_evals] == [0, 5, 10]
+    chat_bpb, n = f"{sft_evals[-1]['val_bpb']:.4f}", sft_evals[-1]["tokens"]
+    assert f"done: 10 steps, chat val bpb {chat_bpb} on {n:,} assistant tokens" in stage_out["sft"]
+    assert summary[f"chat val bpb on {n:,} assistant tokens"] == ["-", chat_bpb]
+
+    # the chat tasks as the chat-eval stage printed them (--max-per-task 2), and ChatCORE over the two by hand
+    accs = {}
+    for task, metric in (("arc-easy", "accuracy"), ("spellingbee", "pass@1")):
+        m = re.search(rf"^│ {task}\s+│ {re.escape(metric)}\s+│\s+(\S+) │\s+2 questions │", stage_out["chat-eval"], re.M)
+        accs[task] = m.group(1)
+    assert summary["ARC-Easy accuracy on 2 questions"] == ["-", accs["arc-easy"]]
+    assert summary["SpellingBee pass@1 on 2 questions"] == ["-", accs["spellingbee"]]
+    by_hand = ((float(accs["arc-easy"]) - 0.25) / 0.75 + float(accs["spellingbee"])) / 2
+    assert float(summary["ChatCORE (partial: 2 of 6 tasks)"][1]) == pytest.approx(by_hand, abs=1e-4)
+    assert "chat-eval — chat tasks and ChatCORE (partial: 2 of 6 tasks)" in out
+    assert set(summary) == {"CORE-offline (19 tasks, squad 1k, coqa 4.9k) on 38 examples", "val bpb on 512 tokens",
+                            f"chat val bpb on {n:,} assistant tokens", "ARC-Easy accuracy on 2 questions",
+                            "SpellingBee pass@1 on 2 questions", "ChatCORE (partial: 2 of 6 tasks)"}  # fmt: skip
+
+    # timings: every stage, the tokenizer and the report itself included, as the run printed them; the total is their sum
+    timings = _md_rows(md, "Timings")
+    printed = dict(re.findall(r"^stage (\S+) took (.+)$", out, re.M))
+    assert list(printed) == DEMO_STAGES
+    assert [k for k in timings if k != "**Total**"] == DEMO_STAGES
+    assert {k: v[0] for k, v in timings.items() if k != "**Total**"} == printed
+    total = re.search(r"^speedrun done: all stages took (.+); the report card", out, re.M).group(1)
+    assert timings["**Total**"] == [f"**{total}**"]
+    seconds = [float(re.search(r"\(([\d.]+) s\)", v).group(1)) for v in printed.values()]
+    card_total = float(re.search(r"\(([\d.]+) s\)", total).group(1))
+    assert card_total == pytest.approx(sum(seconds), abs=0.05 * len(seconds))
+    state = json.loads((home / "speedrun" / "state.json").read_text())
+    assert card_total == pytest.approx(sum(r["seconds"] for r in state["stages"].values()), abs=0.05)
+    # the stages ran inside the run this test timed, so their sum cannot exceed it
+    assert card_total <= wall
 
 
 def test_with_rl_adds_rl_only_when_built(monkeypatch):

@@ -1,7 +1,9 @@
 """The `nanochat` command: a typer app that registers one thin module per subcommand.
 
 Imports here stay light (typer, rich): torch and the library load only inside a command, so
-`nanochat --help` and tab completion are instant. `main()` applies the error convention.
+`nanochat --help` and tab completion are instant. `main()` applies the error convention: every
+failure is one line on stderr, exit code 2 for bad usage (click's own parsing errors included:
+unknown option, bad value type, missing argument) and 1 for a user error (`NanochatError`).
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import typer
 
 from nanochat import __version__
 from nanochat.commands import chat, data, dist_check, env, eval, export, pretrain, report, rl, serve, sft, speedrun, sweep, tokenize
-from nanochat.commands._common import examples
+from nanochat.commands._common import NanochatCommand, NanochatGroup, examples
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 app = typer.Typer(
     name="nanochat",
+    cls=NanochatGroup,
     help="From raw text to a chat model you can talk to. Run the stages one by one, or `nanochat speedrun`.",
     context_settings=CONTEXT,
     add_completion=True,
@@ -50,7 +53,7 @@ def _root(
 
 
 def _register(name: str, func, *example_lines: str, hidden: bool = False) -> None:
-    app.command(name, epilog=examples(*example_lines), hidden=hidden, context_settings=CONTEXT)(func)
+    app.command(name, cls=NanochatCommand, epilog=examples(*example_lines), hidden=hidden, context_settings=CONTEXT)(func)
 
 
 _register("env", env.env, "nanochat env", "NANOCHAT_HOME=/data/nanochat nanochat env")
@@ -71,17 +74,54 @@ _register("dist-check", dist_check.dist_check, "nanochat dist-check --device cpu
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning library errors into one line and an exit code."""
-    from nanochat.common.errors import NanochatError, debug_enabled
+    """Entry point: run the app, turning every error into one line on stderr and an exit code."""
+    from nanochat.common.errors import EXIT_USAGE, NanochatError, debug_enabled
+    from nanochat.common.logging import error_line
 
     try:
-        app(args=argv, prog_name="nanochat")
+        from typer._click.exceptions import ClickException  # newer typer carries its own copy of click
+    except ImportError:  # older typer runs on click itself
+        from click.exceptions import ClickException
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        # standalone_mode=False: click hands its errors to us instead of printing a usage box
+        code = app(args=args, prog_name="nanochat", standalone_mode=False)
     except NanochatError as e:
-        if debug_enabled() or "--debug" in (argv if argv is not None else sys.argv):
+        if debug_enabled() or "--debug" in args:
             import traceback
 
             traceback.print_exc()
-        from nanochat.common.logging import error_line
-
-        error_line(str(e))
+        error_line(" ".join(str(e).split()))
         sys.exit(e.exit_code)
+    except ClickException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # a bare group (`nanochat data`): its help is printed already
+            sys.exit(e.exit_code)
+        error_line(_click_error_line(e, args))
+        sys.exit(e.exit_code if e.exit_code else EXIT_USAGE)
+    except typer.Abort:
+        error_line("aborted")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click_error_line(e, args: list[str]) -> str:
+    """click's message on one line, saying where the options are: "No such option: --x (see `nanochat env -h`)"."""
+    message = " ".join(e.format_message().split()).rstrip(".")
+    ctx = getattr(e, "ctx", None)
+    path = ctx.command_path if ctx is not None else _command_path(args)
+    return f"{message} (see `{path} -h`)"
+
+
+def _command_path(args: list[str]) -> str:
+    """`nanochat data import` from the words of argv that name (sub)commands, for errors raised without a context."""
+    command, path = typer.main.get_command(app), ["nanochat"]
+    for word in args:
+        if word.startswith("-"):
+            continue
+        sub = getattr(command, "commands", {}).get(word)
+        if sub is None:
+            break
+        command = sub
+        path.append(word)
+    return " ".join(path)

@@ -1,8 +1,33 @@
-"""Pieces every command module shares: option types, examples epilogs, the not-built-yet exit."""
+"""Pieces every command module shares: the command classes, examples epilogs, help texts, the not-built-yet exit."""
 
 from __future__ import annotations
 
+from typer.core import TyperCommand, TyperGroup
+
 from nanochat.common.errors import NanochatError
+
+
+def _hide_flag_types(command, ctx) -> None:
+    # typer shows every option's type, `<bool>` for flags too; a flag takes no value, so it shows none
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+class NanochatCommand(TyperCommand):
+    """A subcommand whose help shows no value type for flags (`--dry-run`, not `--dry-run <bool>`)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        _hide_flag_types(self, ctx)
+        return super().format_help(ctx, formatter)
+
+
+class NanochatGroup(TyperGroup):
+    """A command group (`nanochat`, `nanochat data`) whose help shows no value type for flags."""
+
+    def format_help(self, ctx, formatter) -> None:
+        _hide_flag_types(self, ctx)
+        return super().format_help(ctx, formatter)
 
 
 def examples(*lines: str) -> str:

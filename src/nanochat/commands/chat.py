@@ -24,14 +24,22 @@ def chat(
     """Chat with a model in the terminal: streaming, multi-turn, /help for commands."""
     import sys
 
+    from nanochat.common import checks
+    from nanochat.common.checkpoint import SOURCES, require_checkpoint
+    from nanochat.common.device import check_device_name
     from nanochat.common.errors import NanochatError, UsageError
+    from nanochat.engine.loading import load_chat_model, newest_chat_source
 
+    checks.one_of("source", source, SOURCES)
     if not 0.0 <= temperature <= 2.0:
         raise UsageError(f"--temperature {temperature} is out of range; use 0 to 2")
     if top_k < 0:
         raise UsageError(f"--top-k {top_k} is negative; use 0 (all tokens) or more")
     if max_tokens < 1:
         raise UsageError(f"--max-tokens {max_tokens} must be at least 1")
+    check_device_name(device)
+    src = source or newest_chat_source()
+    require_checkpoint(src, model_tag, step)  # a wrong --model-tag or --step fails here, naming what exists, before any load
     piped = not sys.stdin.isatty()
     text = None
     if prompt is not None or piped:
@@ -44,10 +52,9 @@ def chat(
     from nanochat.common.logging import console
     from nanochat.engine.chat_loop import ChatSession
     from nanochat.engine.engine import Engine
-    from nanochat.engine.loading import load_chat_model
 
     dev = detect_device(device)
-    model, tokenizer, label = load_chat_model(source, model_tag, step, dev, quiet=True)
+    model, tokenizer, label = load_chat_model(src, model_tag, step, dev, quiet=True)
     console(stderr=True).print(f"chatting with {label} on {dev}")
     session = ChatSession(Engine(model, tokenizer), temperature=temperature, top_k=top_k or None, max_tokens=max_tokens, seed=seed, verbose=verbose)
     if text is not None:

@@ -6,17 +6,18 @@ from typing import Optional
 
 import typer
 
-from nanochat.commands._common import examples
+from nanochat.commands._common import NanochatCommand, NanochatGroup, examples
 from nanochat.commands.prepare_evals import prepare_evals
 
 app = typer.Typer(
+    cls=NanochatGroup,
     help="Get data: pretraining shards, eval sets, your own text.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
-@app.command(epilog=examples("nanochat data download --shards 8", "nanochat data download --for-depth 20 --workers 8"))
+@app.command(cls=NanochatCommand, epilog=examples("nanochat data download --shards 8", "nanochat data download --for-depth 20 --workers 8"))
 def download(
     shards: Optional[int] = typer.Option(None, help="How many training shards to fetch (plus the validation shard)."),
     for_depth: Optional[int] = typer.Option(None, help="Fetch as many shards as a run at this depth needs."),
@@ -28,16 +29,21 @@ def download(
     """Download pretraining shards (resumable, verified, retried)."""
     import os
 
-    from nanochat.common.errors import NanochatError, UsageError
+    from nanochat.common import checks
+    from nanochat.common.errors import UsageError
     from nanochat.common.logging import print0
     from nanochat.data.corpus import WEB_DATASETS
     from nanochat.data.download import download_shards, shards_for_depth
 
     if shards is not None and for_depth is not None:
         raise UsageError("give --shards or --for-depth, not both")
-    if dataset not in WEB_DATASETS:
-        raise NanochatError(f"unknown --dataset {dataset!r}; use one of {', '.join(WEB_DATASETS)}")
+    checks.one_of("dataset", dataset, WEB_DATASETS)
     ds = WEB_DATASETS[dataset]
+    if shards is not None and not 1 <= shards <= ds.num_shards - 1:
+        raise UsageError(f"--shards {shards} is out of range; {ds.name} has {ds.num_shards - 1} training shards, ask for 1 to {ds.num_shards - 1}")
+    for name, value in (("for_depth", for_depth), ("workers", workers), ("retries", retries)):
+        checks.count(name, value)
+    checks.number("ratio", ratio, low=0, low_open=True)
     if for_depth is not None:
         est = shards_for_depth(for_depth, ratio)
         shards = min(est["shards"], ds.num_shards - 1)
@@ -55,10 +61,10 @@ def download(
     )
 
 
-app.command("prepare-evals", epilog=examples("nanochat data prepare-evals", "nanochat data prepare-evals --offline"))(prepare_evals)
+app.command("prepare-evals", cls=NanochatCommand, epilog=examples("nanochat data prepare-evals", "nanochat data prepare-evals --offline"))(prepare_evals)
 
 
-@app.command("import", epilog=examples("nanochat data import ~/books --name books", "nanochat data import notes.jsonl.gz --name notes --text-field body"))
+@app.command("import", cls=NanochatCommand, epilog=examples("nanochat data import ~/books --name books", "nanochat data import notes.jsonl.gz --name notes --text-field body"))
 def import_(
     sources: list[str] = typer.Argument(..., help="Files or folders: txt, md, jsonl, parquet, gz/zst."),
     name: str = typer.Option(..., help="Name of the new data set (use it as --data NAME)."),
@@ -69,8 +75,17 @@ def import_(
     force: bool = typer.Option(False, "--force", help="Replace an existing data set of that name."),
 ) -> None:
     """Import your own text into parquet shards."""
+    from nanochat.common import checks
+    from nanochat.common.errors import NanochatError, UsageError
     from nanochat.common.logging import print0, table
-    from nanochat.data.importer import import_dataset
+    from nanochat.data.importer import import_dataset, validate_name
+
+    try:
+        validate_name(name)
+    except NanochatError as e:  # a name that cannot be a data set is bad usage
+        raise UsageError(str(e)) from None
+    checks.count("max_doc_chars", max_doc_chars, low=0)
+    checks.number("val_fraction", val_fraction, low=0, high=0.5, low_open=True)
 
     r = import_dataset(sources, name, text_field=text_field, max_doc_chars=max_doc_chars, val_fraction=val_fraction, seed=seed, force=force)
     print0(
@@ -87,14 +102,15 @@ def import_(
     )
 
 
-@app.command("list", epilog=examples("nanochat data list", "nanochat data list --depth 20"))
+@app.command("list", cls=NanochatCommand, epilog=examples("nanochat data list", "nanochat data list --depth 20"))
 def list_(depth: Optional[int] = typer.Option(None, help="Show how many epochs a run at this depth would take.")) -> None:
     """List local data sets and their sizes."""
-    from nanochat.common import paths
+    from nanochat.common import checks, paths
     from nanochat.common.logging import print0, table
     from nanochat.data.catalog import list_datasets
     from nanochat.data.download import shards_for_depth
 
+    checks.count("depth", depth)
     need = shards_for_depth(depth)["chars"] if depth is not None else None
     infos = list_datasets()
     rows = []

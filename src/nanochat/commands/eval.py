@@ -15,7 +15,8 @@ def eval_(
         None,
         help="Comma-separated: core,bpb,arc-easy,arc-challenge,mmlu,gsm8k,humaneval,spellingbee. Default: core,bpb for base; the six chat tasks for sft/rl.",
     ),
-    max_per_task: int = typer.Option(-1, help="Examples per task (-1: all). For bpb: sequences per split."),
+    max_per_task: int = typer.Option(-1, help="Examples per task (-1: all); bpb has --bpb-tokens."),
+    bpb_tokens: Optional[int] = typer.Option(None, help="Tokens per split for bpb (default: as many as the checkpoint's training evaluated its val bpb on)."),
     json_file: Optional[str] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
     model_tag: Optional[str] = typer.Option(None, help="Model tag (default: the newest)."),
     step: Optional[int] = typer.Option(None, help="Checkpoint step (default: the newest complete one)."),
@@ -35,23 +36,41 @@ def eval_(
     """Evaluate a checkpoint: CORE and bits per byte for base models, chat tasks for sft/rl (or lm-eval tasks with --harness)."""
     if harness is not None:
         return _harness(harness, harness_include, num_fewshot, source, model_tag, step, max_per_task, batch_size, max_new_tokens, json_file, offline, device)
-    from nanochat.common.launch import maybe_relaunch
-
-    maybe_relaunch(nproc, device)
-
     import math
     import os
 
-    from nanochat.common.errors import NanochatError
+    from nanochat.common import checks
+    from nanochat.common.checkpoint import require_checkpoint
+    from nanochat.common.device import check_device_name
+    from nanochat.common.errors import NanochatError, UsageError
+    from nanochat.common.launch import maybe_relaunch
     from nanochat.common.logging import console, is_rank0, print0
     from nanochat.eval.suite import EvalOptions, parse_tasks
 
-    if source not in ("base", "sft", "rl"):
-        raise NanochatError(f"--source {source!r} is not a checkpoint kind; use base, sft or rl")
-    if num_samples < 1 or batch_size < 1:
-        raise NanochatError("--num-samples and --batch-size must be 1 or more")
+    # every check that needs no model, before any process is started or anything loaded
+    checks.one_of("source", source, ("base", "sft", "rl"))
+    try:
+        task_names = parse_tasks(tasks, source)
+    except NanochatError as e:  # a name outside the fixed task list is bad usage
+        raise UsageError(str(e)) from None
+    checks.count("max_per_task", max_per_task, minus_one="all")
+    for name, value in (("batch_size", batch_size), ("num_samples", num_samples), ("max_new_tokens", max_new_tokens)):
+        checks.count(name, value)
+    checks.number("temperature", temperature, low=0)
+    checks.count("top_k", top_k, low=0)
+    checks.nproc(nproc)
+    check_device_name(device)
+    if data is not None:
+        from nanochat.data.corpus import check_data_name
+
+        check_data_name(data)
+    require_checkpoint(source, model_tag, step)
+    maybe_relaunch(nproc, device)
+
+    if bpb_tokens is not None:
+        checks.count("bpb_tokens", bpb_tokens)
     opts = EvalOptions(
-        tasks=parse_tasks(tasks, source),
+        tasks=task_names,
         max_per_task=max_per_task,
         batch_size=batch_size,
         num_samples=num_samples,
@@ -59,6 +78,7 @@ def eval_(
         top_k=top_k or None,
         max_new_tokens=max_new_tokens,
         data=data,
+        bpb_tokens=bpb_tokens,
         data_source="packaged" if offline else "auto",
     )
     if offline:
@@ -83,11 +103,11 @@ def eval_(
         from rich.table import Table
 
         t = Table(title=f"nanochat eval --source {source}", title_justify="left")
-        for name, justify in (("task", "left"), ("metric", "left"), ("value", "right"), ("examples", "right"), ("time", "right"), ("data", "left")):
+        for name, justify in (("task", "left"), ("metric", "left"), ("value", "right"), ("on", "right"), ("time", "right"), ("data", "left")):
             t.add_column(name, justify=justify, overflow="fold")
         for r in rows:
             value = "-" if r.value is None or (isinstance(r.value, float) and math.isnan(r.value)) else f"{r.value:.4f}"
-            t.add_row(r.task, r.metric, value, str(r.examples), f"{r.seconds:.1f}s", r.source)
+            t.add_row(r.task, r.metric, value, r.on, f"{r.seconds:.1f}s", r.source)
         console().print(t)
         for r in rows:
             if r.task == "core":
@@ -112,7 +132,7 @@ def eval_(
             print0(f"results written to {json_file}")
         from nanochat.eval.report import record_environment, record_section, sections_dir
 
-        record_section(f"eval-{source}", {**report_data(rows), "step": meta.get("step")})
+        record_section(f"eval-{source}", report_data(rows, meta.get("step")))
         if not (sections_dir() / "environment.json").is_file():
             record_environment()
     finally:
@@ -121,15 +141,22 @@ def eval_(
 
 def _harness(tasks, include, num_fewshot, source, model_tag, step, max_per_task, batch_size, max_new_tokens, json_file, offline, device) -> None:
     """`--harness`: lm-eval's tasks over the checkpoint, in this one process; a table, and --json."""
+    from nanochat.common import checks
+    from nanochat.common.checkpoint import require_checkpoint
+    from nanochat.common.device import check_device_name
     from nanochat.common.errors import UsageError
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     if not names:
         raise UsageError("--harness needs lm-eval task names, e.g. --harness hellaswag,arc_easy")
-    if source not in ("base", "sft", "rl"):
-        raise UsageError(f"--source {source!r} is not a checkpoint kind; use base, sft or rl")
-    if batch_size < 1 or (num_fewshot is not None and num_fewshot < 0):
-        raise UsageError("--batch-size must be 1 or more and --num-fewshot 0 or more")
+    checks.one_of("source", source, ("base", "sft", "rl"))
+    checks.count("max_per_task", max_per_task, minus_one="all")
+    checks.count("batch_size", batch_size)
+    checks.count("max_new_tokens", max_new_tokens)
+    if num_fewshot is not None:
+        checks.count("num_fewshot", num_fewshot, low=0)
+    check_device_name(device)
+    require_checkpoint(source, model_tag, step)
     from nanochat.common.device import detect_device
     from nanochat.common.logging import console, print0
     from nanochat.engine.loading import load_model

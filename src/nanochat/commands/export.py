@@ -17,14 +17,15 @@ def export(
     format_: str = typer.Option("hf", "--format", help="hf: a Hugging Face transformers folder (load with trust_remote_code=True)."),
 ) -> None:
     """Export a checkpoint for use elsewhere: --format hf writes a folder transformers loads without nanochat."""
+    from nanochat.common import checks
+    from nanochat.common.checkpoint import SOURCES, require_checkpoint
     from nanochat.common.errors import UsageError
 
-    if format_ not in FORMATS:
-        raise UsageError(f"--format {format_!r} is not an export format; use {', '.join(FORMATS)}")
+    checks.one_of("format", format_, FORMATS)
     if not out:
         raise UsageError("--out DIR is required: the folder to write the export to")
-    if source not in ("base", "sft", "rl"):
-        raise UsageError(f"--source {source!r} is not a checkpoint kind; use base, sft or rl")
+    checks.one_of("source", source, SOURCES)
+    require_checkpoint(source, model_tag, step)  # a typo fails before anything loads
 
     from nanochat.common.logging import print0
     from nanochat.export.hf import export_hf

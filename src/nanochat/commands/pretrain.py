@@ -35,6 +35,8 @@ def pretrain(
     head_dim: int = typer.Option(128, help="Attention head dimension."),
     n_kv_head: Optional[int] = typer.Option(None, help="Key/value heads (GQA); default: as many as query heads."),
     window_pattern: str = typer.Option("SSSL", help="Sliding-window pattern over layers (S short, L long; the last layer is always L)."),
+    smear: bool = typer.Option(True, "--smear/--no-smear", help="Gate the previous token's embedding into each position."),
+    backout: bool = typer.Option(True, "--backout/--no-backout", help="Subtract a learned share of the mid-depth residual before the head."),
     embedding_lr: float = typer.Option(0.3, help="AdamW LR of the token embedding (before × √(B/B_ref)).", rich_help_panel=P),
     unembedding_lr: float = typer.Option(0.008, help="AdamW LR of the output head (before scaling).", rich_help_panel=P),
     matrix_lr: float = typer.Option(0.02, help="Muon LR of the block matrices (before scaling).", rich_help_panel=P),
@@ -43,6 +45,7 @@ def pretrain(
     warmup_steps: int = typer.Option(40, help="Linear LR warmup steps.", rich_help_panel=P),
     warmdown_ratio: float = typer.Option(0.65, help="Fraction of the steps in the final linear LR warmdown.", rich_help_panel=P),
     final_lr_frac: float = typer.Option(0.05, help="LR multiplier at the last step.", rich_help_panel=P),
+    warmdown_shape: str = typer.Option("linear", help="LR warmdown: linear, or sqrt (1 - sqrt of its progress).", rich_help_panel=P),
     eval_every: int = typer.Option(250, help="Val bits-per-byte every N steps (and at the end); -1 off.", rich_help_panel=E),
     eval_tokens: int = typer.Option(-1, help="Tokens per val bpb evaluation; -1: 80×2^19 on CUDA, 20 micro-batches elsewhere.", rich_help_panel=E),
     sample_every: int = typer.Option(2000, help="Greedy samples of fixed prompts every N steps (and at the end); -1 off.", rich_help_panel=E),
@@ -64,31 +67,39 @@ def pretrain(
     skip_restore: str = typer.Option("", hidden=True, help="Tests only: comma list of loader,rng not to restore on resume."),
 ) -> None:
     """Pretrain the base GPT on web or demo text; resumable exactly from its checkpoints."""
-    from nanochat.common.errors import NanochatError
+    from nanochat.common import checks
+    from nanochat.common.errors import UsageError
     from nanochat.common.launch import maybe_relaunch
-
-    if fp8:
-        raise NanochatError("--fp8 is not available in this version of nanochat; train in bf16 (drop --fp8)")
-    if not dry_run:
-        maybe_relaunch(nproc, device)
+    from nanochat.data.corpus import check_data_name, open_corpus
     from nanochat.train.pretrain import PretrainConfig, run_pretrain
 
+    if fp8:
+        raise UsageError("--fp8 is not available in this version of nanochat; train in bf16 (drop --fp8)")
+    checks.nproc(nproc)
     skip = {s.strip() for s in skip_restore.split(",") if s.strip()}
-    planned_world = 1
-    if dry_run:  # plan for the processes a real run would start (see common.launch)
-        from nanochat.common.launch import visible_gpu_count
-
-        gpus = visible_gpu_count() if device in ("auto", "cuda") else 0
-        planned_world = nproc if nproc else (gpus if gpus > 1 else 1)
     cfg = PretrainConfig(
         depth=depth, data=data, aspect_ratio=aspect_ratio, head_dim=head_dim, n_kv_head=n_kv_head, window_pattern=window_pattern,
+        smear=smear, backout=backout,
         max_seq_len=max_seq_len, device_batch_size=device_batch_size, total_batch_size=_batch(total_batch_size),
         num_iterations=num_iterations, target_flops=target_flops, target_param_data_ratio=target_param_data_ratio,
         embedding_lr=embedding_lr, unembedding_lr=unembedding_lr, matrix_lr=matrix_lr, scalar_lr=scalar_lr, weight_decay=weight_decay,
-        warmup_steps=warmup_steps, warmdown_ratio=warmdown_ratio, final_lr_frac=final_lr_frac, eval_every=eval_every,
+        warmup_steps=warmup_steps, warmdown_ratio=warmdown_ratio, final_lr_frac=final_lr_frac, warmdown_shape=warmdown_shape, eval_every=eval_every,
         eval_tokens=eval_tokens, sample_every=sample_every, core_metric_every=core_metric_every, core_metric_max_per_task=core_metric_max_per_task, save_every=save_every, keep_last=keep_last, resume=resume,
         model_tag=model_tag, device=device, seed=seed, compile=compile, max_bad_steps=max_bad_steps,
         tokenizer_threads=tokenizer_threads, run=run, dry_run=dry_run,
-        restore_loader="loader" not in skip, restore_rng="rng" not in skip, dry_run_world_size=planned_world,
+        restore_loader="loader" not in skip, restore_rng="rng" not in skip,
     )  # fmt: skip
+    # every check that needs no model, before any process is started or anything loaded
+    cfg.validate()
+    if dry_run:
+        check_data_name(data)  # a plan may name data still to download, never data that cannot exist
+        from nanochat.common.launch import visible_gpu_count
+
+        # plan for the processes a real run would start (see common.launch)
+        gpus = visible_gpu_count() if device in ("auto", "cuda") else 0
+        cfg.dry_run_world_size = nproc if nproc else (gpus if gpus > 1 else 1)
+    else:
+        open_corpus(data, "train")
+        open_corpus(data, "val")
+        maybe_relaunch(nproc, device)
     run_pretrain(cfg)

@@ -39,16 +39,21 @@ def rl(
     nproc: Optional[int] = typer.Option(None, help=NPROC_HELP),
 ) -> None:
     """Reinforcement learning on GSM8K with the calculator tool (REINFORCE with a group-mean baseline)."""
+    from nanochat.common import checks
+    from nanochat.common.checkpoint import require_checkpoint
     from nanochat.common.launch import maybe_relaunch
-
-    maybe_relaunch(nproc, device)
     from nanochat.train.rl import RLConfig, run_rl
 
-    run_rl(RLConfig(
+    checks.nproc(nproc)
+    cfg = RLConfig(
         source=source, model_tag=model_tag, step=step, train_split=train_split, num_epochs=num_epochs, num_iterations=num_iterations,
         device_batch_size=device_batch_size, examples_per_step=examples_per_step, num_samples=num_samples, max_new_tokens=max_new_tokens,
         temperature=temperature, top_k=top_k, embedding_lr=embedding_lr, unembedding_lr=unembedding_lr, matrix_lr=matrix_lr,
         scalar_lr=scalar_lr, init_lr_frac=init_lr_frac, eval_every=eval_every, eval_examples=eval_examples, save_every=save_every,
         keep_last=keep_last, resume=resume, device=device,
-    ))  # fmt: skip
-
+    )  # fmt: skip
+    # options, then the starting checkpoint's folder: both before any process starts or anything loads
+    cfg.validate()
+    require_checkpoint(source, model_tag, step)
+    maybe_relaunch(nproc, device)
+    run_rl(cfg)

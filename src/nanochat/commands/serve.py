@@ -27,19 +27,36 @@ def serve(
     served_model_name: Optional[str] = typer.Option(None, help="The model name clients must send (default: nanochat-SOURCE-TAG-stepN); `nanochat` is always accepted too."),
 ) -> None:
     """Serve the chat page at / and an OpenAI-compatible API at /v1 (chat completions, completions, models)."""
-    from nanochat.common.errors import UsageError
-    from nanochat.serve.app import check_bind
+    import contextlib
 
-    if not 1 <= port <= 65535:
-        raise UsageError(f"--port {port} is not a port; use 1 to 65535")
+    from nanochat.common import checks
+    from nanochat.common.checkpoint import SOURCES, require_checkpoint
+    from nanochat.common.device import check_device_name
+    from nanochat.common.errors import UsageError
+    from nanochat.engine.loading import newest_chat_source
+    from nanochat.serve.app import check_bind
+    from nanochat.serve.bind import reserve
+
+    checks.port(port)
+    checks.one_of("source", source, SOURCES)
     if workers is not None and workers < 1:
         raise UsageError(f"--workers {workers} must be at least 1")
     if queue_size < 0 or max_tokens < 1:
         raise UsageError("--queue-size must be >= 0 and --max-tokens >= 1")
     if served_model_name is not None and (not served_model_name.strip() or len(served_model_name) > 200):
         raise UsageError("--served-model-name must be 1 to 200 characters")
+    check_device_name(device)
     check_bind(host, api_key, insecure)
+    # a busy port fails here, before anything is loaded; uvicorn later serves on this very socket
+    with contextlib.closing(reserve(host, port)) as sock:
+        # fail now, with one line, if there is nothing to load; the weights load in the background
+        src = source or newest_chat_source()
+        require_checkpoint(src, model_tag, step)
+        _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size, max_tokens, device, allowed_hosts, log_requests, served_model_name)
 
+
+def _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size, max_tokens, device, allowed_hosts, log_requests, served_model_name=None) -> None:
+    """Resolve the checkpoint, build the app (the weights load in its background) and run uvicorn on `sock`."""
     import logging
 
     import torch
@@ -50,8 +67,9 @@ def serve(
     from nanochat.common.errors import NanochatError
     from nanochat.common.logging import print0
     from nanochat.engine.engine import Engine
-    from nanochat.engine.loading import load_chat_model, newest_chat_source
+    from nanochat.engine.loading import load_chat_model
     from nanochat.serve.app import ServeConfig, create_app
+    from nanochat.serve.bind import bind_error
 
     dev = detect_device(device)
     n = workers or (torch.cuda.device_count() if dev == "cuda" else 1)
@@ -59,8 +77,6 @@ def serve(
         raise NanochatError(f"--workers {n} but only {torch.cuda.device_count()} GPUs are visible; use at most that many")
     if dev != "cuda" and n > 1:
         raise NanochatError(f"--workers {n} on {dev}: several replicas only help with several GPUs; use --workers 1")
-    # fail now, with one line, if there is nothing to load; the weights load in the background
-    src = source or newest_chat_source()
     info = resolve_checkpoint(src, model_tag, step)
     config = ServeConfig(
         host=host,
@@ -90,4 +106,16 @@ def serve(
     app = create_app(config, load)
     shown = f"[{host}]" if ":" in host else host
     print0(f"serving {config.model_name} on http://{shown}:{port}/ ({n} worker{'s' if n > 1 else ''} on {dev}); API at /v1")
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=True, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=True, timeout_graceful_shutdown=5))
+    try:
+        server.run(sockets=[sock])
+    except OSError as e:  # uvicorn could not serve on the socket after all
+        raise NanochatError(bind_error(host, port, e)) from None
+    except KeyboardInterrupt:  # Ctrl-C once uvicorn has shut down cleanly: a normal stop, as with uvicorn.run
+        return
+    except SystemExit as e:  # uvicorn exits 3 when its startup fails; say so in one line
+        if server.started:
+            raise
+        raise NanochatError(f"the server on {shown}:{port} did not start (uvicorn exit code {e.code}; its log above says why); fix that and rerun") from None
+    if not server.started:
+        raise NanochatError(f"the server on {shown}:{port} did not start (its log above says why); fix that and rerun")

@@ -46,12 +46,12 @@ def sft(
     dry_run: bool = typer.Option(False, "--dry-run", help="Load the checkpoint and mixture, print the plan and exit."),
 ) -> None:
     """Fine-tune a base model into a chat model on a conversation mixture (assistant tokens only)."""
+    from nanochat.common import checks
+    from nanochat.common.checkpoint import require_checkpoint
     from nanochat.common.launch import maybe_relaunch
-
-    if not dry_run:
-        maybe_relaunch(nproc, device)
     from nanochat.train.sft import SFTConfig, run_sft
 
+    checks.nproc(nproc)
     cfg = SFTConfig(
         source=source, model_tag=model_tag, step=step, data=data, num_iterations=num_iterations, max_seq_len=max_seq_len,
         device_batch_size=device_batch_size, total_batch_size=total_batch_size, embedding_lr=embedding_lr,
@@ -61,5 +61,9 @@ def sft(
         save_every=save_every, keep_last=keep_last, resume=resume, out_tag=out_tag, device=device, seed=seed,
         compile=compile, max_bad_steps=max_bad_steps, dry_run=dry_run,
     )  # fmt: skip
+    # options, then the starting checkpoint's folder: both before any process starts or anything loads
+    cfg.validate()
+    require_checkpoint(source, model_tag, step)
+    if not dry_run:
+        maybe_relaunch(nproc, device)
     run_sft(cfg)
-

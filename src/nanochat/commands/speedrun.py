@@ -21,7 +21,13 @@ def speedrun(
     tiny: bool = typer.Option(False, "--tiny", hidden=True, help="Tests: an even smaller demo (vocab 512, depth 2, 64-token rows)."),
 ) -> None:
     """Run every stage in order, from tokenizer to report card; a rerun continues where it stopped."""
+    from nanochat.common import checks
+    from nanochat.common.device import check_device_name
     from nanochat.train.speedrun import speedrun as run
+
+    # the stages would each refuse these, one after another; refuse them before the first starts
+    checks.nproc(nproc)
+    check_device_name(device)
 
     run(depth=depth, demo=demo, tiny=tiny, with_rl=with_rl, from_stage=from_stage, dry_run=dry_run, device=device, nproc=nproc,
         ratio=target_param_data_ratio)

@@ -16,15 +16,17 @@ def tokenize_train(
     doc_cap: int = typer.Option(10_000, help="Characters used from each document (so long documents don't dominate)."),
 ) -> None:
     """Train the byte-level BPE tokenizer."""
-    from nanochat.common import paths
-    from nanochat.common.errors import NanochatError
+    from nanochat.common import checks, paths
+    from nanochat.common.errors import UsageError
     from nanochat.common.logging import print0, table, warn0
     from nanochat.data.corpus import open_corpus
-    from nanochat.data.tokenizer import Tokenizer
+    from nanochat.data.tokenizer import MAX_VOCAB, MIN_VOCAB, Tokenizer
 
-    if max_chars <= 0 or doc_cap <= 0:
-        raise NanochatError("--max-chars and --doc-cap must be positive")
-    corpus = open_corpus(data, "train")
+    if not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
+        raise UsageError(f"--vocab-size {vocab_size} is out of range; use {MIN_VOCAB} (256 bytes + 9 special tokens) to {MAX_VOCAB}")
+    checks.number("max_chars", max_chars, low=1)
+    checks.count("doc_cap", doc_cap)
+    corpus = open_corpus(data, "train")  # an unknown --data fails here, before any text is read
     print0(f"Training a {vocab_size:,}-token BPE on the train split of {data!r} ({corpus.location}); up to {max_chars:,.0f} chars, {doc_cap:,} per document")
     tok = Tokenizer.train(corpus.iter_texts(), vocab_size, max_chars=int(max_chars), doc_cap=doc_cap)
     tok.info["data"] = data
@@ -56,10 +58,12 @@ def tokenize_eval(
     from nanochat.common.atomic import atomic_write_json
     from nanochat.common.errors import NanochatError
     from nanochat.common.logging import print0, table, warn0
-    from nanochat.data.corpus import open_corpus
+    from nanochat.data.corpus import check_data_name, open_corpus
     from nanochat.data.tokenizer import get_tokenizer
     from nanochat.data.tokenizer_eval import compare, relative, sample_texts
 
+    if data is not None:
+        check_data_name(data)  # named on the command line: it must exist (a default that is gone only warns)
     tok = get_tokenizer()
     data = data or tok.info.get("data") or "demo"
     val_text = None

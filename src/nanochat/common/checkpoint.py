@@ -34,7 +34,7 @@ from typing import Any
 
 from nanochat.common import paths
 from nanochat.common.atomic import fsync_dir, publish_dir
-from nanochat.common.errors import NanochatError
+from nanochat.common.errors import NanochatError, UsageError
 from nanochat.common.logging import warn0
 
 FORMAT_VERSION = 1
@@ -172,9 +172,9 @@ def restore_rng(state: dict) -> None:
 
 def checkpoint_dir(source: str, tag: str) -> Path:
     if source not in SOURCES:
-        raise NanochatError(f"unknown checkpoint source {source!r}; use one of {', '.join(SOURCES)}")
+        raise UsageError(f"unknown checkpoint source {source!r}; use one of {', '.join(SOURCES)}")
     if not tag or "/" in tag or tag.startswith("."):
-        raise NanochatError(f"model tag {tag!r} is not a folder name; use something like d12")
+        raise UsageError(f"model tag {tag!r} is not a folder name; use something like d12")
     return paths.checkpoints_dir(source) / tag
 
 
@@ -360,40 +360,81 @@ def latest_valid(directory: Path, report: Callable[[str], None] | None = warn0) 
     return None
 
 
-def find_latest(source: str, tag: str | None = None, report: Callable[[str], None] | None = warn0) -> CheckpointInfo | None:
-    """The newest valid checkpoint of `tag`, or (tag None) of the tag written to most recently."""
-    tags = [tag] if tag else list_tags(source)
+def _newest_first(source: str, tags: list[str]) -> list[str]:
+    """Tags ordered by their newest step folder's write time, most recent first."""
 
     def newest_write(t: str) -> float:
         dirs = _step_dirs(checkpoint_dir(source, t))
         return max((p.stat().st_mtime for _, p in dirs), default=-1.0)
 
+    return sorted(tags, key=newest_write, reverse=True)
+
+
+def find_latest(source: str, tag: str | None = None, report: Callable[[str], None] | None = warn0) -> CheckpointInfo | None:
+    """The newest valid checkpoint of `tag`, or (tag None) of the tag written to most recently."""
     # most recently written tag first; hashing stops at the first tag with a valid checkpoint
-    for t in sorted(tags, key=newest_write, reverse=True):
+    for t in _newest_first(source, [tag] if tag else list_tags(source)):
         found = latest_valid(checkpoint_dir(source, t), report)
         if found is not None:
             return CheckpointInfo(found[1], source, t, found[0])
     return None
 
 
+_TRAIN = {"base": "nanochat pretrain", "sft": "nanochat sft", "rl": "nanochat rl"}
+
+
+def _steps_text(steps: list[int]) -> str:
+    return ", ".join(str(s) for s in steps) if len(steps) <= 12 else ", ".join(str(s) for s in steps[:3]) + ", ..., " + ", ".join(str(s) for s in steps[-6:])
+
+
+def require_checkpoint(source: str, tag: str | None = None, step: int | None = None) -> None:
+    """Fail fast, reading no weights, when no checkpoint folder answers (source, tag, step).
+
+    The errors name what does exist: the tags of the source when `tag` has no checkpoints, the steps of
+    the tag when `step` is not one of them. Whether the folder found is valid is `resolve_checkpoint`'s
+    check (it hashes the files); commands call this first so a typo fails before anything loads."""
+    if step is not None and step < 0:
+        raise UsageError(f"--step {step} is not a step number; use 0 or more, or omit --step for the newest")
+    if tag is not None:
+        checkpoint_dir(source, tag)  # a tag that is not a folder name is bad usage
+    tags = [t for t in list_tags(source) if _step_dirs(checkpoint_dir(source, t))]
+    if not tags:
+        where, train = paths.checkpoints_dir(source), _TRAIN[source]
+        if step is None:
+            raise NanochatError(f"no valid {source} checkpoint under {where}; train one with `{train}`")
+        raise NanochatError(f"no checkpoint step {step}: there are no {source} checkpoints under {where}; train one with `{train}`")
+    if tag is not None and tag not in tags:
+        raise NanochatError(f"no {source} checkpoints for --model-tag {tag}; tags there: {', '.join(_newest_first(source, tags))}; "
+                            "pass one of them or omit --model-tag")  # fmt: skip
+    if step is None:
+        return
+    if tag is None:
+        having = [t for t in tags if step in list_steps(source, t)]
+        if len(having) == 1:
+            return
+        if len(having) > 1:
+            raise NanochatError(f"step {step} exists under {len(having)} {source} model tags ({', '.join(having)}); pass --model-tag with one of them")
+        tag = _newest_first(source, tags)[0]  # the tag a bare command would pick
+    steps = list_steps(source, tag)
+    if step not in steps:
+        others = [t for t in tags if t != tag]
+        also = f" (other tags: {', '.join(others)}; pick one with --model-tag)" if others else ""
+        raise NanochatError(f"no checkpoint step {step} for {source}/{tag}; steps there: {_steps_text(steps)}; pass one of them or omit --step{also}")
+
+
 def resolve_checkpoint(source: str, tag: str | None = None, step: int | None = None) -> CheckpointInfo:
     """What a consumer loads: the given step (verified), or the newest valid one; errors say how to fix."""
+    require_checkpoint(source, tag, step)
     if step is None:
         info = find_latest(source, tag)
         if info is None:
             where = checkpoint_dir(source, tag) if tag else paths.checkpoints_dir(source)
-            stage = {"base": "nanochat pretrain", "sft": "nanochat sft", "rl": "nanochat rl"}[source]
-            raise NanochatError(f"no valid {source} checkpoint under {where}; train one with `{stage}` (or pass --source/--model-tag)")
+            raise NanochatError(f"no valid {source} checkpoint under {where}: every step folder fails its manifest check (see the warnings); "
+                                f"train one with `{_TRAIN[source]}` or pass --step with an intact one")  # fmt: skip
         return info
     if tag is None:
-        candidates = [t for t in list_tags(source) if (checkpoint_dir(source, t) / step_name(step)).is_dir()]
-        if len(candidates) != 1:
-            raise NanochatError(f"step {step} exists under {len(candidates)} {source} model tags ({', '.join(candidates) or 'none'}); pass --model-tag")
-        tag = candidates[0]
+        tag = next(t for t in list_tags(source) if step in list_steps(source, t))
     p = checkpoint_dir(source, tag) / step_name(step)
-    if not p.is_dir():
-        have = ", ".join(str(s) for s in list_steps(source, tag)) or "none"
-        raise NanochatError(f"no checkpoint {p}; saved steps of {source}/{tag}: {have}")
     verify_checkpoint(p)
     return CheckpointInfo(p, source, tag, step)
 

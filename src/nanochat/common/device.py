@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from nanochat.common.errors import NanochatError
+from nanochat.common.errors import NanochatError, UsageError
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
 
 # Dense bf16 peak of common cards in FLOP/s, for MFU. H100 figures are the datasheet's, so MFU
 # compares with the reference nanochat's numbers (989 TFLOPS for the SXM H100).
@@ -41,13 +43,19 @@ class DeviceChoice:
         return getattr(torch, self.dtype_name)
 
 
+def check_device_name(preference: str | None) -> str:
+    """--device, lower-cased, when it names a device kind (no torch needed); bad usage otherwise."""
+    preference = (preference or "auto").lower()
+    if preference not in DEVICES:
+        raise UsageError(f"unknown device {preference!r}; use --device auto, cuda, mps or cpu")
+    return preference
+
+
 def detect_device(preference: str = "auto") -> str:
     """Resolve --device auto|cuda|mps|cpu to an available device type, or explain what is missing."""
     import torch
 
-    preference = (preference or "auto").lower()
-    if preference not in ("auto", "cuda", "mps", "cpu"):
-        raise NanochatError(f"unknown device {preference!r}; use --device auto, cuda, mps or cpu")
+    preference = check_device_name(preference)
     has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if preference == "auto":
         if torch.cuda.is_available():

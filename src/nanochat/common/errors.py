@@ -2,7 +2,13 @@
 
 Raise `NanochatError("what happened; how to fix it")` anywhere in the library. The CLI prints it as
 `error: ...` and exits 1, showing the traceback only with `--debug` or `NANOCHAT_DEBUG=1`.
-Bad command-line usage exits 2 (typer/click does this for unknown commands and options).
+
+Which one to raise: `UsageError` (exit 2) when the command line itself is wrong, whatever is on disk:
+an unknown option or a value of the wrong type (click's own errors, also printed as one line), a value
+out of range or outside a fixed set of choices (`--source chat`, `--data` of sft), flags that conflict.
+`NanochatError` (exit 1) when the command line is fine but the state is not: a missing checkpoint,
+tag or step, a data set that is not there (also a `--data NAME` that may name an imported set), no
+tokenizer, a busy port, no network. `nanochat.common.checks` holds the shared range checks.
 """
 
 from __future__ import annotations

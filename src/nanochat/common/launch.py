@@ -11,7 +11,7 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 
-from nanochat.common.errors import NanochatError
+from nanochat.common.errors import NanochatError, UsageError
 
 # the commands that may run on several processes
 DISTRIBUTED_COMMANDS = ("pretrain", "sft", "rl", "eval")
@@ -46,7 +46,7 @@ def plan_relaunch(
     if "RANK" in env and "WORLD_SIZE" in env:  # already one of torchrun's workers
         return None
     if nproc is not None and nproc < 1:
-        raise NanochatError(f"--nproc {nproc} is not a process count; use --nproc 1 or more")
+        raise UsageError(f"--nproc {nproc} is not a process count; use --nproc 1 or more")
     if nproc is None:
         if device not in ("auto", "cuda") or gpu_count <= 1:
             return None

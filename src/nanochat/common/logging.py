@@ -62,14 +62,15 @@ def error_line(message: str) -> None:
 def table(title: str, rows: list[tuple[str, Any]] | list[list[Any]], headers: list[str] | None = None):
     """A rich table from rows; two-column key/value when headers is None.
 
-    Cells are plain text: brackets such as "[--num-iterations]" are shown, not read as rich markup."""
+    Cells are plain text: brackets such as "[--num-iterations]" are shown, not read as rich markup. A cell wider
+    than the terminal wraps onto more lines instead of being cut with an ellipsis (paths must stay whole)."""
     from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=escape(title), show_header=headers is not None, title_justify="left")
     cols = headers or ["", ""]
     for i, h in enumerate(cols):
-        t.add_column(h, justify="left" if i == 0 else "right" if headers else "left")
+        t.add_column(h, justify="left" if i == 0 else "right" if headers else "left", overflow="fold")
     for r in rows:
         t.add_row(*[escape(str(x)) for x in r])
     return t

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -89,7 +90,10 @@ class MemoryShard:
 
 
 class ParquetShard:
-    """One parquet file with a `text` column; row groups are read one at a time."""
+    """One parquet file with a `text` column; row groups are read one at a time.
+
+    Several loader threads read the same shard objects (one per micro-step shard of a pretraining run), so the
+    open file handle is per thread: one thread closing its handle never pulls the file from under another."""
 
     def __init__(self, path: Path):
         import pyarrow.parquet as pq
@@ -106,7 +110,7 @@ class ParquetShard:
         self._text_bytes = sum(
             meta.row_group(i).column(meta.schema.names.index(TEXT_COLUMN)).total_uncompressed_size for i in range(meta.num_row_groups)
         )
-        self._file = None
+        self._local = threading.local()
 
     @property
     def num_row_groups(self) -> int:
@@ -122,14 +126,17 @@ class ParquetShard:
     def read_row_group(self, i: int) -> list[str]:
         import pyarrow.parquet as pq
 
-        if self._file is None:
-            self._file = pq.ParquetFile(self.path)
-        return self._file.read_row_group(i, columns=[TEXT_COLUMN]).column(0).to_pylist()
+        f = getattr(self._local, "file", None)
+        if f is None:
+            f = self._local.file = pq.ParquetFile(self.path)
+        return f.read_row_group(i, columns=[TEXT_COLUMN]).column(0).to_pylist()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Close this thread's handle (the next read reopens it)."""
+        f = getattr(self._local, "file", None)
+        if f is not None:
+            f.close()
+            self._local.file = None
 
 
 # ---- the corpus --------------------------------------------------------------------------------
@@ -324,14 +331,34 @@ def open_corpus(data: str, split: str = "train") -> Corpus:
     if data == "web" or data in WEB_DATASETS:
         web = WEB_DATASETS[WEB_DEFAULT if data == "web" else data]
         return parquet_corpus(paths.data_dir(web.name), split, data, web=web)
+    folder = _local_folder(data)
+    if folder is not None:
+        return parquet_corpus(folder, split, data)
+    raise _unknown_data(data)
+
+
+def check_data_name(data: str) -> None:
+    """Fail (one line, naming the data sets there are) unless `data` is a name open_corpus knows: demo,
+    web or a web data set (downloaded or not), an imported set or a folder. Reads no data."""
+    if data == "demo" or data == "web" or data in WEB_DATASETS or _local_folder(data) is not None:
+        return
+    raise _unknown_data(data)
+
+
+def _local_folder(data: str) -> Path | None:
+    """The folder of an imported data set `data`, or `data` itself as a folder path, when it exists."""
     local = paths.data_dir(data) if re.fullmatch(r"[A-Za-z0-9_.-]+", data) else None
     if local is not None and local.is_dir():
-        return parquet_corpus(local, split, data)
+        return local
     as_path = Path(data).expanduser()
     if ("/" in data or data.startswith(".")) and as_path.is_dir():
-        return parquet_corpus(as_path.resolve(), split, data)
+        return as_path.resolve()
+    return None
+
+
+def _unknown_data(data: str) -> NanochatError:
     known = ", ".join(sorted(p.name for p in paths.data_dir().glob("*") if p.is_dir() and shard_files(p))) if paths.data_dir().is_dir() else ""
-    raise NanochatError(
+    return NanochatError(
         f"unknown data set {data!r}: use demo, web, a folder of parquet shards, or an imported set"
         + (f" ({known})" if known else "")
         + "; import your own with `nanochat data import SOURCE --name NAME`"

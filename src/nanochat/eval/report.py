@@ -3,25 +3,36 @@
 A section is one JSON file, `<home>/report/sections/<name>.json`, written atomically (rank 0 only):
 
     {"name": "pretrain", "title": "Base model training", "updated": "2026-11-25T16:00:00Z",
-     "data":   {"depth": 20, "total_time_s": 3600.0, "min_val_bpb": 0.81, ...},   # scalars, strings
+     "data":   {"depth": 20, "total_time_s": 3600.0, ..., "results": {KEY: METRIC, ...}},
      "series": {"train_loss": [[step, value], ...], "val_bpb": [[step, value], ...]}}
 
-A string value with a newline is markdown (a table, say) and is placed as a block under the
-section's bullets. `record_section(name, data, series=None)` merges into the existing file, so a stage may record
-its configuration at the start and its results at the end. Names the report knows, in its order:
-environment, tokenizer, tokenizer-eval, pretrain, eval-base, sft, eval-sft, rl, eval-rl (any
-other name is added after them). Keys the summary reads: in eval-* sections `core`, `core_label`,
-`val_bpb` and the task names (`arc-easy`, `arc-challenge`, `mmlu`, `gsm8k`, `humaneval`,
-`spellingbee`, `chatcore`); in stage sections `total_time_s` (for the timings and the cost
-estimate) and `min_val_bpb`; in environment `gpu_name`, `gpu_count`.
+`record_section(name, data, series=None)` merges into the existing file (the entries of
+`data["results"]` one by one, every other key replaced), so a stage may record its configuration at
+the start and its results at the end. Any stage may record a section: a scalar or string value is
+a bullet, a string with a newline is markdown (a table, say) placed as a block.
 
-`generate_report()` writes `<home>/report/report.md`, with one PNG per recorded series and a bar
-chart per eval section under `<home>/report/plots/` (matplotlib is optional: without it the
-report says the plots were skipped).
+Measured numbers go in `data["results"]`, each made by `metric()`: a value with its name, kind,
+unit and sample count (`val bpb on 8,192 tokens`, `ARC-Easy accuracy on 200 questions`), the step
+of the checkpoint, its data source and, for tasks with one, the chance level. They are shown as a
+table in their section, and the summary table (metric x BASE/SFT/RL) takes the ones marked
+`summary` from the training section and the eval section of each stage (the eval's entry wins for
+the same key: one number per checkpoint). `data["core_tasks"]` ({task: {accuracy, centered,
+examples}}) is the per-task CORE table; `data["series_labels"]` names the y axis of a series.
+
+Names the report knows, in its order: environment, tokenizer, tokenizer-eval, pretrain, eval-base,
+sft, eval-sft, rl, eval-rl (any other name is added after them). `speedrun` holds the wall time of
+every stage of a speedrun, measured around each stage's process (`{"stages": [[name, seconds],
+...], "total_s": sum}`); it is shown as the Timings table and is the total for the cost estimate.
+Without it, Timings lists the `total_time_s` each stage recorded on its own clock.
+
+`generate_report()` writes `<home>/report/report.md`, with one PNG per recorded series and bar
+charts per eval section (one per kind of metric) under `<home>/report/plots/` (matplotlib is
+optional: without it the report says the plots were skipped).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import math
@@ -46,23 +57,23 @@ TITLES = {
     "eval-sft": "Chat evaluation (SFT)",
     "rl": "Reinforcement learning",
     "eval-rl": "Chat evaluation (RL)",
+    "speedrun": "Timings",
 }
-SUMMARY_ROWS = (
-    ("CORE", "core"),
-    ("val bpb", "val_bpb"),
-    ("ARC-Easy", "arc-easy"),
-    ("ARC-Challenge", "arc-challenge"),
-    ("MMLU", "mmlu"),
-    ("GSM8K", "gsm8k"),
-    ("HumanEval", "humaneval"),
-    ("SpellingBee", "spellingbee"),
-    ("ChatCORE", "chatcore"),
-)
+# the summary's rows come in this order (keys of `results`); other summary results follow
+SUMMARY_ORDER = ("core", "val_bpb", "chat_val_bpb", "arc-easy", "arc-challenge", "mmlu", "gsm8k", "humaneval", "spellingbee", "chatcore")
 STAGES = (("BASE", "eval-base", "pretrain"), ("SFT", "eval-sft", "sft"), ("RL", "eval-rl", "rl"))
+SERIES_LABELS = {
+    "train_loss": "train loss (nats per token)",
+    "val_bpb": "val bpb (bits per byte)",
+    "core": "CORE (centered accuracy)",
+    "reward": "mean reward",
+    "gsm8k_pass@1": "GSM8K pass@1",
+}
 # hourly price of one GPU, in US dollars (typical cloud on-demand rates)
 GPU_HOURLY_USD = {"H100": 3.00, "H200": 3.50, "A100": 1.79, "V100": 0.55}
 DEFAULT_GPU_HOURLY_USD = 2.00
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+HIDDEN_KEYS = ("results", "core_tasks", "series_labels")  # shown as tables or axis labels, not as bullets
 
 
 def sections_dir() -> Path:
@@ -91,6 +102,33 @@ def _clean(value: Any) -> Any:
     return str(value)
 
 
+def metric(
+    name: str,
+    value: float | None,
+    count: int | None = None,
+    unit: str | None = None,
+    kind: str = "",
+    step: int | None = None,
+    source: str | None = None,
+    chance: float | None = None,
+    summary: bool = True,
+) -> dict:
+    """One measured number for `data["results"]`: `name` and `kind` say what it is ("ARC-Easy",
+    "accuracy"), `count` and `unit` what it was measured on (200 "questions"), `chance` the score
+    of guessing (for the bar charts), `summary` whether it belongs in the summary table."""
+    return {"name": name, "kind": kind, "value": value, "count": count, "unit": unit, "step": step, "source": source, "chance": chance, "summary": summary}
+
+
+def metric_label(m: dict, count: bool = True) -> str:
+    """`ARC-Easy accuracy on 200 questions`, `val bpb on 8,192 tokens`, `ChatCORE (partial: 2 of 6 tasks)`."""
+    label = m.get("name") or "?"
+    if m.get("kind") and m["kind"] not in label:
+        label += f" {m['kind']}"
+    if count and m.get("unit"):
+        label += f" on {m['count']:,} {m['unit']}" if isinstance(m.get("count"), int) else f" ({m['unit']})"
+    return label
+
+
 def record_section(name: str, data: dict | None = None, series: dict[str, list] | None = None, title: str | None = None) -> Path | None:
     """Merge `data` and `series` into the report section `name` (rank 0 only; others do nothing)."""
     if int(os.environ.get("RANK", "0")) != 0:
@@ -101,7 +139,14 @@ def record_section(name: str, data: dict | None = None, series: dict[str, list] 
     section = load_section(path) if path.is_file() else {"name": name, "title": title or TITLES.get(name, name), "data": {}, "series": {}}
     if title:
         section["title"] = title
-    section["data"].update(_clean(data or {}))
+    new = _clean(data or {})
+    results = new.pop("results", None)
+    section["data"].update(new)
+    if results:
+        if not isinstance(results, dict):
+            raise NanochatError(f"report section {name!r}: results must be a dict of metric() entries, got {type(results).__name__}")
+        merged = section["data"].get("results")
+        section["data"]["results"] = {**(merged if isinstance(merged, dict) else {}), **results}
     for key, points in (series or {}).items():
         section["series"][key] = [[_clean(x), _clean(y)] for x, y in points]
     section["updated"] = _now()
@@ -120,6 +165,8 @@ def load_section(path: Path) -> dict:
     s.setdefault("series", {})
     s.setdefault("name", path.stem)
     s.setdefault("title", TITLES.get(s["name"], s["name"]))
+    if not isinstance(s["data"].get("results", {}), dict):
+        raise NanochatError(f"report section {path} has results that are not a dict; delete it and re-run the stage that wrote it")
     return s
 
 
@@ -184,6 +231,11 @@ def fmt_duration(seconds: float) -> str:
     return f"{m // 60}h{m % 60:02d}m"
 
 
+def fmt_seconds(seconds: float) -> str:
+    """Wall time as the speedrun prints and the card shows it: `3m05s (185.2 s)`."""
+    return f"{fmt_duration(seconds)} ({seconds:.1f} s)"
+
+
 def gpu_hourly(gpu_name: str | None) -> float:
     if not gpu_name:
         return DEFAULT_GPU_HOURLY_USD
@@ -193,28 +245,79 @@ def gpu_hourly(gpu_name: str | None) -> float:
     return DEFAULT_GPU_HOURLY_USD
 
 
+def results_of(section: dict | None) -> dict[str, dict]:
+    """A section's results, those the summary knows first, in its order (the file keeps keys sorted)."""
+    res = (section or {}).get("data", {}).get("results")
+    if not isinstance(res, dict):
+        return {}
+    rank = {k: i for i, k in enumerate(SUMMARY_ORDER)}
+    return {k: res[k] for k in sorted(res, key=lambda k: (rank.get(k, len(rank)), k)) if isinstance(res[k], dict)}
+
+
 def summary_table(sections: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
-    """Metric x stage table; a stage column appears when that stage recorded anything."""
+    """Metric x stage table; a stage column appears when that stage recorded anything.
+
+    A row's label names the metric with its unit and sample count when they are the same in every
+    column; otherwise each cell carries its own (`0.5000 (on 200 questions)`)."""
     stages = [(label, ev, st) for label, ev, st in STAGES if ev in sections or st in sections]
+    per_stage = []
+    for _, ev, st in stages:
+        merged = {k: m for k, m in results_of(sections.get(st)).items() if m.get("summary", True)}
+        merged.update({k: m for k, m in results_of(sections.get(ev)).items() if m.get("summary", True)})
+        per_stage.append({k: m for k, m in merged.items() if m.get("value") is not None})
+    keys = [k for k in SUMMARY_ORDER if any(k in s for s in per_stage)]
+    keys += [k for s in per_stage for k in s if k not in keys and k not in SUMMARY_ORDER]
+    keys = list(dict.fromkeys(keys))
     headers = ["Metric"] + [label for label, _, _ in stages]
     rows = []
-    for title, key in SUMMARY_ROWS:
+    for key in keys:
+        present = [s[key] for s in per_stage if key in s]
+        labels = {metric_label(m) for m in present}
+        if len(labels) == 1:
+            rows.append([labels.pop()] + [fmt(s[key]["value"]) if key in s else "-" for s in per_stage])
+            continue
+        bases = {metric_label(m, count=False) for m in present}
+        row = bases.pop() if len(bases) == 1 else present[0]["name"].split(" (")[0]
         cells = []
-        for _, ev, st in stages:
-            v = sections.get(ev, {}).get("data", {}).get(key)
-            if v is None and key == "val_bpb":
-                sd = sections.get(st, {}).get("data", {})
-                v = sd.get("val_bpb", sd.get("min_val_bpb"))
-            cells.append(fmt(v) if v is not None else "-")
-        if any(c != "-" for c in cells):
-            rows.append([title] + cells)
+        for s in per_stage:
+            if key not in s:
+                cells.append("-")
+                continue
+            full = metric_label(s[key])
+            rest = full[len(row) :].strip() if full.startswith(row) else full
+            cells.append(fmt(s[key]["value"]) + ("" if not rest else f" {rest}" if rest.startswith("(") else f" ({rest})"))
+        rows.append([row] + cells)
     return headers, rows
+
+
+def timings(sections: dict[str, dict]) -> tuple[str, list[list[str]], float] | None:
+    """(caption, rows, total seconds) of the Timings table, or None when nothing recorded a time."""
+    sr = sections.get("speedrun", {}).get("data", {})
+    stages = sr.get("stages")
+    if isinstance(stages, list) and stages:
+        pairs = [(str(n), float(s)) for n, s in stages]
+        total = sum(s for _, s in pairs)
+        rows = [[n, fmt_seconds(s)] for n, s in pairs] + [["**Total**", f"**{fmt_seconds(total)}**"]]
+        return "Wall time of every stage, measured by `nanochat speedrun` around the stage's process.", rows, total
+    timed = [(s["title"], float(s["data"]["total_time_s"])) for n, s in sections.items() if isinstance(s["data"].get("total_time_s"), (int, float))]
+    if not timed:
+        return None
+    total = sum(t for _, t in timed)
+    rows = [[t, fmt_seconds(s)] for t, s in timed] + [["**Sum**", f"**{fmt_seconds(total)}**"]]
+    return "Each stage's own clock (process start-up and model loading not included; `nanochat speedrun` measures whole stages).", rows, total
 
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def results_table(results: dict[str, dict]) -> str:
+    rows = []
+    for m in results.values():
+        rows.append([metric_label(m), fmt(m.get("value")), "-" if m.get("step") is None else str(m["step"]), m.get("source") or "-"])
+    return _md_table(["Metric", "Value", "Step", "Data"], rows)
 
 
 # --- plots ----------------------------------------------------------------------------------------
@@ -239,92 +342,155 @@ def _save(plt, fig, path: Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_series(plt, section: dict, key: str, path: Path) -> Path:
+def series_label(section: dict, key: str) -> str:
+    custom = section["data"].get("series_labels")
+    if isinstance(custom, dict) and isinstance(custom.get(key), str):
+        return custom[key]
+    return SERIES_LABELS.get(key, key)
+
+
+def series_figure(plt, section: dict, key: str):
     points = [(x, y) for x, y in section["series"][key] if x is not None and y is not None]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 50 else None)
-    ax.set_title(f"{section['title']}: {key}")
+    ax.set_title(f"{section['title']}: {series_label(section, key)}")
     ax.set_xlabel("step")
-    ax.set_ylabel(key)
+    ax.set_ylabel(series_label(section, key))
     ax.grid(alpha=0.3)
-    return _save(plt, fig, path)
+    return fig, ax
 
 
-def eval_bars(section: dict) -> dict[str, float]:
-    """What an eval section's bar chart shows: per-task accuracies, or CORE's centered results."""
-    data = section["data"]
-    core_tasks = data.get("core_tasks")
+def bar_charts(section: dict) -> list[dict]:
+    """The bar charts of an eval section, one per kind of metric (accuracies apart from pass@k, CORE's
+    centered accuracies apart from both; composite scores and bpb are never bars): each a dict with
+    `slug`, `title`, `ylabel`, `bars` {task: value}, `chance` {task: level} (empty: no chance level)
+    and `ylim` (None: fitted to the values)."""
+    charts = []
+    core_tasks = section["data"].get("core_tasks")
     if isinstance(core_tasks, dict) and core_tasks:
-        return {k: v for k, v in core_tasks.items() if isinstance(v, (int, float))}
-    return {title: data[key] for title, key in SUMMARY_ROWS if key not in ("core", "val_bpb", "chatcore") and isinstance(data.get(key), (int, float))}
+        vals = {k: v["centered"] for k, v in core_tasks.items() if isinstance(v, dict) and isinstance(v.get("centered"), (int, float))}
+        counts = {v.get("examples") for v in core_tasks.values() if isinstance(v, dict)}
+        on = f" on {counts.pop():,} examples each" if len(counts) == 1 and None not in counts else ""
+        if vals:
+            # centering maps each task's chance accuracy to 0
+            charts.append({"slug": "core", "title": f"{section['title']}: CORE tasks", "ylabel": f"centered accuracy{on}", "bars": vals,
+                           "chance": {k: 0.0 for k in vals}, "chance_label": "chance (0 once centered)", "ylim": None})  # fmt: skip
+    by_kind: dict[str, list[dict]] = {}
+    for key, m in results_of(section).items():
+        if key in ("core", "chatcore") or m.get("unit") in (None, "tokens") or not isinstance(m.get("value"), (int, float)):
+            continue
+        by_kind.setdefault(m.get("kind") or "score", []).append(m)
+    for kind, ms in by_kind.items():
+        counts = {(m.get("count"), m.get("unit")) for m in ms}
+        on = f" on {next(iter(counts))[0]:,} {next(iter(counts))[1]} each" if len(counts) == 1 and isinstance(next(iter(counts))[0], int) else ""
+        chance = {m["name"]: m["chance"] for m in ms if isinstance(m.get("chance"), (int, float))}
+        charts.append({"slug": re.sub(r"[^a-z0-9]+", "-", kind.lower()).strip("-") or "score", "title": f"{section['title']}: {kind}",
+                       "ylabel": f"{kind}{on}", "bars": {m["name"]: m["value"] for m in ms}, "chance": chance, "ylim": (0.0, 1.0)})  # fmt: skip
+    return charts
 
 
-def plot_bars(plt, section: dict, values: dict[str, float], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(values) + 2), 3.5))
-    ax.bar(range(len(values)), list(values.values()), color="#4c72b0")
-    ax.set_xticks(range(len(values)))
-    ax.set_xticklabels(list(values.keys()), rotation=60 if len(values) > 6 else 0, ha="right" if len(values) > 6 else "center", fontsize=8)
-    ax.set_title(section["title"])
+def bar_figure(plt, chart: dict):
+    names, values = list(chart["bars"]), list(chart["bars"].values())
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(names) + 2), 3.5))
+    xs = range(len(names))
+    ax.bar(xs, values, color="#4c72b0", label=chart["ylabel"].split(" on ")[0])
+    chance = chart["chance"]
+    if chance:
+        levels = set(chance.values())
+        if len(levels) == 1 and len(chance) == len(names):
+            level = levels.pop()
+            ax.axhline(level, color="#c44e52", linestyle="--", linewidth=1.2, label=chart.get("chance_label") or f"chance ({level:g})")
+        else:  # a short line over each bar that has a chance level
+            labelled = False
+            for i, n in enumerate(names):
+                if n in chance:
+                    ax.hlines(chance[n], i - 0.4, i + 0.4, color="#c44e52", linestyle="--", linewidth=1.2, label=None if labelled else "chance")
+                    labelled = True
+        ax.legend(fontsize=7, loc="best")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names, rotation=60 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center", fontsize=8)
+    ax.set_title(chart["title"])
+    ax.set_xlabel("task")
+    ax.set_ylabel(chart["ylabel"])
     ax.axhline(0, color="black", linewidth=0.5)
+    if chart.get("ylim"):
+        ax.set_ylim(*chart["ylim"])
     ax.grid(axis="y", alpha=0.3)
-    return _save(plt, fig, path)
+    return fig, ax
 
 
 # --- the report -----------------------------------------------------------------------------------
 
 
-def generate_report(out: Path | None = None) -> tuple[Path, list[Path], bool]:
-    """Write report.md; returns (its path, the plot files, whether plots were drawn)."""
+def generate_report(out: Path | None = None, draw: bool = True) -> tuple[Path, list[Path], bool]:
+    """Write report.md; returns (its path, the plot files, whether plots were drawn).
+
+    `draw=False` rewrites the text only, linking the plot files an earlier call drew (the speedrun
+    uses it to add the report stage's own time to the card without drawing everything again)."""
     sections = load_sections()
     if not sections:
         raise NanochatError(f"nothing recorded yet in {sections_dir()}; run a stage first (e.g. `nanochat pretrain` or `nanochat eval`), then `nanochat report`")
     out = out or paths.report_dir() / "report.md"
     plot_dir = out.parent / "plots"
-    plt = _matplotlib()
+    plt = _matplotlib() if draw else None
+    can_plot = plt is not None if draw else importlib.util.find_spec("matplotlib") is not None
     images: list[Path] = []
     from nanochat import __version__
 
+    def figure(path: Path, make) -> Path | None:
+        if plt is not None:
+            fig, _ = make()
+            images.append(_save(plt, fig, path))
+            return path
+        if not draw and path.is_file():
+            images.append(path)
+            return path
+        return None
+
     lines = ["# nanochat report card", "", f"Generated {_now()} by nanochat {__version__}.", ""]
-    if plt is None:
+    if not can_plot:
         lines += ["*Plots skipped: matplotlib is not installed (`pip install 'nanochat[plots]'`).*", ""]
     headers, rows = summary_table(sections)
     if rows:
         lines += ["## Summary", "", _md_table(headers, rows), ""]
-        labels = {s["data"].get("core_label") for s in sections.values() if s["data"].get("core_label")}
+        labels = {m["name"] for s in sections.values() for k, m in results_of(s).items() if k == "core" and m.get("name")}
         for label in sorted(labels):
             if label != "CORE":
                 lines += [f"CORE here is **{label}**: not comparable with reference CORE numbers.", ""]
-    # timings and cost
-    timed = [(s["title"], float(s["data"]["total_time_s"])) for s in sections.values() if isinstance(s["data"].get("total_time_s"), (int, float))]
-    if timed:
-        total = sum(t for _, t in timed)
-        lines += ["## Timings", "", _md_table(["Stage", "Wall clock"], [[t, fmt_duration(s)] for t, s in timed] + [["**Total**", f"**{fmt_duration(total)}**"]]), ""]
+    timing = timings(sections)
+    if timing:
+        caption, trows, total = timing
+        lines += ["## Timings", "", caption, "", _md_table(["Stage", "Wall clock"], trows), ""]
         env = sections.get("environment", {}).get("data", {})
         gpus = env.get("gpu_count") or 0
         if gpus:
             rate = gpu_hourly(env.get("gpu_name"))
             lines += [f"Estimated cost: {gpus} x {env.get('gpu_name', 'GPU')} at ${rate:.2f}/GPU-hour for {fmt_duration(total)} = **${gpus * rate * total / 3600:.2f}**.", ""]
     for name, s in sections.items():
+        if name == "speedrun":
+            continue  # it is the Timings table above
         lines += [f"## {s['title']}", "", f"recorded: {s.get('updated', '-')}", ""]
-        data = {k: v for k, v in s["data"].items() if k != "core_tasks"}
+        data = {k: v for k, v in s["data"].items() if k not in HIDDEN_KEYS}
         blocks = {k: v for k, v in data.items() if isinstance(v, str) and "\n" in v}  # markdown (tables)
         lines += [f"- {k}: {fmt(v)}" for k, v in data.items() if k not in blocks]
+        results = results_of(s)
+        if results:
+            lines += ["", results_table(results)]
         for k, v in blocks.items():
             lines += ["", f"**{k}**", "", v.strip()]
-        if isinstance(s["data"].get("core_tasks"), dict):
-            lines += ["", _md_table(["CORE task", "centered"], [[k, fmt(v)] for k, v in s["data"]["core_tasks"].items()])]
+        core_tasks = s["data"].get("core_tasks")
+        if isinstance(core_tasks, dict) and core_tasks:
+            trows = [[k, fmt(v.get("accuracy")), fmt(v.get("centered")), fmt(v.get("examples"))] for k, v in core_tasks.items() if isinstance(v, dict)]
+            lines += ["", _md_table(["CORE task", "accuracy", "centered accuracy", "examples"], trows)]
         lines.append("")
-        if plt is None:
-            continue
         for key in s["series"]:
             if s["series"][key]:
-                p = plot_series(plt, s, key, plot_dir / f"{name}-{key}.png")
-                images.append(p)
-                lines += [f"![{s['title']}: {key}](plots/{p.name})", ""]
-        bars = eval_bars(s) if name.startswith("eval") else {}
-        if bars:
-            p = plot_bars(plt, s, bars, plot_dir / f"{name}-bars.png")
-            images.append(p)
-            lines += [f"![{s['title']}](plots/{p.name})", ""]
+                p = figure(plot_dir / f"{name}-{key}.png", lambda key=key: series_figure(plt, s, key))
+                if p:
+                    lines += [f"![{s['title']}: {series_label(s, key)}](plots/{p.name})", ""]
+        for chart in bar_charts(s) if name.startswith("eval") else []:
+            p = figure(plot_dir / f"{name}-{chart['slug']}.png", lambda chart=chart: bar_figure(plt, chart))
+            if p:
+                lines += [f"![{chart['title']}](plots/{p.name})", ""]
     atomic_write_text(out, "\n".join(lines).rstrip() + "\n")
-    return out, images, plt is not None
+    return out, images, can_plot

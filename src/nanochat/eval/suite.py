@@ -2,9 +2,15 @@
 
 Task names: `core` (CORE, on the best bundle available), `bpb` (bits per byte on the train and
 validation splits of the model's corpus), and the chat tasks `arc-easy`, `arc-challenge`, `mmlu`,
-`gsm8k`, `humaneval`, `spellingbee` (ChatCORE is added when all six ran). Each result says where
-its data came from. Progress goes through `progress(name, total) -> tick`, so the command can show
-one bar per task and tests can run without a terminal.
+`gsm8k`, `humaneval`, `spellingbee`. ChatCORE is added whenever one of its six tasks ran, labelled
+`ChatCORE (partial: k of 6 tasks)` unless all six did. Each result says what it was measured on
+(`8,192 tokens`, `200 questions`) and where its data came from. Progress goes through
+`progress(name, total) -> tick`, so the command can show one bar per task and tests can run
+without a terminal.
+
+bpb is `nanochat.eval.bpb.TextBpb`, the computation pretraining uses for its val bpb, on the token
+count and row length the checkpoint's training evaluated (recorded in its meta) unless
+`bpb_tokens` says otherwise: for the checkpoint pretraining ends with, the two agree.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from nanochat.tasks import EVAL_TASK_NAMES
 
 ALL_TASKS = ("core", "bpb") + EVAL_TASK_NAMES
 DEFAULT_TASKS = {"base": ("core", "bpb"), "sft": EVAL_TASK_NAMES, "rl": EVAL_TASK_NAMES}
-DEFAULT_BPB_TOKENS = 10 * 524288
+DEFAULT_BPB_TOKENS = 10 * 524288  # for checkpoints that do not record their val bpb token count
+TASK_TITLES = {"arc-easy": "ARC-Easy", "arc-challenge": "ARC-Challenge", "mmlu": "MMLU", "gsm8k": "GSM8K", "humaneval": "HumanEval", "spellingbee": "SpellingBee"}
+TASK_UNITS = {"arc-easy": "questions", "arc-challenge": "questions", "mmlu": "questions", "gsm8k": "problems", "humaneval": "problems", "spellingbee": "questions"}
 
 
 @dataclass
@@ -31,7 +39,7 @@ class EvalOptions:
     top_k: int | None = 50
     max_new_tokens: int = 512
     data: str | None = None  # the corpus for bpb
-    bpb_tokens: int = DEFAULT_BPB_TOKENS
+    bpb_tokens: int | None = None  # None: as many as the checkpoint's training evaluated its val bpb on
     data_source: str = "auto"  # auto | hub | packaged, for the chat tasks
 
 
@@ -44,6 +52,12 @@ class EvalRow:
     source: str
     seconds: float
     details: dict[str, Any] = field(default_factory=dict)
+    unit: str = "examples"  # what `examples` counts: tokens, questions, problems, tasks
+
+    @property
+    def on(self) -> str:
+        """What the value was measured on: `8,192 tokens`, `20 questions`."""
+        return f"{self.examples:,} {self.unit}"
 
 
 def parse_tasks(spec: str | None, source: str) -> tuple[str, ...]:
@@ -70,21 +84,24 @@ def corpus_name(meta: dict, override: str | None) -> str:
 
 
 def run_bpb(model, tokenizer, meta: dict, opts: EvalOptions, device, rank: int, world: int, progress) -> EvalRow:
+    """bpb on the train and val splits: the same rows pretraining's val bpb uses (see TextBpb)."""
+    import torch
+
     from nanochat.data.corpus import open_corpus
-    from nanochat.eval.bpb import evaluate_bpb, token_stream_batches
+    from nanochat.eval.bpb import TextBpb, bpb_stats, corpus_docs
     from nanochat.eval.core import model_max_len
 
     name = corpus_name(meta, opts.data)
-    seq_len = model_max_len(model) or 1024
-    rows_per_split = opts.max_per_task if opts.max_per_task > 0 else max(1, opts.bpb_tokens // seq_len)
-    steps = max(1, -(-rows_per_split // (opts.batch_size * world)))
+    seq_len = meta.get("max_seq_len") or model_max_len(model) or 1024
+    tokens = opts.bpb_tokens or meta.get("val_bpb_tokens") or DEFAULT_BPB_TOKENS
+    if opts.bpb_tokens is not None and tokens < seq_len:
+        raise NanochatError(f"--bpb-tokens {tokens} is less than one row of {seq_len} tokens; use at least {seq_len}")
     t0 = time.time()
-    out: dict[str, float] = {}
-    tick = progress("bpb", 2 * steps * world) if progress else None
-    for split in ("train", "val"):
-        corpus = open_corpus(name, split)
-        docs = (text for text, _ in corpus.iter_docs(rank=rank, world_size=world))
-        batches = token_stream_batches(tokenizer, docs, opts.batch_size, seq_len, device)
+    sets = {split: TextBpb(tokenizer, corpus_docs(open_corpus(name, split)), tokens, seq_len, rank, world) for split in ("train", "val")}
+    tick = progress("bpb", sum(s.steps(opts.batch_size) for s in sets.values()) * world) if progress else None
+    token_bytes = torch.tensor(tokenizer.token_bytes(), dtype=torch.int64, device=device)
+    out = {}
+    for split, text in sets.items():
 
         def counted(it):
             for b in it:
@@ -92,9 +109,9 @@ def run_bpb(model, tokenizer, meta: dict, opts: EvalOptions, device, rank: int, 
                 if tick:
                     tick()
 
-        out[split] = evaluate_bpb(model, counted(batches), steps, tokenizer.token_bytes())
-    tokens = steps * opts.batch_size * world * seq_len
-    return EvalRow("bpb", "val bpb", out["val"], tokens, f"corpus:{name}", time.time() - t0, {"train_bpb": out["train"], "val_bpb": out["val"], "tokens_per_split": tokens})
+        out[split] = bpb_stats(model, counted(text.batches(opts.batch_size, device)), None, token_bytes)
+    details = {"train_bpb": out["train"].bpb, "val_bpb": out["val"].bpb, "train_tokens": out["train"].tokens, "val_tokens": out["val"].tokens, "seq_len": seq_len}
+    return EvalRow("bpb", "val bpb", out["val"].bpb, out["val"].tokens, f"corpus:{name} (val split)", time.time() - t0, details, unit="tokens")
 
 
 def run_core(model, tokenizer, opts: EvalOptions, device, progress) -> EvalRow:
@@ -105,7 +122,7 @@ def run_core(model, tokenizer, opts: EvalOptions, device, progress) -> EvalRow:
     res = evaluate_core(model, tokenizer, bundle, device, opts.max_per_task, progress, batch_rows=opts.batch_size)
     n = sum(t["examples"] for t in res.tasks.values())
     details = {"label": res.label, "tasks": res.tasks, "missing": res.missing}
-    return EvalRow("core", res.label, res.core, n, res.origin, time.time() - t0, details)
+    return EvalRow("core", res.label, res.core, n, res.origin, time.time() - t0, details, unit="examples")
 
 
 def run_chat_task(name: str, model, tokenizer, opts: EvalOptions, device, progress, generate=None) -> EvalRow:
@@ -132,7 +149,7 @@ def run_chat_task(name: str, model, tokenizer, opts: EvalOptions, device, progre
     details = {"passed": res.passed}
     if res.too_long:
         details["too_long"] = res.too_long
-    return EvalRow(name, metric, res.accuracy, res.total, task.data_source, time.time() - t0, details)
+    return EvalRow(name, metric, res.accuracy, res.total, task.data_source, time.time() - t0, details, unit=TASK_UNITS.get(name, "examples"))
 
 
 def preflight(opts: EvalOptions, meta: dict) -> None:
@@ -162,9 +179,7 @@ def preflight(opts: EvalOptions, meta: dict) -> None:
 
 
 def run_suite(model, tokenizer, meta: dict, opts: EvalOptions, device, rank: int = 0, world: int = 1, progress=None, generate=None) -> list[EvalRow]:
-    """Every requested eval, in order; then ChatCORE when the six chat tasks all ran."""
-    from nanochat.eval.chat_eval import chatcore
-
+    """Every requested eval, in order; then ChatCORE over the chat tasks that ran (partial unless all six did)."""
     preflight(opts, meta)
     rows: list[EvalRow] = []
     for name in opts.tasks:
@@ -174,26 +189,51 @@ def run_suite(model, tokenizer, meta: dict, opts: EvalOptions, device, rank: int
             rows.append(run_bpb(model, tokenizer, meta, opts, device, rank, world, progress))
         else:
             rows.append(run_chat_task(name, model, tokenizer, opts, device, progress, generate))
-    cc = chatcore({r.task: r.value for r in rows if r.task in EVAL_TASK_NAMES and r.value is not None})
+    cc = chatcore_row(rows)
     if cc is not None:
-        rows.append(EvalRow("chatcore", "ChatCORE", cc, sum(r.examples for r in rows if r.task in EVAL_TASK_NAMES), "the six chat tasks above", 0.0))
+        rows.append(cc)
     return rows
 
 
-def report_data(rows: list[EvalRow]) -> dict:
-    """The report section of an eval (keys as eval/report.py documents)."""
-    data: dict[str, Any] = {}
+def chatcore_row(rows: list[EvalRow]) -> EvalRow | None:
+    """ChatCORE over the chat tasks among `rows` that have a value: `ChatCORE` when all six are there,
+    `ChatCORE (partial: k of 6 tasks)` otherwise; None when none of them ran."""
+    import math
+
+    from nanochat.eval.chat_eval import CHATCORE_TASKS, chatcore_partial
+
+    accs = {r.task: r.value for r in rows if r.task in CHATCORE_TASKS and r.value is not None and math.isfinite(r.value)}
+    if not accs:
+        return None
+    ran = [t for t in CHATCORE_TASKS if t in accs]
+    missing = [t for t in CHATCORE_TASKS if t not in accs]
+    label = "ChatCORE" if not missing else f"ChatCORE (partial: {len(ran)} of {len(CHATCORE_TASKS)} tasks)"
+    source = ", ".join(ran) + (f"; missing {', '.join(missing)}" if missing else "")
+    return EvalRow("chatcore", label, chatcore_partial(accs), len(ran), source, 0.0, {"tasks": ran, "missing": missing}, unit="tasks")
+
+
+def report_data(rows: list[EvalRow], step: int | None = None) -> dict:
+    """The report section of an eval: every result as a `metric()` (keys as eval/report.py documents)."""
+    from nanochat.eval.chat_eval import BASELINES
+    from nanochat.eval.report import metric
+
+    results: dict[str, dict] = {}
+    data: dict[str, Any] = {"step": step}
     for r in rows:
         if r.task == "core":
-            data["core"] = r.value
-            data["core_label"] = r.details["label"]
-            data["core_tasks"] = {k: v["centered"] for k, v in r.details["tasks"].items()}
+            results["core"] = metric(r.metric, r.value, r.examples, r.unit, step=step, source=r.source)
+            data["core_tasks"] = {k: {"accuracy": v["accuracy"], "centered": v["centered"], "examples": v["examples"]} for k, v in r.details["tasks"].items()}
         elif r.task == "bpb":
-            data["val_bpb"] = r.details["val_bpb"]
-            data["train_bpb"] = r.details["train_bpb"]
+            results["val_bpb"] = metric("val bpb", r.details["val_bpb"], r.details["val_tokens"], "tokens", step=step, source=r.source)
+            results["train_bpb"] = metric("train bpb", r.details["train_bpb"], r.details["train_tokens"], "tokens", step=step,
+                                          source=r.source.replace("(val split)", "(train split)"), summary=False)  # fmt: skip
+        elif r.task == "chatcore":
+            # the label says how many tasks it covers; `r.examples` counts tasks, not questions
+            results["chatcore"] = metric(r.metric, r.value, step=step, source=r.source)
         else:
-            data[r.task] = r.value
-        data[f"{r.task}_source"] = r.source
+            chance = BASELINES.get(r.task) if r.metric == "accuracy" else None  # letter choice: 1 in 4 by guessing
+            results[r.task] = metric(TASK_TITLES.get(r.task, r.task), r.value, r.examples, r.unit, kind=r.metric, step=step, source=r.source, chance=chance)
+    data["results"] = results
     data["total_time_s"] = sum(r.seconds for r in rows)
     return data
 
@@ -202,5 +242,5 @@ def results_json(rows: list[EvalRow], source: str, checkpoint: dict) -> dict:
     return {
         "source": source,
         "checkpoint": checkpoint,
-        "results": {r.task: {"metric": r.metric, "value": r.value, "examples": r.examples, "data_source": r.source, "seconds": round(r.seconds, 3), **r.details} for r in rows},
+        "results": {r.task: {"metric": r.metric, "value": r.value, "count": r.examples, "unit": r.unit, "data_source": r.source, "seconds": round(r.seconds, 3), **r.details} for r in rows},
     }

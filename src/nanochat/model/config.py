@@ -11,6 +11,9 @@ positions i-w .. i.
 The short window follows the reference, S = ceil(T/4/128)*128 (512 at T=2048), for T >= 512. Below that
 the rounding to 128 would make S >= T, and tiny CPU models would never exercise a real window, so for
 T < 512 we use S = max(1, ceil(T/4)) (64 at T=256, 16 at T=64). S never exceeds T.
+
+`smear` and `backout` switch the two cheap additions of model/gpt.py on (the default) or off (ablations; and
+checkpoints saved before they existed, whose config lacks the keys, load with both off).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class GPTConfig:
     n_kv_head: int = 6
     n_embd: int = 768
     window_pattern: str = "SSSL"
+    smear: bool = True  # mix the previous token's embedding into each position (a gated bigram path)
+    backout: bool = True  # subtract a share of the mid-depth residual before the final norm
 
     def __post_init__(self) -> None:
         for name in ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
@@ -86,6 +91,8 @@ class GPTConfig:
         head_dim: int = 128,
         n_kv_head: int | None = None,
         window_pattern: str = "SSSL",
+        smear: bool = True,
+        backout: bool = True,
     ) -> "GPTConfig":
         """The depth dial: width = ceil(depth * aspect_ratio / head_dim) * head_dim, heads = width / head_dim.
 
@@ -106,6 +113,8 @@ class GPTConfig:
             n_kv_head=n_head if n_kv_head is None else n_kv_head,
             n_embd=n_embd,
             window_pattern=window_pattern,
+            smear=smear,
+            backout=backout,
         )
 
     def to_dict(self) -> dict:
@@ -117,4 +126,5 @@ class GPTConfig:
         unknown = set(d) - known
         if unknown:
             raise NanochatError(f"model config has unknown keys {sorted(unknown)}; was it written by a newer nanochat?")
-        return cls(**d)
+        # checkpoints written before the smear gate and backout existed have neither
+        return cls(**{"smear": False, "backout": False, **d})

@@ -6,7 +6,13 @@
     cache = KVCache.for_model(model, batch_size=B, max_len=1024)
     logits = model(prompt, kv_cache=cache, last_only=True)   # prefill; then one token at a time the same way
 
+Embedding: x = norm(wte(idx)); then the smear gate mixes in the previous token's normed embedding,
+x[t] += smear_lambda * sigmoid(smear_gate(x[t, :24])) * x[t-1] (t >= 1; smear_lambda starts at 0, so the path
+opens as it learns). It hands every position a cheap bigram feature. With a KV cache the previous token of a row
+is read from the cache's token slots, so decode and prefill give what the full forward gives.
 Per block (pre-norm): x = resid_lambdas[i]*x + x0_lambdas[i]*x0, then x += attn(norm(x)), x += mlp(norm(x)).
+Backout: the residual after block n_layer // 2 is kept and backout_lambda (0.2 at init) times it is subtracted
+before the final norm, taking low-level features out of what the head reads.
 - norm is a parameter-free RMSNorm; no biases anywhere; token embedding and lm_head are untied.
 - attention: separate q/k/v/proj matrices, RoPE (base 100,000) then QK RMSNorm then q, k scaled by 1.2,
   grouped-query heads, a per-layer sliding window (config.window_sizes()).
@@ -36,6 +42,8 @@ SOFTCAP = 15.0
 QK_SCALE = 1.2  # q and k are multiplied by this after QK-norm: sharper attention (1.44 on the logits)
 VE_GATE_CHANNELS = 12  # the value-embedding gate reads the first 12 channels of the block input
 VE_GATE_RANGE = 3.0
+SMEAR_GATE_CHANNELS = 24  # the smear gate reads the first 24 channels of the normed embedding
+BACKOUT_INIT = 0.2
 ROTARY_POSITIONS_FACTOR = 10  # rotary tables cover 10 x sequence_len positions (for long generations)
 
 
@@ -118,6 +126,10 @@ class GPT(nn.Module):
         self.lm_head = Linear(d, V)
         self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))
         self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
+        self.smear_gate = Linear(min(SMEAR_GATE_CHANNELS, d), 1) if config.smear else None
+        self.smear_lambda = nn.Parameter(torch.zeros(1)) if config.smear else None
+        self.backout_lambda = nn.Parameter(torch.zeros(1)) if config.backout else None
+        self.backout_layer = config.n_layer // 2
         self.windows = config.window_sizes()
         self.compute_dtype = torch.float32
         self.attn_backend = "sdpa"
@@ -135,7 +147,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
-        """The reference's initialisation (REFERENCE.md section 3); `seed` makes it reproducible."""
+        """The reference's initialisation (docs/reference.md, "Model"); `seed` makes it reproducible."""
         gen = None
         if seed is not None:
             gen = torch.Generator(device=self.lm_head.weight.device)
@@ -159,6 +171,11 @@ class GPT(nn.Module):
         frac = torch.arange(L, dtype=torch.float32, device=self.resid_lambdas.device) / max(L - 1, 1)
         self.resid_lambdas.copy_(1.15 - 0.10 * frac)
         self.x0_lambdas.copy_(0.20 - 0.15 * frac)
+        if self.smear_gate is not None:
+            self.smear_gate.weight.uniform_(0.0, 0.02, generator=gen)
+            self.smear_lambda.zero_()
+        if self.backout_lambda is not None:
+            self.backout_lambda.fill_(BACKOUT_INIT)
         self.init_rotary()
 
     # ------------------------------------------------------------------------------------ forward
@@ -187,19 +204,26 @@ class GPT(nn.Module):
             if kv_cache.max_filled + T > self.cos.shape[0]:
                 raise NanochatError(f"position {kv_cache.max_filled + T} is past the model's {self.cos.shape[0]} rotary positions")
             cos, sin = self.cos[positions].unsqueeze(2), self.sin[positions].unsqueeze(2)
+        if last_only and targets is not None:
+            raise NanochatError("last_only gives logits for sampling; it cannot be combined with targets")
         dt = self.compute_dtype
         x = norm(self.wte(idx).to(dt))
+        if self.smear_gate is not None:
+            x = self._smear(x, idx, kv_cache, positions)
         x0 = x
+        mid = None
         masks: dict = {}  # with a KV cache, each window's mask is built once and shared by the layers
         for i, block in enumerate(self.h):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             ve = self.value_embeds[str(i)](idx).to(dt) if str(i) in self.value_embeds else None
             x = block(x, ve, cos, sin, self.windows[i], self.attn_backend, kv_cache, positions, masks)
+            if i == self.backout_layer:
+                mid = x
         if kv_cache is not None:
             kv_cache.advance(T)
+        if self.backout_lambda is not None:
+            x = x - self.backout_lambda.to(x.dtype) * mid
         if last_only:
-            if targets is not None:
-                raise NanochatError("last_only gives logits for sampling; it cannot be combined with targets")
             x = x[:, -1:]
         x = norm(x)
         logits = self.lm_head(x)[..., : self.config.vocab_size].float()
@@ -210,6 +234,17 @@ class GPT(nn.Module):
             raise NanochatError(f"loss_reduction {loss_reduction!r} must be 'mean' or 'none'")
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=loss_reduction)
         return loss.view(B, T) if loss_reduction == "none" else loss
+
+    def _smear(self, x: torch.Tensor, idx: torch.Tensor, kv_cache, positions) -> torch.Tensor:
+        """x[t] + smear_lambda * sigmoid(smear_gate(x[t, :24])) * x[t-1]; position 0 of a sequence has no predecessor."""
+        gate = self.smear_lambda.to(x.dtype) * torch.sigmoid(self.smear_gate(x[..., : self.smear_gate.in_features]))
+        if kv_cache is None:
+            return torch.cat([x[:, :1], x[:, 1:] + gate[:, 1:] * x[:, :-1]], dim=1)
+        # the previous token of every new token: earlier ones come from the cache's token slots
+        kv_cache.write_tokens(idx, positions)
+        prev = kv_cache.tokens.gather(1, (positions - 1).clamp(min=0))
+        has_prev = (positions > 0).unsqueeze(-1).to(x.dtype)
+        return x + has_prev * gate * norm(self.wte(prev).to(x.dtype))
 
     # ------------------------------------------------------------------------------------ accounting
 
@@ -222,6 +257,7 @@ class GPT(nn.Module):
             "matrices": [p for p in self.h.parameters()],
             "resid_lambdas": [self.resid_lambdas],
             "x0_lambdas": [self.x0_lambdas],
+            "smear": [p for p in (self.smear_gate.weight if self.smear_gate is not None else None, self.smear_lambda, self.backout_lambda) if p is not None],
         }
 
     def param_counts(self) -> dict[str, int]:
@@ -232,7 +268,7 @@ class GPT(nn.Module):
             "value_embeds": g["value_embeds"],
             "lm_head": g["lm_head"],
             "matrices": g["matrices"],
-            "scalars": g["resid_lambdas"] + g["x0_lambdas"],
+            "scalars": g["resid_lambdas"] + g["x0_lambdas"] + g["smear"],
         }
         counts["total"] = sum(counts.values())
         counts["scaling"] = counts["matrices"] + counts["lm_head"]
@@ -243,18 +279,22 @@ class GPT(nn.Module):
         """N of the scaling laws: transformer matrices + lm_head (no embeddings, value embeddings, scalars)."""
         return self.param_counts()["scaling"]
 
+    def _matmul_params(self) -> int:
+        """Weights multiplied with the token stream: every Linear but the smear gate (a 24-wide gate, counted as a scalar)."""
+        return sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear) and m is not self.smear_gate)
+
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward): 6 x matmul params + 12*heads*head_dim*min(window, T) per layer."""
         c = self.config
         T = seq_len or c.sequence_len
-        matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        matmul = self._matmul_params()
         attn = sum(12 * c.n_head * c.head_dim * min(w, T) for w in self.windows)
         return float(6 * matmul + attn)
 
     def inference_flops_per_token(self, context_len: int) -> float:
         """Forward FLOPs of one token that attends to `context_len` tokens: 2 x matmul params + 4*heads*head_dim*min(window, context) per layer."""
         c = self.config
-        matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        matmul = self._matmul_params()
         return float(2 * matmul + sum(4 * c.n_head * c.head_dim * min(w, context_len) for w in self.windows))
 
     def kv_bytes_per_token(self, dtype: torch.dtype | None = None) -> int:

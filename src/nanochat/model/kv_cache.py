@@ -4,6 +4,7 @@ Layout (FlashAttention-3's native one, so FA3 can read and write it in place):
 
     k, v      (n_layer, batch, max_len, n_kv_head, head_dim), in the model's compute dtype
     lengths   (batch,) int32 on the cache's device: tokens filled in each row
+    tokens    (batch, max_len) int64: the token id in each slot (the model's smear gate reads a row's previous token)
 
 Keys are stored after RoPE and QK-norm, so a cached key already carries its position.
 
@@ -46,6 +47,7 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.lengths = torch.zeros(batch_size, device=device, dtype=torch.int32)
+        self.tokens = torch.zeros((batch_size, max_len), device=device, dtype=torch.long)
         self.max_filled = 0
         self.read_all = read_all
 
@@ -97,6 +99,10 @@ class KVCache:
         self.k[layer][rows, positions] = k.to(self.k.dtype)
         self.v[layer][rows, positions] = v.to(self.v.dtype)
 
+    def write_tokens(self, idx: torch.Tensor, positions: torch.Tensor) -> None:
+        """Store the token ids idx (batch, t_new) at `positions` (batch, t_new)."""
+        self.tokens.scatter_(1, positions, idx)
+
     def filled(self, layer: int, t_new: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of layer `layer` up to the longest row after t_new more tokens (a view)."""
         n = self.max_len if self.read_all else self.max_filled + t_new
@@ -117,5 +123,6 @@ class KVCache:
             raise NanochatError(f"the source cache holds {n} tokens but this one has only {self.max_len} slots")
         self.k[:, :, :n] = other.k[:, :, :n]
         self.v[:, :, :n] = other.v[:, :, :n]
+        self.tokens[:, :n] = other.tokens[:, :n]
         self.lengths.copy_(other.lengths.expand(self.batch_size))
         self.max_filled = n

@@ -5,12 +5,13 @@ synchronises gradients across processes, so no DDP wrapper is needed.
     loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
     opt.set_schedule(lr_multiplier, muon_momentum, weight_decay)   # every step
 
-Groups (REFERENCE.md section 4; AdamW LRs of the embeddings and the head scaled by (n_embd/768)^-0.5):
+Groups (docs/reference.md, "Optimizer"; AdamW LRs of the embeddings and the head scaled by (n_embd/768)^-0.5):
     lm_head        AdamW  unembedding_lr*s       betas (0.8, 0.96)   wd 0.01
     wte            AdamW  embedding_lr*s         betas (0.8, 0.995)  wd 0.001
     value_embeds   AdamW  embedding_lr*s*0.5     betas (0.8, 0.995)  wd 0.01
     resid_lambdas  AdamW  scalar_lr*0.01         betas (0.8, 0.95)   wd 0.05
     x0_lambdas     AdamW  scalar_lr              betas (0.96, 0.95)  wd 0
+    smear          AdamW  0.2 (fixed)            betas (0.8, 0.95)   wd 0     (smear gate, smear and backout lambdas)
     muon_RxC       Muon   matrix_lr              momentum 0.95 (scheduled), beta2 0.9, cautious wd = weight_decay (scheduled)
 All AdamW eps 1e-10. One Muon group per distinct matrix shape among the transformer blocks.
 
@@ -242,6 +243,30 @@ class MuonAdamW(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
 
 
+SMEAR_LR = 0.2  # the smear gate, smear lambda and backout lambda: a fixed AdamW LR, neither width- nor batch-scaled
+
+
+def adamw_groups(
+    n_embd: int, *, embedding_lr: float, unembedding_lr: float, scalar_lr: float, smear_lr: float = SMEAR_LR
+) -> list[tuple[str, float, tuple[float, float], float]]:
+    """(group, effective LR, betas, weight decay) of every AdamW group: the LRs after the width factor
+    (n_embd/768)^-0.5 and the per-group multipliers, exactly as the optimizer uses them."""
+    s = (n_embd / 768) ** -0.5
+    return [
+        ("lm_head", unembedding_lr * s, (0.8, 0.96), 0.01),
+        ("wte", embedding_lr * s, (0.8, 0.995), 0.001),
+        ("value_embeds", embedding_lr * s * 0.5, (0.8, 0.995), 0.01),
+        ("resid_lambdas", scalar_lr * 0.01, (0.8, 0.95), 0.05),
+        ("x0_lambdas", scalar_lr, (0.96, 0.95), 0.0),
+        ("smear", smear_lr, (0.8, 0.95), 0.0),
+    ]
+
+
+def muon_lr(matrix_lr: float, rows: int, cols: int) -> float:
+    """The LR a Muon matrix of shape (rows, cols) really steps with: tall matrices get x sqrt(rows/cols)."""
+    return matrix_lr * max(1.0, rows / cols) ** 0.5
+
+
 def build_optimizer(
     model,
     *,
@@ -249,6 +274,7 @@ def build_optimizer(
     embedding_lr: float = 0.3,
     unembedding_lr: float = 0.008,
     scalar_lr: float = 0.5,
+    smear_lr: float = SMEAR_LR,
     weight_decay: float = 0.28,
     muon_momentum: float = 0.95,
     muon_beta2: float = 0.9,
@@ -261,18 +287,11 @@ def build_optimizer(
     Polar Express runs in bf16 when the model computes in bf16 on a GPU, as the reference does; otherwise in the
     parameters' float32."""
     groups = model.param_groups()
-    s = (model.config.n_embd / 768) ** -0.5
-    adamw = [
-        ("lm_head", groups["lm_head"], unembedding_lr * s, (0.8, 0.96), 0.01),
-        ("wte", groups["wte"], embedding_lr * s, (0.8, 0.995), 0.001),
-        ("value_embeds", groups["value_embeds"], embedding_lr * s * 0.5, (0.8, 0.995), 0.01),
-        ("resid_lambdas", groups["resid_lambdas"], scalar_lr * 0.01, (0.8, 0.95), 0.05),
-        ("x0_lambdas", groups["x0_lambdas"], scalar_lr, (0.96, 0.95), 0.0),
-    ]
+    specs = adamw_groups(model.config.n_embd, embedding_lr=embedding_lr, unembedding_lr=unembedding_lr, scalar_lr=scalar_lr, smear_lr=smear_lr)
     param_groups = [
-        {"kind": "adamw", "name": name, "params": ps, "lr": lr, "betas": betas, "eps": 1e-10, "weight_decay": wd}
-        for name, ps, lr, betas, wd in adamw
-        if ps
+        {"kind": "adamw", "name": name, "params": groups[name], "lr": lr, "betas": betas, "eps": 1e-10, "weight_decay": wd}
+        for name, lr, betas, wd in specs
+        if groups.get(name)
     ]
     by_shape: dict[tuple, list] = {}
     for p in groups["matrices"]:

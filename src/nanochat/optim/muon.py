@@ -1,6 +1,6 @@
 """Muon for a stack of same-shape matrices: Nesterov momentum, orthogonalisation, NorMuon, cautious decay.
 
-One step on a stack P, G of K matrices (K, rows, cols), as in the reference nanochat (REFERENCE.md section 4):
+One step on a stack P, G of K matrices (K, rows, cols), as in the reference nanochat (docs/reference.md, "Optimizer"):
 1. Nesterov momentum: buf <- lerp(buf, G, 1-mu); U = lerp(G, buf, mu).
 2. MuonEq: scale every row of U to the mean row norm ||U||_F / sqrt(rows) (evens out rows before step 3).
 3. U / (1.01 ||U||_F + 1e-6), then five Polar Express iterations U <- aU + (bA + cA^2)U with A = U U^T (on the

@@ -1,4 +1,4 @@
-"""Training schedules of the reference (REFERENCE.md section 2.4): LR multiplier, Muon momentum, weight decay.
+"""Training schedules of the reference (docs/reference.md, "The depth dial and schedules"): LR multiplier, Muon momentum, weight decay.
 
 All are pure functions of the step `it` (0-based) and the run length `num_iterations`; the trainer feeds them to
 `MuonAdamW.set_schedule(lr_multiplier(...), muon_momentum(...), weight_decay(...))` every step.
@@ -13,15 +13,28 @@ def _warmdown_start(num_iterations: int, warmdown_ratio: float) -> int:
     return num_iterations - round(warmdown_ratio * num_iterations)
 
 
-def lr_multiplier(it: int, num_iterations: int, warmup_steps: int = 40, warmdown_ratio: float = 0.65, final_lr_frac: float = 0.05) -> float:
-    """Linear warmup (it+1)/warmup_steps, then 1.0, then a linear warmdown that reaches final_lr_frac at the last step."""
+WARMDOWN_SHAPES = ("linear", "sqrt")
+
+
+def lr_multiplier(
+    it: int, num_iterations: int, warmup_steps: int = 40, warmdown_ratio: float = 0.65, final_lr_frac: float = 0.05, shape: str = "linear"
+) -> float:
+    """Linear warmup (it+1)/warmup_steps, then 1.0, then a warmdown that reaches final_lr_frac at the last step.
+
+    The warmdown falls linearly in its progress p (the reference's), or as 1 - sqrt(p) with shape="sqrt" (the
+    "1-sqrt" cooldown of Hägele et al. 2024, arXiv 2405.18392, which they found better than linear): it drops
+    faster at first and flattens towards the end."""
     if it < warmup_steps:
         return (it + 1) / warmup_steps
     start = _warmdown_start(num_iterations, warmdown_ratio)
     if it < start:
         return 1.0
-    progress = (it - start) / max(num_iterations - start, 1)
-    return 1.0 + (final_lr_frac - 1.0) * min(progress, 1.0)
+    progress = min((it - start) / max(num_iterations - start, 1), 1.0)
+    if shape == "sqrt":
+        progress = math.sqrt(progress)
+    elif shape != "linear":
+        raise ValueError(f"warmdown shape {shape!r} is not one of {WARMDOWN_SHAPES}")
+    return 1.0 + (final_lr_frac - 1.0) * progress
 
 
 def muon_momentum(

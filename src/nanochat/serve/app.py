@@ -44,7 +44,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from nanochat.common.errors import NanochatError
+from nanochat.common.errors import NanochatError, UsageError
 from nanochat.engine.prompt import render_chat_prompt
 from nanochat.serve import completions as completions_api
 from nanochat.serve.outputs import chat_logprobs
@@ -100,7 +100,7 @@ def is_loopback(host: str) -> bool:
 def check_bind(host: str, api_key: str | None, insecure: bool) -> None:
     """Refuse to expose an unauthenticated server beyond this machine unless asked to."""
     if not is_loopback(host) and not api_key and not insecure:
-        raise NanochatError(
+        raise UsageError(
             f"refusing to bind {host} without an API key: anyone who can reach it could use the model; "
             "pass --api-key KEY (or --insecure to accept that), or bind 127.0.0.1"
         )

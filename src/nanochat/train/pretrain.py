@@ -30,7 +30,7 @@ from nanochat.common import checkpoint as ck
 from nanochat.common.errors import NanochatError, UsageError
 from nanochat.common.logging import console, print0, table, warn0
 from nanochat.optim import schedules
-from nanochat.eval.bpb import evaluate_bpb
+from nanochat.eval.bpb import TextBpb, corpus_docs
 from nanochat.train.loop import (
     MetricsLog,
     Progress,
@@ -56,6 +56,8 @@ class PretrainConfig:
     head_dim: int = 128
     n_kv_head: int | None = None
     window_pattern: str = "SSSL"
+    smear: bool = True
+    backout: bool = True
     max_seq_len: int = 2048
     device_batch_size: int = 32
     total_batch_size: int = -1  # -1 = auto
@@ -70,6 +72,7 @@ class PretrainConfig:
     warmup_steps: int = 40
     warmdown_ratio: float = 0.65
     final_lr_frac: float = 0.05
+    warmdown_shape: str = "linear"  # linear | sqrt (optim.schedules.lr_multiplier)
     eval_every: int = 250
     eval_tokens: int = -1  # -1 = auto: 80 × 2^19 on CUDA, 20 micro-batches elsewhere
     sample_every: int = 2000
@@ -96,22 +99,40 @@ class PretrainConfig:
         return self.model_tag or f"d{self.depth}"
 
     def validate(self) -> None:
-        if self.depth < 1:
-            raise UsageError(f"--depth {self.depth} must be at least 1")
+        """Refuse option values that make no run (bad usage, exit 2); reads no files, so commands call it first."""
+        from nanochat.common import checks
+        from nanochat.common.device import check_device_name
+
+        checks.count("depth", self.depth)
         if self.max_seq_len < 8:
             raise UsageError(f"--max-seq-len {self.max_seq_len} is too short; use at least 8")
-        if self.device_batch_size < 1:
-            raise UsageError(f"--device-batch-size {self.device_batch_size} must be at least 1")
-        if not (0.0 <= self.warmdown_ratio <= 1.0):
-            raise UsageError(f"--warmdown-ratio {self.warmdown_ratio} must be between 0 and 1")
-        if self.warmup_steps < 0:
-            raise UsageError(f"--warmup-steps {self.warmup_steps} must be 0 or more")
-        if self.keep_last is not None and self.keep_last < 1:
-            raise UsageError(f"--keep-last {self.keep_last} must be at least 1")
-        if self.resume not in ("auto", "never") and not self.resume.isdigit():
-            raise UsageError(f"--resume {self.resume!r} must be auto, never or a step number")
-        if self.max_bad_steps < 1:
-            raise UsageError("--max-bad-steps must be at least 1")
+        checks.count("device_batch_size", self.device_batch_size)
+        checks.count("total_batch_size", self.total_batch_size, minus_one="auto")
+        checks.count("num_iterations", self.num_iterations, minus_one="derive them from --target-flops or --target-param-data-ratio")
+        checks.number("target_flops", self.target_flops, low=0, low_open=True, minus_one="off")
+        checks.number("target_param_data_ratio", self.target_param_data_ratio, low=0, low_open=True, minus_one="off")
+        for name in ("aspect_ratio", "head_dim", "n_kv_head", "tokenizer_threads", "max_bad_steps"):
+            checks.count(name, getattr(self, name))
+        if self.head_dim % 2:
+            raise UsageError(f"--head-dim {self.head_dim} is odd; rotary embeddings need an even head dim, e.g. 64 or 128")
+        if not self.window_pattern or set(self.window_pattern.upper()) - {"S", "L"}:
+            raise UsageError(f"--window-pattern {self.window_pattern!r} must be letters S (short window) and L (long), e.g. SSSL")
+        for name in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr", "weight_decay"):
+            checks.number(name, getattr(self, name), low=0)
+        checks.count("warmup_steps", self.warmup_steps, low=0)
+        checks.number("warmdown_ratio", self.warmdown_ratio, low=0, high=1)
+        checks.number("final_lr_frac", self.final_lr_frac, low=0, high=1)
+        if self.warmdown_shape not in schedules.WARMDOWN_SHAPES:
+            raise UsageError(f"--warmdown-shape {self.warmdown_shape!r} must be one of {', '.join(schedules.WARMDOWN_SHAPES)}")
+        for name in ("eval_every", "sample_every", "core_metric_every", "save_every"):
+            checks.count(name, getattr(self, name), minus_one="off" if name != "save_every" else "only at the end")
+        checks.count("eval_tokens", self.eval_tokens, minus_one="auto")
+        checks.count("core_metric_max_per_task", self.core_metric_max_per_task, minus_one="all")
+        checks.count("keep_last", self.keep_last)
+        checks.resume(self.resume)
+        if self.model_tag is not None:
+            ck.checkpoint_dir("base", self.model_tag)  # a tag that is not a folder name is refused there
+        check_device_name(self.device)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -124,7 +145,7 @@ def model_config(cfg: PretrainConfig, vocab_size: int, depth: int | None = None)
     return GPTConfig.from_depth(
         cfg.depth if depth is None else depth, vocab_size, cfg.max_seq_len,
         aspect_ratio=cfg.aspect_ratio, head_dim=cfg.head_dim, n_kv_head=cfg.n_kv_head if depth is None else None,
-        window_pattern=cfg.window_pattern,
+        window_pattern=cfg.window_pattern, smear=cfg.smear, backout=cfg.backout,
     )  # fmt: skip
 
 
@@ -249,6 +270,26 @@ def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
+def _report_data(summary: dict, step: int, min_val_step: int | None) -> dict:
+    """The report section: the summary, with its val bpbs as metrics named with their token count."""
+    from nanochat.eval.report import metric
+
+    data = {k: v for k, v in summary.items() if k not in ("min_val_bpb", "final_val_bpb")}
+    tokens, source = summary["val_bpb_tokens"], f"corpus:{summary['data']} (val split)"
+    results = {}
+    if _finite(summary["final_val_bpb"]) is not None:
+        # the final checkpoint's, by the training loop: `nanochat eval --tasks bpb` of that checkpoint is the
+        # same computation (its entry replaces this one in the summary); named apart in case a compiled
+        # model's rounding makes the two differ in the last digit
+        results["val_bpb"] = metric("end-of-training val bpb", summary["final_val_bpb"], tokens, "tokens", step=step, source=source)
+    if summary["min_val_bpb"] is not None:
+        results["min_val_bpb"] = metric("lowest val bpb during training", summary["min_val_bpb"], tokens, "tokens", step=min_val_step, source=source, summary=False)
+    if results:
+        data["results"] = results
+        data["series_labels"] = {"val_bpb": f"val bpb (bits per byte) on {tokens:,} tokens"}
+    return data
+
+
 def _seed_everything(seed: int) -> None:
     import numpy as np
     import torch
@@ -293,7 +334,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
 
     from nanochat.common.device import choose_dtype, peak_flops
     from nanochat.data.corpus import open_corpus
-    from nanochat.data.loader import MicroStepLoader, PackingLoader
+    from nanochat.data.loader import MicroStepLoader
     from nanochat.data.tokenizer import get_tokenizer
     from nanochat.model.gpt import build_model
     from nanochat.optim import build_optimizer
@@ -359,14 +400,18 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     # ---- print every derived value
     peak = peak_flops(device_type)
     eval_tokens = cfg.eval_tokens if cfg.eval_tokens > 0 else (80 * B_REF if device_type == "cuda" else 20 * cfg.device_batch_size * cfg.max_seq_len * world)
-    eval_steps = max(1, eval_tokens // (cfg.device_batch_size * cfg.max_seq_len * world))
+    # val bpb is TextBpb: the same rows of the val split for any batch size or process count, and the
+    # same computation `nanochat eval --tasks bpb` runs on this run's checkpoints (it reads val_bpb_tokens)
+    val_text = (TextBpb(tokenizer, corpus_docs(val_corpus), eval_tokens, cfg.max_seq_len, rank, world, max(1, min(cfg.tokenizer_threads, os.cpu_count() or 1)))
+                if cfg.eval_every > 0 else None)  # fmt: skip
+    val_tokens = val_text.tokens if val_text is not None else max(1, eval_tokens // cfg.max_seq_len) * cfg.max_seq_len
     compile_model = cfg.compile if cfg.compile is not None else device_type == "cuda"
     core_every = cfg.core_metric_every if cfg.core_metric_every is not None else (2000 if device_type == "cuda" else -1)
     rows = plan_rows(facts, opts, plan) + [
-        ("schedule", f"warmup {cfg.warmup_steps}, warmdown {cfg.warmdown_ratio:g} → {cfg.final_lr_frac:g}× LR; Muon momentum 0.85→0.97→0.90; WD cosine to 0"),
+        ("schedule", f"warmup {cfg.warmup_steps}, {cfg.warmdown_shape} warmdown {cfg.warmdown_ratio:g} → {cfg.final_lr_frac:g}× LR; Muon momentum 0.85→0.97→0.90; WD cosine to 0"),
         ("device", f"{device} × {world} ({str(dtype).removeprefix('torch.')}{', compiled' if compile_model else ''}; attention {model.attn_backend})"),
         ("peak FLOP/s (MFU)", f"{peak * world:.3g}" if peak else "unknown (MFU not shown)"),
-        ("data", f"{cfg.data} (train); " + (f"val bpb every {cfg.eval_every} steps on {eval_steps * cfg.device_batch_size * cfg.max_seq_len * world:,} tokens"
+        ("data", f"{cfg.data} (train); " + (f"val bpb every {cfg.eval_every} steps on {val_tokens:,} tokens"
                                               if cfg.eval_every > 0 else "val bpb off")),
         ("CORE", f"every {core_every} steps and at the end, {cfg.core_metric_max_per_task} per task" if core_every > 0 else "off"),
         ("checkpoints", f"{run_dir} (every {cfg.save_every if cfg.save_every > 0 else '-'} steps and at the end; keep {cfg.keep_last or 'all'})"),
@@ -391,6 +436,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     smooth_n = loop_state.get("smooth_n", 0)
     min_val = loop_state.get("min_val_bpb")
     min_val = float("inf") if min_val is None else min_val
+    min_val_step = loop_state.get("min_val_bpb_step")
     val_bpb = loop_state.get("val_bpb")
     bad_in_row = 0
     tokens_per_step = plan.total_batch_size
@@ -407,12 +453,12 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
 
     def save(at_step: int) -> None:
         t0 = time.time()
-        loop = {"smooth_loss": smooth, "smooth_n": smooth_n, "min_val_bpb": _finite(min_val), "val_bpb": _finite(val_bpb),
+        loop = {"smooth_loss": smooth, "smooth_n": smooth_n, "min_val_bpb": _finite(min_val), "min_val_bpb_step": min_val_step, "val_bpb": _finite(val_bpb),
                 "total_training_time": clock.total}  # fmt: skip
         meta = {
             "model_config": gpt_config.to_dict(), "user_config": user_config, "plan": plan.to_dict(),
             "device_batch_size": cfg.device_batch_size, "max_seq_len": cfg.max_seq_len, "total_batch_size": plan.total_batch_size,
-            "val_bpb": _finite(val_bpb), "loop_state": loop, "tokenizer_vocab_size": vocab, "data": cfg.data,
+            "val_bpb": _finite(val_bpb), "val_bpb_tokens": val_tokens, "loop_state": loop, "tokenizer_vocab_size": vocab, "data": cfg.data,
         } if master else None  # fmt: skip
         rank_state = {"loader": loader.state_dict(), "rng": ck.capture_rng()}
         path = ck.save_checkpoint(
@@ -428,16 +474,14 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
             top_done_for = step
             # ---- evaluate, sample, save (at the top of a step: the state after `step` updates)
             if top and cfg.eval_every > 0 and (last or step % cfg.eval_every == 0) and not (info and step == start_step and val_bpb is not None):
-                val_loader = PackingLoader(val_corpus, tokenizer, cfg.device_batch_size, cfg.max_seq_len, rank=rank, world_size=world,
-                                           device=device, threads=threads, buffer_size=100)  # fmt: skip
                 model.eval()
-                val_bpb = evaluate_bpb(train_model, val_loader, eval_steps, token_bytes)
+                val_bpb = val_text.evaluate(train_model, cfg.device_batch_size, token_bytes, device).bpb
                 model.train()
-                val_loader.close()
-                min_val = min(min_val, val_bpb)
+                if val_bpb < min_val:
+                    min_val, min_val_step = val_bpb, step
                 val_series.append([step, val_bpb])
-                progress.note(f"step {step:05d} | val bpb {val_bpb:.4f} (best {min_val:.4f})")
-                metrics.write({"kind": "eval", "step": step, "val_bpb": val_bpb})
+                progress.note(f"step {step:05d} | val bpb {val_bpb:.4f} on {val_tokens:,} tokens (lowest {min_val:.4f})")
+                metrics.write({"kind": "eval", "step": step, "val_bpb": val_bpb, "tokens": val_tokens})
                 if wb:
                     wb.log({"step": step, "val/bpb": val_bpb})
             if top and core_every > 0 and (last or step % core_every == 0) and step > 0:
@@ -478,7 +522,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
                     )
                 continue
             bad_in_row = 0
-            lrm = schedules.lr_multiplier(step, n, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac)
+            lrm = schedules.lr_multiplier(step, n, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac, cfg.warmdown_shape)
             momentum = schedules.muon_momentum(step, n, warmdown_ratio=cfg.warmdown_ratio)
             wd = schedules.weight_decay(step, n, plan.weight_decay)
             optimizer.set_schedule(lrm, momentum, wd)
@@ -521,7 +565,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
         "depth": cfg.depth, "model_tag": cfg.tag, "data": cfg.data, "params": facts.total_params, "scaling_params": facts.scaling_params,
         "flops_per_token": facts.flops_per_token, "iterations": n, "final_step": step, "tokens": plan.total_tokens,
         "total_batch_size": plan.total_batch_size, "world_size": world, "device": device_type,
-        "min_val_bpb": min_val if math.isfinite(min_val) else None, "final_val_bpb": val_bpb, "total_time_s": time.time() - t_run, "training_time_s": clock.total,
+        "min_val_bpb": min_val if math.isfinite(min_val) else None, "final_val_bpb": val_bpb, "val_bpb_tokens": val_tokens, "total_time_s": time.time() - t_run, "training_time_s": clock.total,
         "mfu_pct": (100 * flops_per_step * clock.timed_steps / clock.total / (peak * world)) if (peak and clock.total) else None,
         "stopped_by": stop.signame if stopped_by_signal else None,
     }  # fmt: skip
@@ -531,10 +575,11 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
         if stopped_by_signal:
             print0(f"{stop.signame}: saved step {step} and stopped; `nanochat pretrain ... --resume auto` continues")
         else:
-            print0(f"done: {step} steps, min val bpb {min_val:.4f}, training time {format_duration(clock.total)}")
+            bpb_note = f"val bpb {val_bpb:.4f} on {val_tokens:,} tokens (lowest {min_val:.4f}, step {min_val_step})" if val_bpb is not None and math.isfinite(val_bpb) else "val bpb off"
+            print0(f"done: {step} steps, {bpb_note}, training time {format_duration(clock.total)}")
             if core_series:
                 summary["core"] = core_series[-1][1]
-            record_report("pretrain", summary, {"train_loss": train_series, "val_bpb": val_series, **({"core": core_series} if core_series else {})}, title="Base model training")
+            record_report("pretrain", _report_data(summary, step, min_val_step), {"train_loss": train_series, "val_bpb": val_series, **({"core": core_series} if core_series else {})}, title="Base model training")
     if wb:
         wb.finish()
     return summary

@@ -75,21 +75,35 @@ class RLConfig:
     device: str = "auto"
 
     def validate(self) -> None:
+        """Refuse option values that make no run (bad usage, exit 2); reads no files, so commands call it first."""
+        from nanochat.common import checks
+        from nanochat.common.device import check_device_name
+
+        checks.one_of("source", self.source, ck.SOURCES)
         if self.train_split not in ("auto", "train", "train-from-test"):
             raise UsageError(f"--train-split {self.train_split!r} must be auto, train or train-from-test")
-        for name in ("device_batch_size", "examples_per_step", "num_samples", "max_new_tokens", "num_epochs"):
+        for name in ("device_batch_size", "examples_per_step", "num_samples", "max_new_tokens", "num_epochs", "eval_examples"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
         if self.num_samples % self.sampling_batch:
             raise UsageError(f"--num-samples {self.num_samples} must be a multiple of --device-batch-size {self.device_batch_size}")
+        checks.count("num_iterations", self.num_iterations, minus_one="epochs × problems // examples per step")
+        checks.count("step", self.step, low=0)
         if self.temperature < 0:
             raise UsageError(f"--temperature {self.temperature} must be 0 or more")
+        checks.count("top_k", self.top_k, low=0)
+        for name in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr"):
+            checks.number(name, getattr(self, name), low=0)
         if not (0.0 < self.init_lr_frac <= 1.0):
             raise UsageError(f"--init-lr-frac {self.init_lr_frac} must be in (0, 1]")
+        checks.count("eval_every", self.eval_every, minus_one="off")
+        checks.count("save_every", self.save_every, minus_one="only at the end")
         if self.keep_last is not None and self.keep_last < 1:
             raise UsageError(f"--keep-last {self.keep_last} must be at least 1")
-        if self.resume not in ("auto", "never") and not self.resume.isdigit():
-            raise UsageError(f"--resume {self.resume!r} must be auto, never or a step number")
+        checks.resume(self.resume)
+        if self.model_tag is not None:
+            ck.checkpoint_dir("rl", self.model_tag)  # a tag that is not a folder name is refused there
+        check_device_name(self.device)
 
     @property
     def sampling_batch(self) -> int:

@@ -184,8 +184,18 @@ def plan_rows(facts: ModelFacts, opts: ScalingOptions, plan: TrainPlan) -> list[
         ("tokens", f"{plan.total_tokens:,} ({plan.tokens_per_param:.2f} per scaling param)"),
         ("total FLOPs", f"{plan.total_flops:.3e}"),
         ("LR scale √(B/B_ref)", f"{plan.lr_scale:.4f}"),
-        ("matrix LR (Muon)", f"{plan.matrix_lr:.6g}"),
-        ("embedding / unembedding LR", f"{plan.embedding_lr:.6g} / {plan.unembedding_lr:.6g}"),
-        ("scalar LR", f"{plan.scalar_lr:.6g}"),
-        ("weight decay", f"{plan.weight_decay:.6g}"),
-    ]
+        ("base LRs (× LR scale)", f"matrix {plan.matrix_lr:.6g}, embedding {plan.embedding_lr:.6g}, "
+                                  f"unembedding {plan.unembedding_lr:.6g}, scalar {plan.scalar_lr:.6g}"),
+        *effective_lr_rows(facts.model_dim, plan),
+        ("weight decay (Muon)", f"{plan.weight_decay:.6g}"),
+    ]  # fmt: skip
+
+
+def effective_lr_rows(model_dim: int, plan: TrainPlan) -> list[tuple[str, str]]:
+    """The learning rate each optimizer group really steps with (width factor and group multipliers applied)."""
+    from nanochat.optim.combined import adamw_groups, muon_lr
+
+    groups = adamw_groups(model_dim, embedding_lr=plan.embedding_lr, unembedding_lr=plan.unembedding_lr, scalar_lr=plan.scalar_lr)
+    d = model_dim
+    rows = [("effective LR Muon", f"{plan.matrix_lr:.6g}"), (f"effective LR Muon c_fc ({4 * d}×{d})", f"{muon_lr(plan.matrix_lr, 4 * d, d):.6g} (tall: ×√4)")]
+    return rows + [(f"effective LR {name} (AdamW)", f"{lr:.6g}") for name, lr, _, _ in groups]

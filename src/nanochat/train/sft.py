@@ -32,7 +32,7 @@ from nanochat.common import checkpoint as ck
 from nanochat.engine.loading import load_model
 from nanochat.common.errors import NanochatError, UsageError
 from nanochat.common.logging import print0, table, warn0
-from nanochat.eval.bpb import evaluate_bpb
+from nanochat.eval.bpb import bpb_stats
 from nanochat.train.loop import (
     MetricsLog,
     Progress,
@@ -85,20 +85,36 @@ class SFTConfig:
     dry_run: bool = False
 
     def validate(self) -> None:
+        """Refuse option values that make no run (bad usage, exit 2); reads no files, so commands call it first."""
+        from nanochat.common import checks
+        from nanochat.common.device import check_device_name
+
         if self.source not in ("base", "sft"):
             raise UsageError(f"--source {self.source!r}: SFT starts from base (or an earlier sft) checkpoint")
+        if self.data not in ("web", "demo"):
+            raise UsageError(f"--data {self.data!r} is not an SFT mixture; use web (SmolTalk, MMLU, GSM8K; online) or demo (packaged, offline)")
         for name in ("init_lr_frac", "warmup_ratio", "warmdown_ratio", "final_lr_frac"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= (10.0 if name == "init_lr_frac" else 1.0):
-                raise UsageError(f"--{name.replace('_', '-')} {v} is out of range")
+            checks.number(name, getattr(self, name), low=0, high=10.0 if name == "init_lr_frac" else 1.0)
         if self.warmup_ratio + self.warmdown_ratio > 1.0:
             raise UsageError("--warmup-ratio + --warmdown-ratio must be at most 1")
-        if self.resume not in ("auto", "never") and not self.resume.isdigit():
-            raise UsageError(f"--resume {self.resume!r} must be auto, never or a step number")
-        if self.num_iterations == 0 or self.num_iterations < -1:
-            raise UsageError(f"--num-iterations {self.num_iterations} must be positive, or -1 for one epoch")
-        if self.keep_last is not None and self.keep_last < 1:
-            raise UsageError(f"--keep-last {self.keep_last} must be at least 1")
+        checks.resume(self.resume)
+        checks.count("num_iterations", self.num_iterations, minus_one="one epoch")
+        checks.count("step", self.step, low=0)
+        if self.max_seq_len is not None and self.max_seq_len < 8:
+            raise UsageError(f"--max-seq-len {self.max_seq_len} is too short; use at least 8 (or omit it for the base run's)")
+        for name in ("device_batch_size", "total_batch_size", "keep_last", "max_bad_steps"):
+            checks.count(name, getattr(self, name))
+        for name in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr"):
+            checks.number(name, getattr(self, name), low=0)
+        for name in ("mmlu_epochs", "gsm8k_epochs"):
+            checks.count(name, getattr(self, name), low=0)
+        checks.count("eval_every", self.eval_every, minus_one="off")
+        checks.count("eval_tokens", self.eval_tokens, minus_one="auto")
+        checks.count("save_every", self.save_every, minus_one="only at the end")
+        for tag in (self.model_tag, self.out_tag):
+            if tag is not None:
+                ck.checkpoint_dir("sft", tag)  # a tag that is not a folder name is refused there
+        check_device_name(self.device)
 
 
 def lr_multiplier(progress: float, init_lr_frac: float, warmup_ratio: float, warmdown_ratio: float, final_lr_frac: float) -> float:
@@ -130,6 +146,18 @@ def _inherit(cfg: SFTConfig, meta: dict) -> dict:
         "matrix_lr": cfg.matrix_lr if cfg.matrix_lr is not None else uc.get("matrix_lr", 0.02),
         "scalar_lr": cfg.scalar_lr,
     }  # fmt: skip
+
+
+def _report_data(summary: dict, step: int) -> dict:
+    """The report section: the summary, with the final chat val bpb as a metric named with its token count."""
+    from nanochat.eval.report import metric
+
+    data = {k: v for k, v in summary.items() if k not in ("chat_val_bpb_final", "chat_val_bpb_min", "chat_val_tokens")}
+    if summary["chat_val_bpb_final"] is not None and summary["chat_val_tokens"]:
+        data["results"] = {"chat_val_bpb": metric("chat val bpb", summary["chat_val_bpb_final"], summary["chat_val_tokens"], "assistant tokens", step=step,
+                                                  source="held-out conversations of the SFT mixture")}  # fmt: skip
+        data["series_labels"] = {"val_bpb": f"chat val bpb (bits per byte) on {summary['chat_val_tokens']:,} assistant tokens"}
+    return data
 
 
 def _finite(x):
@@ -269,6 +297,7 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
     val_bpb = loop_state.get("val_bpb")
     min_val = loop_state.get("min_val_bpb")
     min_val = float("inf") if min_val is None else min_val
+    val_tokens = loop_state.get("val_tokens")  # assistant tokens the chat val bpb is measured on
     smooth, smooth_n = loop_state.get("smooth_loss", 0.0), loop_state.get("smooth_n", 0)
     done = loop_state.get("done", False)
     step = start_step
@@ -282,7 +311,7 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
     def save(at_step: int) -> None:
         t0 = time.time()
         loop = {"smooth_loss": smooth, "smooth_n": smooth_n, "min_val_bpb": _finite(min_val), "val_bpb": _finite(val_bpb),
-                "total_training_time": clock.total, "done": done}  # fmt: skip
+                "val_tokens": val_tokens, "total_training_time": clock.total, "done": done}  # fmt: skip
         meta = {
             "model_config": gpt_config.to_dict(), "user_config": {**base_meta.get("user_config", {}), **{k: v for k, v in hp.items()}},
             "sft_config": user_config, "source": {"kind": cfg.source, "tag": base.tag, "step": base.step},
@@ -302,12 +331,13 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
             top_done_for = step
             if top and cfg.eval_every > 0 and (last or step % cfg.eval_every == 0) and not (resume_step >= 0 and step == start_step and val_bpb is not None):
                 model.eval()
-                val_bpb = evaluate_bpb(train_model, SFTPacker(val_set, tokenizer, dbs, seq, rank=rank, world_size=world, device=device), eval_steps, token_bytes)
+                res = bpb_stats(train_model, SFTPacker(val_set, tokenizer, dbs, seq, rank=rank, world_size=world, device=device), eval_steps, token_bytes)
                 model.train()
+                val_bpb, val_tokens = res.bpb, res.tokens
                 min_val = min(min_val, val_bpb)
                 val_series.append([step, val_bpb])
-                progress.note(f"step {step:05d} | val bpb {val_bpb:.4f} (best {min_val:.4f})")
-                metrics.write({"kind": "eval", "step": step, "val_bpb": val_bpb})
+                progress.note(f"step {step:05d} | chat val bpb {val_bpb:.4f} on {val_tokens:,} assistant tokens (lowest {min_val:.4f})")
+                metrics.write({"kind": "eval", "step": step, "val_bpb": val_bpb, "tokens": val_tokens})
             if last or stop_synced or (top and cfg.save_every > 0 and step % cfg.save_every == 0 and step != start_step):
                 save(step)
             if last or stop_synced:
@@ -356,7 +386,7 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
     summary = {
         "source": f"{cfg.source}/{base.tag} step {base.step}", "model_tag": tag, "data": cfg.data, "iterations": step,
         "tokens": step * tbs, "total_batch_size": tbs, "world_size": world, "device": device_type, "init_lr_frac": cfg.init_lr_frac,
-        **{k: v for k, v in lrs.items()}, "optimizer_warm_start": cfg.load_optimizer and cfg.source == "base", "chat_val_bpb_min": _finite(min_val), "chat_val_bpb_final": _finite(val_bpb), "total_time_s": clock.total,
+        **{k: v for k, v in lrs.items()}, "optimizer_warm_start": cfg.load_optimizer and cfg.source == "base", "chat_val_bpb_min": _finite(min_val), "chat_val_bpb_final": _finite(val_bpb), "chat_val_tokens": val_tokens, "total_time_s": clock.total,
         "wall_time_s": time.time() - t_run, "stopped_by": stop.signame if stop_synced and not done and step < n else None,
         "mixture": "\n".join(["| set | train | val | source |", "|---|---|---|---|"] + [f"| {p.name} | {p.train} | {p.val} | {p.source} |" for p in parts]),
     }  # fmt: skip
@@ -364,8 +394,9 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
         if summary["stopped_by"]:
             print0(f"{stop.signame}: saved step {step} and stopped; `nanochat sft ... --resume auto` continues")
         else:
-            print0(f"done: {step} steps, min val bpb {min_val:.4f}, training time {format_duration(clock.total)}; chat with `nanochat chat --source sft`")
-            record_report("sft", summary, {"train_loss": train_series, "val_bpb": val_series})
+            bpb_note = f"chat val bpb {val_bpb:.4f} on {val_tokens:,} assistant tokens" if _finite(val_bpb) is not None and val_tokens else "val bpb off"
+            print0(f"done: {step} steps, {bpb_note}, training time {format_duration(clock.total)}; chat with `nanochat chat --source sft`")
+            record_report("sft", _report_data(summary, step), {"train_loss": train_series, "val_bpb": val_series})
     return summary
 
 

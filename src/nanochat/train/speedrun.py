@@ -25,6 +25,11 @@ and every stage after it. `--from-stage S` reruns from S on, whatever is recorde
 S are taken as done). A SIGINT/SIGTERM stops the running stage (it saves a checkpoint) and the run;
 that stage is not marked finished.
 
+Timing: each stage's wall time is measured around its process and recorded in the state file; the
+card's Timings (the `speedrun` report section) lists every finished stage and their sum, which is
+the total the run prints. The report stage's own time is known only once it ends, so the speedrun
+then adds it and rewrites the card's text (the plots are already drawn).
+
 A fresh run (no stage recorded) moves the report sections of any earlier run aside
 (`report/previous-<time>/`), so the report card describes this run only.
 """
@@ -46,7 +51,7 @@ from nanochat.common import paths
 from nanochat.common.atomic import atomic_write_json
 from nanochat.common.errors import NanochatError, UsageError
 from nanochat.common.logging import console, print0, table, warn0
-from nanochat.train.loop import StopSignal, format_duration
+from nanochat.train.loop import StopSignal
 
 STATE_VERSION = 1
 SPEEDRUN_RATIO = 8.0  # training tokens per scaling parameter in the reference's speedrun (d24 at ratio 8)
@@ -97,10 +102,10 @@ DEMO = Scale(
 TINY = Scale(
     data="demo", vocab_size=512, max_chars="4e5", depth=2,
     model_args=("--aspect-ratio", "32", "--head-dim", "32", "--max-seq-len", "64", "--device-batch-size", "4", "--tokenizer-threads", "1"),
-    pretrain_args=("--num-iterations", "40", "--total-batch-size", "256", "--eval-every", "-1", "--sample-every", "-1", "--warmup-steps", "5",
+    pretrain_args=("--num-iterations", "40", "--total-batch-size", "256", "--eval-every", "20", "--eval-tokens", "512", "--sample-every", "-1", "--warmup-steps", "5",
                    "--matrix-lr", "0.2", "--embedding-lr", "3", "--unembedding-lr", "0.08"),
     base_eval_args=("--max-per-task", "2"),
-    sft_args=("--num-iterations", "10", "--eval-every", "-1"),
+    sft_args=("--num-iterations", "10", "--eval-every", "5", "--eval-tokens", "512"),
     chat_eval_args=("--tasks", "arc-easy,spellingbee", "--max-per-task", "2", "--max-new-tokens", "8"),
     rl_args=("--num-iterations", "2", "--examples-per-step", "2", "--num-samples", "2", "--device-batch-size", "2",
              "--max-new-tokens", "8", "--eval-every", "-1", "--eval-examples", "2"),
@@ -112,6 +117,15 @@ def web_scale(depth: int, ratio: float) -> Scale:
     return Scale(data="web", vocab_size=32768, max_chars="2e9", depth=depth, model_args=(),
                  pretrain_args=("--target-param-data-ratio", f"{ratio:g}"), base_eval_args=(), sft_args=(), chat_eval_args=(),
                  rl_args=(), offline=False)  # fmt: skip
+
+
+def _chat_eval_what(args: tuple[str, ...]) -> str:
+    """What the chat-eval stage computes: ChatCORE is partial when the stage evaluates only some of its tasks."""
+    from nanochat.eval.chat_eval import CHATCORE_TASKS
+
+    tasks = args[args.index("--tasks") + 1].split(",") if "--tasks" in args else list(CHATCORE_TASKS)
+    k = sum(t in tasks for t in CHATCORE_TASKS)
+    return "chat tasks and ChatCORE" if k == len(CHATCORE_TASKS) else f"chat tasks and ChatCORE (partial: {k} of {len(CHATCORE_TASKS)} tasks)"
 
 
 def rl_available() -> bool:
@@ -138,7 +152,7 @@ def plan(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: bool 
                            "--model-tag", tag, "--resume", "auto", *dev, *procs), "base model"),
         Stage("base-eval", ("eval", "--source", "base", "--model-tag", tag, "--tasks", "core,bpb", *scale.base_eval_args, *off, *dev, *procs), "CORE and bits per byte"),
         Stage("sft", ("sft", "--source", "base", "--model-tag", tag, "--data", scale.data, *scale.sft_args, "--resume", "auto", *dev, *procs), "chat fine-tuning"),
-        Stage("chat-eval", ("eval", "--source", "sft", "--model-tag", tag, *scale.chat_eval_args, *off, *dev, *procs), "chat tasks and ChatCORE"),
+        Stage("chat-eval", ("eval", "--source", "sft", "--model-tag", tag, *scale.chat_eval_args, *off, *dev, *procs), _chat_eval_what(scale.chat_eval_args)),
     ]  # fmt: skip
     if with_rl:
         if rl_available():
@@ -272,7 +286,6 @@ def speedrun(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: b
         state["stages"] = {k: v for k, v in state["stages"].items() if k not in later}
         save_state(state)
     state.setdefault("started", time.time())
-    t_run = time.time()
     times: dict[str, float] = {}
     signals = _Signals().install()
     try:
@@ -280,12 +293,13 @@ def speedrun(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: b
             if decision != "run":
                 continue
             if stage.name == "report":
-                _record_speedrun_section(state, stages)
+                _record_speedrun_section(state, stages)  # the card lists every stage before this one
             console().rule(f"stage {i + 1}/{len(stages)}: {stage.name} — {stage.what}")
             print0(f"$ {stage.command}")
-            t0 = time.time()
+            # the stage's wall time: its whole process, start-up and model loading included
+            t0 = time.perf_counter()
             rc = runner(stage, signals)
-            dt = time.time() - t0
+            dt = time.perf_counter() - t0
             if signals.requested:
                 raise NanochatError(f"{signals.signame}: stopped during stage {stage.name} (its checkpoint, if any, is saved); "
                                     "run the same `nanochat speedrun` command again to continue")  # fmt: skip
@@ -295,31 +309,49 @@ def speedrun(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: b
             times[stage.name] = dt
             state["stages"][stage.name] = {"args": list(stage.args), "finished": time.time(), "seconds": dt}
             save_state(state)
+            print0(f"stage {stage.name} took {_fmt_seconds(dt)}")
+            if stage.name == "report":
+                # now the report stage's own time is known: add it to the card (text only; the plots are drawn)
+                _record_speedrun_section(state, stages)
+                from nanochat.eval.report import generate_report
+
+                generate_report(draw=False)
     finally:
         signals.uninstall()
-    total = time.time() - t_run
     report = paths.report_dir() / "report.md"
-    _print_summary(times, total, sum(r.get("seconds", 0.0) for r in state["stages"].values()), report)
-    return {"stages": times, "total_s": total, "report": report}
+    _print_summary(_stage_seconds(state, stages), times, report)
+    return {"stages": times, "total_s": sum(times.values()), "report": report}
+
+
+def _fmt_seconds(seconds: float) -> str:
+    from nanochat.eval.report import fmt_seconds
+
+    return fmt_seconds(seconds)
+
+
+def _stage_seconds(state: dict, stages: list[Stage]) -> list[tuple[str, float]]:
+    """(stage, wall seconds) of every finished stage, in plan order (a resumed run's earlier stages too)."""
+    return [(s.name, float(state["stages"][s.name].get("seconds", 0.0))) for s in stages if s.name in state["stages"]]
 
 
 def _record_speedrun_section(state: dict, stages: list[Stage]) -> None:
-    """The stage timings (as recorded, so a resumed run's earlier stages count too), in plan order."""
+    """The card's Timings: every finished stage's wall time, and their sum, the run's total."""
     from nanochat.eval.report import record_section
 
-    rows = ["| stage | wall clock |", "|---|---|"]
-    for s in stages:
-        if s.name in state["stages"]:
-            rows.append(f"| {s.name} | {format_duration(state['stages'][s.name].get('seconds', 0.0))} |")
-    record_section("speedrun", {"stages": "\n".join(rows), "wall_time_s": sum(r.get("seconds", 0.0) for r in state["stages"].values())}, title="Speedrun")
+    pairs = _stage_seconds(state, stages)
+    record_section("speedrun", {"stages": [[n, s] for n, s in pairs], "total_s": sum(s for _, s in pairs)})
 
 
-def _print_summary(times: dict[str, float], total: float, all_stages: float, report: Path) -> None:
+def _print_summary(pairs: list[tuple[str, float]], run_now: dict[str, float], report: Path) -> None:
     from nanochat.eval.report import load_sections, summary_table
 
     headers, rows = summary_table(load_sections())
     if rows:
         console().print(table("report card", rows, headers))
-    if times:
-        print0(f"stages run now: {', '.join(f'{k} {format_duration(v)}' for k, v in times.items())} ({total:.0f} s)")
-    print0(f"speedrun done: all stages took {format_duration(all_stages)} ({all_stages:.0f} s); the report card is {report}")
+    if pairs:
+        total = sum(s for _, s in pairs)
+        trows = [[n, _fmt_seconds(s) + ("" if n in run_now else " (earlier)")] for n, s in pairs] + [["total", _fmt_seconds(total)]]
+        console().print(table("wall time per stage", trows, ["stage", "wall clock"]))
+        print0(f"speedrun done: all stages took {_fmt_seconds(total)}; the report card is {report}")
+    else:
+        print0(f"speedrun done; the report card is {report}")

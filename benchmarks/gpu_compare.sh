@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The side-by-side run of issue #11 on one GPU machine, in stages short enough for 10-minute calls:
+#   bash benchmarks/gpu_compare.sh data prep ref          # corpus, tokenizer for both, validation rows, reference d12
+#   bash benchmarks/gpu_compare.sh ours score table       # ours d12 with the same steps, score every checkpoint, the table
+#   TAG=nosb ARGS="--no-smear --no-backout" bash benchmarks/gpu_compare.sh ours score table   # an ablation
+#   bash benchmarks/gpu_compare.sh d20                    # ours d20, 10 steps (throughput)
+# Needs: REF (default .refbench/ref) a reference nanochat checkout; MKDATA (default .refbench/mkdata.py) a script
+# `MKDATA OUT_DIR CHARS` writing parquet shards with a text column (last = validation); wheels of the light
+# dependencies the GPU image lacks in .whl/ (rustbpe, platformdirs, starlette, uvicorn). Logs and tables go to $OUT.
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+REF=${REF:-$PWD/.refbench/ref}; MKDATA=${MKDATA:-$PWD/.refbench/mkdata.py}
+if ls .whl/*.whl >/dev/null 2>&1 && [ ! -d /tmp/site/rustbpe ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+fi
+export PYTHONPATH=/tmp/site:$PWD/src
+D=${DATA:-/tmp/data/code}; W=${WORK:-/tmp/cmp}; TAG=${TAG:-d_cmp}
+CMP="python3 benchmarks/compare_reference.py --ref $REF --data $D --work $W --tok-chars 1e8 --eval-rows 1280"
+for stage in "$@"; do t0=$(date +%s); echo "=== $stage $(date +%T)"
+  case $stage in
+    data) [ -f "$D/shard_00008.parquet" ] || python3 "$MKDATA" "$D" 700e6 > "$OUT/mkdata.log" 2>&1; tail -2 "$OUT/mkdata.log";;
+    prep) $CMP tokenizer valrows 2>&1 | tee "$OUT/prep.log" | tail -5;;
+    ref) timeout "${T:-540}" $CMP train-ref 2>&1 | tail -5; cp "$W/ref_train.log" "$OUT/" 2>/dev/null;;
+    ours) timeout "${T:-540}" $CMP --tag "$TAG" --ours-args "${ARGS:-}" train-ours 2>&1 | tail -5; cp "$W/ours_train_$TAG.log" "$OUT/" 2>/dev/null;;
+    score) $CMP --tag "$TAG" score 2>&1 | tail -20;;
+    table) $CMP --tag "$TAG" --ours-args "${ARGS:-}" table 2>&1 | tee "$OUT/table_$TAG.md";;
+    d20) NANOCHAT_HOME=$W/ours timeout 330 python3 -m nanochat pretrain --depth 20 --data "$D" --num-iterations 10 --eval-every -1 \
+           --core-metric-every -1 --sample-every -1 --resume never --model-tag d20bench > "$OUT/ours_d20.log" 2>&1
+         grep -E "^step|done" "$OUT/ours_d20.log" | tail -4;;
+    *) echo "unknown stage $stage (data prep ref ours score table d20)"; exit 2;;
+  esac
+  echo "--- $stage $(( $(date +%s) - t0 ))s"
+done
