@@ -148,7 +148,10 @@ def test_export_loads_in_transformers_without_nanochat(nanochat_home, tmp_path):
 def test_exported_files_describe_the_model(nanochat_home, tmp_path):
     _, tok = _tiny_checkpoint(nanochat_home, source="base", step=3)
     out = tmp_path / "base-hf"
+    from nanochat.eval.report import record_section
     from nanochat.export.hf import export_hf
+
+    record_section("pretrain", {"depth": 3, "total_time_s": 12.5, "notes": "a\nmarkdown block"})
 
     export_hf("base", None, None, out)
     cfg = json.loads((out / "config.json").read_text())
@@ -160,6 +163,7 @@ def test_exported_files_describe_the_model(nanochat_home, tmp_path):
     assert gen["eos_token_id"] == tok.bos_id  # a base model ends a document at the next <|bos|>
     card = (out / "README.md").read_text()
     assert "base checkpoint `d3` step 3" in card and "| val_bpb | 1.234 |" in card and "trust_remote_code=True" in card
+    assert "- total_time_s: 12.5" in card and "markdown block" not in card  # the report's scalar facts
     from safetensors import safe_open
 
     with safe_open(str(out / "model.safetensors"), "pt") as f:

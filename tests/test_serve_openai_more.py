@@ -168,6 +168,10 @@ def test_chat_logprobs_equal_a_direct_forward(client):
     assert [it.logprob for it in content] == pytest.approx([float(rows[p - 1, ids[p]]) for p in range(n_prompt, len(ids))], abs=1e-4)
     for it, p in zip(content, range(n_prompt, len(ids))):
         assert len(it.top_logprobs) == 3 and it.top_logprobs[0].logprob == pytest.approx(float(rows[p - 1].max()), abs=1e-4)
+    # streamed, the same log-probabilities arrive chunk by chunk
+    stream = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=6, temperature=0.0, logprobs=True, top_logprobs=3, stream=True)
+    streamed = [it.logprob for ch in stream if ch.choices and ch.choices[0].logprobs for it in ch.choices[0].logprobs.content]
+    assert streamed == pytest.approx([it.logprob for it in content], abs=1e-6)
     # without logprobs there are none
     assert client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=2).choices[0].logprobs is None
 

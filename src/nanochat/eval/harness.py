@@ -130,7 +130,6 @@ def _make_lm_class():
 
         def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
             from nanochat.engine.engine import Engine
-            from nanochat.engine.streaming import StreamDecoder
 
             engine = Engine(self.model, self.tok, calculator=lambda expr: None)
             out = []
@@ -144,15 +143,15 @@ def _make_lm_class():
                 body = self.tok.encode(context)
                 room = self.max_length - max_new - 1  # context tokens that fit beside <|bos|> and the answer
                 ids = [self.tok.bos_id] + body[len(body) - min(len(body), room) :]
-                decoder, text = StreamDecoder(self.tok), ""
+                answer, text = [], ""
                 for column, _ in engine.generate(ids, max_tokens=max_new, temperature=temperature, seed=1234):
                     t = column[0]
                     if t in engine.terminal:
                         break
-                    text += decoder.push(t)
+                    answer.append(t)
+                    text = self.tok.decode(answer)  # special tokens by name: the model's own text
                     if any(u in text for u in until):
                         break
-                text += decoder.flush()
                 cuts = [text.find(u) for u in until if u and u in text]
                 out.append(text[: min(cuts)] if cuts else text)
             return out
