@@ -43,7 +43,7 @@ def test_openai_client_non_streaming(client):
     assert r.usage.prompt_tokens > 3 and 1 <= r.usage.completion_tokens <= 12
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
     # greedy is deterministic, and equals what the engine produces directly from the same prompt
-    again = client.chat.completions.create(model="x", messages=MSG, max_tokens=12, temperature=0.0)
+    again = client.chat.completions.create(model="nanochat-test", messages=MSG, max_tokens=12, temperature=0.0)
     assert again.choices[0].message.content == r.choices[0].message.content
     eng = tiny_engine()
     from nanochat.engine.prompt import render_chat_prompt
@@ -62,7 +62,7 @@ def test_openai_client_streaming(client):
     assert finishes and finishes[-1] in ("stop", "length")
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
     assert len({c.id for c in chunks}) == 1
-    full = client.chat.completions.create(model="x", messages=MSG, max_tokens=16, temperature=0.0)
+    full = client.chat.completions.create(model="nanochat-test", messages=MSG, max_tokens=16, temperature=0.0)
     assert text == full.choices[0].message.content
 
 
@@ -85,7 +85,7 @@ def test_models_health_metrics(server, client):
     assert [m.id for m in client.models.list().data] == ["nanochat-test"]
     h = httpx.get(server.url + "/health")
     assert h.status_code == 200 and h.json()["ready"] is True
-    client.chat.completions.create(model="x", messages=MSG, max_tokens=3)
+    client.chat.completions.create(model="nanochat-test", messages=MSG, max_tokens=3)
     m = httpx.get(server.url + "/metrics")
     assert m.status_code == 200 and m.headers["content-type"].startswith("text/plain")
     lines = m.text.splitlines()
@@ -97,7 +97,7 @@ def test_models_health_metrics(server, client):
 
 def test_errors_are_openai_envelopes(server, client):
     with pytest.raises(openai.UnprocessableEntityError) as e:
-        client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}], temperature=3.0)
+        client.chat.completions.create(model="nanochat-test", messages=[{"role": "user", "content": "hi"}], temperature=3.0)
     assert e.value.body["param"] == "temperature" or "temperature" in str(e.value)
     r = httpx.get(server.url + "/nope")
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
@@ -147,7 +147,7 @@ def test_api_key_and_host_allow_list():
         basic = base64.b64encode(b"me:s3cret").decode()
         assert httpx.get(s.url + "/", headers={"Authorization": "Basic " + basic}).status_code == 200
         good = openai.OpenAI(base_url=s.url + "/v1", api_key="s3cret", max_retries=0)
-        assert good.chat.completions.create(model="x", messages=MSG, max_tokens=2).choices
+        assert good.chat.completions.create(model="nanochat-test", messages=MSG, max_tokens=2).choices
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=s.url + "/v1", api_key="nope", max_retries=0).models.list()
         # DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends Host: evil.example

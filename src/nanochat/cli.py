@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from nanochat import __version__
-from nanochat.commands import chat, data, dist_check, env, eval, pretrain, report, rl, serve, sft, speedrun, sweep, tokenize
+from nanochat.commands import chat, data, dist_check, env, eval, export, pretrain, report, rl, serve, sft, speedrun, sweep, tokenize
 from nanochat.commands._common import NanochatCommand, NanochatGroup, examples
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -68,6 +68,7 @@ _register("chat", chat.chat, "nanochat chat", "nanochat chat -p 'Why is the sky 
 _register("serve", serve.serve, "nanochat serve --port 8000", "nanochat serve --host 0.0.0.0 --api-key $KEY")
 _register("speedrun", speedrun.speedrun, "nanochat speedrun --demo", "nanochat speedrun --depth 26", "nanochat speedrun --depth 26 --from-stage sft")
 _register("report", report.report, "nanochat report")
+_register("export", export.export, "nanochat export --format hf --out ./my-model", "nanochat export --source base --step 2000 --out ./base-hf")
 _register("sweep", sweep.sweep, "nanochat sweep miniseries", "nanochat sweep isoflop")
 _register("dist-check", dist_check.dist_check, "nanochat dist-check --device cpu --nproc 2", hidden=True)
 

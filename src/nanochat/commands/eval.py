@@ -29,8 +29,13 @@ def eval_(
     offline: bool = typer.Option(False, "--offline", help="Use only the packaged eval data (no downloads)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     nproc: Optional[int] = typer.Option(None, help=NPROC_HELP),
+    harness: Optional[str] = typer.Option(None, help="Run EleutherAI lm-evaluation-harness tasks instead (comma-separated lm-eval task names; needs the interop extra or pip install lm_eval). --max-per-task is its --limit."),
+    harness_include: Optional[str] = typer.Option(None, help="A folder of your own lm-eval task YAMLs (local data files work offline)."),
+    num_fewshot: Optional[int] = typer.Option(None, help="Few-shot examples for --harness tasks (default: each task's own)."),
 ) -> None:
-    """Evaluate a checkpoint: CORE and bits per byte for base models, chat tasks for sft/rl."""
+    """Evaluate a checkpoint: CORE and bits per byte for base models, chat tasks for sft/rl (or lm-eval tasks with --harness)."""
+    if harness is not None:
+        return _harness(harness, harness_include, num_fewshot, source, model_tag, step, max_per_task, batch_size, max_new_tokens, json_file, offline, device)
     import math
     import os
 
@@ -132,6 +137,66 @@ def eval_(
             record_environment()
     finally:
         cleanup()
+
+
+def _harness(tasks, include, num_fewshot, source, model_tag, step, max_per_task, batch_size, max_new_tokens, json_file, offline, device) -> None:
+    """`--harness`: lm-eval's tasks over the checkpoint, in this one process; a table, and --json."""
+    from nanochat.common import checks
+    from nanochat.common.checkpoint import require_checkpoint
+    from nanochat.common.device import check_device_name
+    from nanochat.common.errors import UsageError
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise UsageError("--harness needs lm-eval task names, e.g. --harness hellaswag,arc_easy")
+    checks.one_of("source", source, ("base", "sft", "rl"))
+    checks.count("max_per_task", max_per_task, minus_one="all")
+    checks.count("batch_size", batch_size)
+    checks.count("max_new_tokens", max_new_tokens)
+    if num_fewshot is not None:
+        checks.count("num_fewshot", num_fewshot, low=0)
+    check_device_name(device)
+    require_checkpoint(source, model_tag, step)
+    from nanochat.common.device import detect_device
+    from nanochat.common.logging import console, print0
+    from nanochat.engine.loading import load_model
+    from nanochat.eval.harness import require_lm_eval, nanochat_lm, run_harness, summary_rows
+
+    require_lm_eval()  # before loading a model for nothing
+    model, tokenizer, meta = load_model(source, model_tag, step, device=detect_device(device))
+    model.eval()
+    lm = nanochat_lm(model, tokenizer, batch_size=batch_size, max_gen_toks=max_new_tokens)
+    limit = None if max_per_task < 0 else max_per_task
+    results = run_harness(lm, names, include=include, limit=limit, num_fewshot=num_fewshot, log_samples=bool(json_file), offline=offline)
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=f"lm-evaluation-harness, {source} step {meta.get('step')}", title_justify="left")
+    for name, justify in (("task", "left"), ("metric", "left"), ("value", "right"), ("examples", "right")):
+        t.add_column(name, justify=justify, overflow="fold")
+    for task, metric, value, n in summary_rows(results):
+        t.add_row(escape(task), escape(metric), f"{value:.4f}", str(n))
+    console().print(t)
+    if json_file:
+        from pathlib import Path
+
+        from nanochat.common.atomic import atomic_write_json
+
+        keep = {k: results.get(k) for k in ("results", "n-shot", "n-samples", "versions", "higher_is_better", "samples")}
+        keep["checkpoint"] = {"source": source, "step": meta.get("step"), "model_config": meta.get("model_config")}
+        atomic_write_json(Path(json_file), _finite(_plain(keep)))
+        print0(f"results written to {json_file}")
+
+
+def _plain(obj):
+    """lm-eval's results as plain JSON values (tuples as lists, anything else as its text)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
 
 
 def _finite(obj):

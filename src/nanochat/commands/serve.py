@@ -24,8 +24,9 @@ def serve(
     allowed_hosts: Optional[str] = typer.Option(None, help="Comma-separated Host names to accept ('*': any). Default: loopback names when bound to loopback."),
     insecure: bool = typer.Option(False, "--insecure", help="Allow binding a non-loopback address without an API key."),
     log_requests: bool = typer.Option(False, "--log-requests", help="Log every conversation and answer (off by default)."),
+    served_model_name: Optional[str] = typer.Option(None, help="The model name clients must send (default: nanochat-SOURCE-TAG-stepN); `nanochat` is always accepted too."),
 ) -> None:
-    """Serve the chat page at / and an OpenAI-compatible API at /v1 (chat completions, models)."""
+    """Serve the chat page at / and an OpenAI-compatible API at /v1 (chat completions, completions, models)."""
     import contextlib
 
     from nanochat.common import checks
@@ -42,6 +43,8 @@ def serve(
         raise UsageError(f"--workers {workers} must be at least 1")
     if queue_size < 0 or max_tokens < 1:
         raise UsageError("--queue-size must be >= 0 and --max-tokens >= 1")
+    if served_model_name is not None and (not served_model_name.strip() or len(served_model_name) > 200):
+        raise UsageError("--served-model-name must be 1 to 200 characters")
     check_device_name(device)
     check_bind(host, api_key, insecure)
     # a busy port fails here, before anything is loaded; uvicorn later serves on this very socket
@@ -49,10 +52,10 @@ def serve(
         # fail now, with one line, if there is nothing to load; the weights load in the background
         src = source or newest_chat_source()
         require_checkpoint(src, model_tag, step)
-        _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size, max_tokens, device, allowed_hosts, log_requests)
+        _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size, max_tokens, device, allowed_hosts, log_requests, served_model_name)
 
 
-def _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size, max_tokens, device, allowed_hosts, log_requests) -> None:
+def _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size, max_tokens, device, allowed_hosts, log_requests, served_model_name=None) -> None:
     """Resolve the checkpoint, build the app (the weights load in its background) and run uvicorn on `sock`."""
     import logging
 
@@ -82,7 +85,7 @@ def _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size,
         allowed_hosts=[h for h in allowed_hosts.split(",")] if allowed_hosts else None,
         queue_size=queue_size,
         log_requests=log_requests,
-        model_name=f"nanochat-{src}-{info.tag}-step{info.step}",
+        model_name=served_model_name or f"nanochat-{src}-{info.tag}-step{info.step}",
         default_max_tokens=max_tokens,
     )
     if dev == "cpu":

@@ -146,8 +146,12 @@ class Engine:
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = 42,
+        on_logits: Callable[[torch.Tensor], None] | None = None,
     ) -> Iterator[tuple[list[int], list[int]]]:
-        """Yield (token_column, mask_column) per step, one entry per row (see the module docstring)."""
+        """Yield (token_column, mask_column) per step, one entry per row (see the module docstring).
+
+        `on_logits`, when given, sees each step's raw logits (rows, vocab) before sampling: the server reads
+        token log-probabilities from it."""
         prompts = _as_prompts(prompt_ids)
         if num_samples < 1:
             raise NanochatError(f"num_samples must be at least 1 (got {num_samples})")
@@ -197,6 +201,8 @@ class Engine:
         tok = self.tokenizer
         states = [RowState(self.ids, tok.encode, tok.decode, self.calculator) for _ in range(rows)]
         for _step in range(max_tokens):
+            if on_logits is not None:
+                on_logits(logits)
             sampled = sample_next_token(logits, generator, temperature, top_k, top_p).tolist()
             column, masks = [], []
             for st, s in zip(states, sampled):

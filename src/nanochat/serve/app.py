@@ -5,12 +5,16 @@ Routes
     GET  /health                200 {"status": "ok"} when the model is loaded, 503 while it loads
     GET  /metrics               Prometheus text: requests, tokens, latency, queue
     GET  /v1/models             the one model served
-    POST /v1/chat/completions   OpenAI chat completions, streaming (SSE, ends with `data: [DONE]`) or not
+    POST /v1/chat/completions   OpenAI chat completions, streaming (SSE, ends with `data: [DONE]`) or not,
+                                with `stop` sequences and `logprobs`/`top_logprobs`
+    POST /v1/completions        OpenAI text completions (serve/completions.py): text or token-id prompts,
+                                `echo`, `logprobs` with alternatives, `stop`, streaming
 
 Safety, in the order a request meets it (`Guard`): the Host header must be allowed (DNS rebinding),
 the API key must match when one is set (Bearer, or HTTP Basic with the key as password so that a
 browser can open the page; constant-time compare; /health is exempt), a body over 1 MB is refused
-with 413. Then `validation.parse_chat_request` turns any malformed body into a 400/413/422 JSON error.
+with 413. Then `validation.parse_chat_request` turns any malformed body into a 400/413/422 JSON error, and a
+`model` other than the served name (or the generic `nanochat`) gets 404. Every answer carries `usage`.
 Generation runs on worker threads (`workers.WorkerPool`); when its bounded queue is full the answer
 is 503 with Retry-After. A client that disconnects cancels its job, which stops at the next token.
 Every error, whatever the route, is an OpenAI error envelope `{"error": {"message", "type", ...}}`.
@@ -42,7 +46,9 @@ from starlette.routing import Route
 
 from nanochat.common.errors import NanochatError, UsageError
 from nanochat.engine.prompt import render_chat_prompt
-from nanochat.serve.validation import MAX_BODY_BYTES, ApiError, parse_chat_request
+from nanochat.serve import completions as completions_api
+from nanochat.serve.outputs import chat_logprobs
+from nanochat.serve.validation import MAX_BODY_BYTES, ApiError, check_model, parse_chat_request
 from nanochat.serve.workers import GenParams, Job, QueueFull, WorkerPool
 
 log = logging.getLogger("nanochat.serve")
@@ -178,7 +184,7 @@ class ServerState:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
-KNOWN_ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/chat/completions")
+KNOWN_ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions")
 
 
 class Guard:
@@ -389,11 +395,12 @@ def create_app(config: ServeConfig, load: Callable[[], list]) -> Starlette:
         except asyncio.TimeoutError:
             raise ApiError(408, f"the request body did not arrive within {BODY_TIMEOUT_S:.0f} s", code="request_timeout") from None
         req = parse_chat_request(body, context_len=state.context_len, vocab_size=state.vocab_size, default_max_tokens=config.default_max_tokens)
+        check_model(req.model, config.model_name)
         try:
             prompt = render_chat_prompt(state.tokenizer, req.messages, state.context_len - req.max_tokens)
         except NanochatError as e:
             raise ApiError(422, str(e), param="messages", code="invalid_messages") from None
-        params = GenParams(req.max_tokens, req.temperature, req.top_k, req.top_p, req.seed, req.n)
+        params = GenParams(req.max_tokens, req.temperature, req.top_k, req.top_p, req.seed, req.n, stop=tuple(req.stop), logprobs=req.top_logprobs)
         job = Job(prompt, params, loop=asyncio.get_running_loop())
         try:
             pool.submit(job)
@@ -409,8 +416,37 @@ def create_app(config: ServeConfig, load: Callable[[], list]) -> Starlette:
             return SSEResponse(job, _sse_chunks(job, rid, created, config, req, log_requests=config.log_requests))
         return await _complete(request, job, rid, created, config, req)
 
+    async def completions(request: Request) -> Response:
+        pool = ready_pool()
+        try:
+            body = await asyncio.wait_for(_read_body(request), timeout=BODY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {BODY_TIMEOUT_S:.0f} s", code="request_timeout") from None
+        req = completions_api.parse_completion_request(body, tokenizer=state.tokenizer, context_len=state.context_len, vocab_size=state.vocab_size)
+        check_model(req.model, config.model_name)
+        params = GenParams(
+            req.max_tokens, req.temperature, req.top_k, req.top_p, req.seed, req.n,
+            stop=tuple(req.stop), logprobs=req.logprobs, prompt_logprobs=req.echo and req.logprobs is not None,
+        )  # fmt: skip
+        job = Job(req.prompt_ids, params, loop=asyncio.get_running_loop())
+        try:
+            pool.submit(job)
+        except QueueFull:
+            metrics.rejected_busy += 1
+            raise ApiError(503, "all workers are busy and the queue is full; retry shortly", code="server_busy", headers={"Retry-After": str(config.retry_after_s)}) from None
+        metrics.prompt_tokens += len(req.prompt_ids)
+        rid, created = "cmpl-" + uuid.uuid4().hex[:24], int(time.time())
+        if req.stream:
+            return SSEResponse(job, completions_api.sse_chunks(job, rid, created, config.model_name, req))
+        got = await _until_done_or_gone(request, job, completions_api.collect(job, req.n))
+        if got is None:  # the client left; nobody will read this
+            return Response(status_code=499)
+        if got.error is not None:
+            raise ApiError(500, got.error, code="generation_failed")
+        return JSONResponse(completions_api.completion_body(rid, created, config.model_name, req, got))
+
     async def on_http_error(request: Request, exc: HTTPException) -> Response:
-        msg = {404: "no such route; see GET /v1/models and POST /v1/chat/completions", 405: f"method {request.method} is not allowed here"}
+        msg = {404: "no such route; see GET /v1/models, POST /v1/chat/completions and POST /v1/completions", 405: f"method {request.method} is not allowed here"}
         return error_response(ApiError(exc.status_code, msg.get(exc.status_code, str(exc.detail)), code="http_error", headers=dict(exc.headers or {})))
 
     async def on_api_error(request: Request, exc: ApiError) -> Response:
@@ -426,6 +462,7 @@ def create_app(config: ServeConfig, load: Callable[[], list]) -> Starlette:
         Route("/metrics", metrics_route, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,
@@ -456,7 +493,8 @@ async def _sse_chunks(job: Job, rid: str, created: int, config: ServeConfig, req
         if kind == "delta":
             if reply is not None and ev[1] == 0:
                 reply.append(ev[2])
-            yield _chunk(rid, created, model, [{"index": ev[1], "delta": {"content": ev[2]}, "logprobs": None, "finish_reason": None}])
+            lp = {"content": chat_logprobs(ev[3]), "refusal": None} if req.top_logprobs is not None and len(ev) > 3 else None
+            yield _chunk(rid, created, model, [{"index": ev[1], "delta": {"content": ev[2]}, "logprobs": lp, "finish_reason": None}])
         elif kind == "finish":
             yield _chunk(rid, created, model, [{"index": ev[1], "delta": {}, "logprobs": None, "finish_reason": ev[2]}])
         elif kind == "done":
@@ -475,21 +513,9 @@ async def _sse_chunks(job: Job, rid: str, created: int, config: ServeConfig, req
             return
 
 
-async def _complete(request: Request, job: Job, rid: str, created: int, config: ServeConfig, req) -> Response:
-    texts: list[list[str]] = [[] for _ in range(req.n)]
-    finish: list[str | None] = [None] * req.n
-
-    async def collect():
-        while True:
-            ev = await job.events.get()
-            if ev[0] == "delta":
-                texts[ev[1]].append(ev[2])
-            elif ev[0] == "finish":
-                finish[ev[1]] = ev[2]
-            elif ev[0] in ("done", "error"):
-                return ev
-
-    collector = asyncio.create_task(collect())
+async def _until_done_or_gone(request: Request, job: Job, collector_coro):
+    """The collector's result, or None when the client disconnects first (the job is then cancelled)."""
+    collector = asyncio.create_task(collector_coro)
     watcher = asyncio.create_task(_wait_disconnect(request.receive))
     try:
         done, _ = await asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -498,15 +524,20 @@ async def _complete(request: Request, job: Job, rid: str, created: int, config: 
         if not collector.done():
             collector.cancel()
             job.cancel.set()
-    if collector not in done:  # the client left; nobody will read this
+    return collector.result() if collector in done else None
+
+
+async def _complete(request: Request, job: Job, rid: str, created: int, config: ServeConfig, req) -> Response:
+    got = await _until_done_or_gone(request, job, completions_api.collect(job, req.n))
+    if got is None:  # the client left; nobody will read this
         return Response(status_code=499)
-    ev = collector.result()
-    if ev[0] == "error":
-        raise ApiError(500, ev[1], code="generation_failed")
+    if got.error is not None:
+        raise ApiError(500, got.error, code="generation_failed")
+    texts = ["".join(t) for t in got.texts]
     if config.log_requests:
-        log.info("reply %s: %s", rid, "".join(texts[0]))
-    choices = [
-        {"index": i, "message": {"role": "assistant", "content": "".join(texts[i])}, "logprobs": None, "finish_reason": finish[i] or "length"}
-        for i in range(req.n)
-    ]
-    return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": config.model_name, "choices": choices, "usage": ev[1]})
+        log.info("reply %s: %s", rid, texts[0])
+    choices = []
+    for i in range(req.n):
+        logprobs = {"content": chat_logprobs(got.entries[i]), "refusal": None} if req.top_logprobs is not None else None
+        choices.append({"index": i, "message": {"role": "assistant", "content": texts[i]}, "logprobs": logprobs, "finish_reason": got.finish[i] or "length"})
+    return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": config.model_name, "choices": choices, "usage": got.usage})

@@ -1,7 +1,9 @@
 """Checking a `/v1/chat/completions` request body before it reaches the model.
 
 Every way a body can be wrong maps to one `ApiError` with an HTTP status and an OpenAI-style error:
-400 when the body is not JSON (or not UTF-8, or nested absurdly deep), 413 when it is too big
+400 when the body is not JSON (or not UTF-8, or nested absurdly deep) or asks for something that would change
+the answer and is not supported (`tools`, `response_format`, ...: refused, never silently ignored), 404 for a
+`model` other than the one served (`check_model`), 413 when it is too big
 (bytes, messages, characters), 422 when it is JSON of the wrong shape or a value is out of range.
 Nothing here can raise anything else, whatever the bytes: the malformed-request suite checks that.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MAX_BODY_BYTES = 1_000_000
 MAX_MESSAGES = 500
@@ -18,6 +20,9 @@ MAX_MESSAGE_CHARS = 8_000
 MAX_TOTAL_CHARS = 32_000
 MAX_N = 8
 MAX_NESTING = 32
+MAX_STOP = 4
+MAX_STOP_CHARS = 200
+MAX_TOP_LOGPROBS = 20
 ROLES = ("system", "developer", "user", "assistant")
 
 
@@ -50,6 +55,9 @@ class ChatRequest:
     n: int
     stream: bool
     include_usage: bool
+    model: str | None = None
+    stop: list[str] = field(default_factory=list)
+    top_logprobs: int | None = None  # None: no log-probabilities; k: each token's and its k best alternatives
 
 
 def _reject_constant(name: str):
@@ -202,7 +210,58 @@ def parse_chat_request(body: bytes, *, context_len: int, vocab_size: int, defaul
         if iu is not None and not isinstance(iu, bool):
             raise ApiError(422, "'stream_options.include_usage' must be true or false", param="stream_options.include_usage", code="invalid_type")
         include_usage = bool(iu)
-    for unsupported in ("tools", "functions", "stop", "logprobs", "response_format"):
-        if obj.get(unsupported) not in (None, False, [], {}):
-            raise ApiError(422, f"'{unsupported}' is not supported by this server; leave it out", param=unsupported, code="unsupported")
-    return ChatRequest(messages, max_tokens, temperature, top_k or None, top_p, seed, n, bool(stream), include_usage)
+    refuse_output_changing(obj, CHAT_REFUSED)
+    stop = parse_stop(obj)
+    logprobs = obj.get("logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise ApiError(422, "'logprobs' must be true or false", param="logprobs", code="invalid_type")
+    top_logprobs = _int(obj, "top_logprobs", 0, MAX_TOP_LOGPROBS, None)
+    if top_logprobs is not None and not logprobs:
+        raise ApiError(422, "'top_logprobs' needs 'logprobs': true", param="top_logprobs", code="invalid_value")
+    top = (top_logprobs or 0) if logprobs else None
+    return ChatRequest(messages, max_tokens, temperature, top_k or None, top_p, seed, n, bool(stream), include_usage, model, stop, top)
+
+
+# OpenAI fields that would change the answer in ways this server cannot honour: refused, never ignored
+CHAT_REFUSED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logit_bias", "audio", "prediction")
+HARMLESS = {"tool_choice": ("none",), "response_format": ({"type": "text"},), "function_call": ("none",)}
+
+
+def refuse_output_changing(obj: dict, names: tuple[str, ...]) -> None:
+    """400 for any of `names` set to something other than empty or its default."""
+    for name in names:
+        value = obj.get(name)
+        if value in (None, False, [], {}, "") or value in HARMLESS.get(name, ()):
+            continue
+        raise ApiError(400, f"'{name}' is not supported by this server and would change the answer; leave it out", param=name, code="unsupported_parameter")
+
+
+def parse_stop(obj: dict) -> list[str]:
+    """`stop`: a string or a list of up to 4 non-empty strings."""
+    stop = obj.get("stop")
+    if stop is None:
+        return []
+    items = [stop] if isinstance(stop, str) else stop
+    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+        raise ApiError(422, "'stop' must be a string or a list of strings", param="stop", code="invalid_type")
+    if len(items) > MAX_STOP:
+        raise ApiError(422, f"'stop' has {len(items)} sequences; the limit is {MAX_STOP}", param="stop", code="out_of_range")
+    for s in items:
+        if not s or len(s) > MAX_STOP_CHARS:
+            raise ApiError(422, f"each 'stop' sequence must have 1 to {MAX_STOP_CHARS} characters", param="stop", code="out_of_range")
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(422, "'stop' contains an unpaired UTF-16 surrogate", param="stop", code="invalid_text") from None
+    return list(items)
+
+
+GENERIC_MODEL_NAME = "nanochat"  # always names the model being served (what the chat page sends)
+
+
+def check_model(requested: str | None, served: str) -> None:
+    """404 in OpenAI's shape when a request names a model other than the one served (or `nanochat`)."""
+    if requested is None or requested in (served, GENERIC_MODEL_NAME):
+        return
+    shown = requested if len(requested) <= 100 else requested[:100] + "..."
+    raise ApiError(404, f"The model '{shown}' does not exist; this server serves '{served}' (see GET /v1/models)", param="model", code="model_not_found")

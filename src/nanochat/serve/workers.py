@@ -3,8 +3,10 @@
 Generation runs in these threads, never on the event loop, so `/health` and the other routes stay
 fast while the model works. A request becomes a `Job`; `WorkerPool.submit` puts it in the queue or
 raises `QueueFull` when the queue is at its bound (the server answers 503 with Retry-After). The
-worker streams events back to the job's asyncio queue: `("delta", choice, text)` as text becomes
-complete, `("finish", choice, reason)`, and finally `("done", usage)` or `("error", message)`.
+worker streams events back to the job's asyncio queue: `("delta", choice, text, logprob_entries)` as text
+becomes final (serve/outputs.py: never half a character or a possible stop sequence; the entries are empty
+unless log-probabilities were asked for), `("finish", choice, reason)`, and finally `("done", usage)` or
+`("error", message)`; with `prompt_logprobs`, `("prompt_logprobs", entries)` comes first.
 Setting `job.cancel` (client gone) stops the generation at the next token.
 """
 
@@ -17,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from nanochat.engine.streaming import StreamDecoder
+from nanochat.serve.outputs import ChoiceOutput, TokenNames, token_entries
 
 
 class QueueFull(Exception):
@@ -32,6 +34,9 @@ class GenParams:
     top_p: float | None
     seed: int | None
     n: int = 1
+    stop: tuple[str, ...] = ()  # stop sequences: the answer ends before the first one
+    logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and its k best alternatives
+    prompt_logprobs: bool = False  # also the prompt's tokens (echo), as ("prompt_logprobs", entries) before any delta
 
 
 @dataclass
@@ -105,12 +110,21 @@ class Worker(threading.Thread):
         p = job.params
         tok = self.engine.tokenizer
         terminal = {tok.special_id("<|assistant_end|>"), tok.bos_id}
-        decoders = [StreamDecoder(tok) for _ in range(p.n)]
+        names = TokenNames(tok)
+        outputs = [ChoiceOutput(tok, p.stop, p.logprobs, names) for _ in range(p.n)]
         counts = [0] * p.n
         finished = [False] * p.n
         steps = 0
+        if p.prompt_logprobs:
+            job.emit("prompt_logprobs", token_entries(self.engine.model, job.prompt_ids, names, p.logprobs or 0))
+        rows = []  # the latest step's log-softmax, when log-probabilities are asked for
+        extra = {}
+        if p.logprobs is not None:
+            import torch
+
+            extra["on_logits"] = lambda logits: rows.append(torch.log_softmax(logits.float(), dim=-1).cpu())
         gen = self.engine.generate(
-            job.prompt_ids, num_samples=p.n, max_tokens=p.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed
+            job.prompt_ids, num_samples=p.n, max_tokens=p.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed, **extra
         )
         try:
             for column, _masks in gen:
@@ -118,20 +132,25 @@ class Worker(threading.Thread):
                     return
                 steps += 1
                 self.pool.metrics_tokens(finished.count(False))
+                step_rows = rows.pop() if rows else None
+                rows.clear()
                 for i, t in enumerate(column):
                     if finished[i]:
                         continue
                     counts[i] += 1
                     if t in terminal:
                         finished[i] = True
-                        rest = decoders[i].flush()
-                        if rest:
-                            job.emit("delta", i, rest)
+                        text, entries = outputs[i].finish()
+                        if text or entries:
+                            job.emit("delta", i, text, entries)
                         job.emit("finish", i, "stop")
                         continue
-                    text = decoders[i].push(t)
-                    if text:
-                        job.emit("delta", i, text)
+                    text, entries, stopped = outputs[i].push(t, step_rows[i] if step_rows is not None else None)
+                    if text or entries:
+                        job.emit("delta", i, text, entries)
+                    if stopped:
+                        finished[i] = True
+                        job.emit("finish", i, "stop")
                 job.tokens_generated = steps
                 if all(finished):
                     break
@@ -141,9 +160,9 @@ class Worker(threading.Thread):
             return
         for i in range(p.n):
             if not finished[i]:
-                rest = decoders[i].flush()
-                if rest:
-                    job.emit("delta", i, rest)
+                text, entries = outputs[i].finish()
+                if text or entries:
+                    job.emit("delta", i, text, entries)
                 job.emit("finish", i, "length")
         job.emit("done", {"prompt_tokens": len(job.prompt_ids), "completion_tokens": sum(counts), "total_tokens": len(job.prompt_ids) + sum(counts)})
 

@@ -1,0 +1,1 @@
+"""Exporting checkpoints for other tools: `hf` writes a Hugging Face transformers folder."""
