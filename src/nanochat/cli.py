@@ -65,7 +65,7 @@ _register("chat", chat.chat, "nanochat chat", "nanochat chat -p 'Why is the sky 
 _register("serve", serve.serve, "nanochat serve --port 8000", "nanochat serve --host 0.0.0.0 --api-key $KEY")
 _register("speedrun", speedrun.speedrun, "nanochat speedrun --demo", "nanochat speedrun --depth 26", "nanochat speedrun --depth 26 --from-stage sft")
 _register("report", report.report, "nanochat report")
-_register("sweep", sweep.sweep, "nanochat sweep miniseries", "nanochat sweep isoflop")
+app.add_typer(sweep.app, name="sweep")
 _register("dist-check", dist_check.dist_check, "nanochat dist-check --device cpu --nproc 2", hidden=True)
 
 
