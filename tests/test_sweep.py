@@ -6,6 +6,7 @@ validation rows; the plan, the dry run and bad options."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import signal
@@ -112,7 +113,9 @@ def test_isoflop_sweep_stops_and_continues(nanochat_home):
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "3 or more" in (folder / "fit.json").read_text()  # two sizes per budget: no parabola, and it says so
     sections = nanochat_home / "report" / "sections"
-    assert (sections / "sweep-isoflop.json").is_file() and not (sections / "pretrain.json").exists()
+    assert not (sections / "pretrain.json").exists()  # the runs' own pretrain sections were put back (there was none)
+    section = json.loads((sections / "sweep-isoflop.json").read_text())["data"]
+    assert all(tag in section["results"] for tag in TAGS)
 
     # the same sweep with another model shape is refused (its runs would not be comparable)
     wider = list(TINY)
@@ -126,7 +129,7 @@ def test_dry_run_prints_the_plan_and_trains_nothing(nanochat_home):
     r = run_cli("sweep", "miniseries", "--data", "demo", "--depths", "1,2", "--ratio", "4", "--device", "cpu", "--measure-steps", "0", "--dry-run", *TINY)
     assert r.returncode == 0, r.stderr
     assert "miniseries-d1" in r.stdout and "miniseries-d2" in r.stdout and "dry run: nothing trained" in r.stdout
-    assert "--target-param-data-ratio 4" in r.stdout and "--aspect-ratio 32" in r.stdout
+    assert "--target-param-data-ratio 4.0" in r.stdout and "--aspect-ratio 32" in r.stdout
     # ratio 4: tokens = 4 × scaling params, rounded down to whole 256-token steps (d1 has 28,684 scaling params)
     d1 = next(line.split() for line in r.stdout.splitlines() if line.split()[1:2] == ["miniseries-d1"])
     assert d1[3] == "28,684" and int(d1[7].replace(",", "")) == (4 * 28684 // 256) * 256
@@ -165,3 +168,31 @@ def test_spec_validation():
     ):  # fmt: skip
         with pytest.raises(UsageError, match=needle):
             SweepSpec(**{**ok, **change}).validate()
+
+
+def test_isoflop_fit_goes_to_fit_json_plots_and_the_report(nanochat_home):
+    # synthetic results of a 3-budget, 5-depth sweep whose losses are exact parabolas around N_opt = 0.1 C^0.45
+    from nanochat.eval.report import load_sections
+    from nanochat.train.sweep import SweepSpec, finish
+
+    results = []
+    for c in (1e15, 1e16, 1e17):
+        for depth, u in zip((4, 6, 8, 10, 12), (-0.6, -0.3, 0.0, 0.3, 0.6)):
+            n = 0.1 * c**0.45 * 10**u
+            results.append({"tag": f"iso-d{depth}-c{c:g}", "budget": c, "depth": depth, "scaling_params": n, "tokens": c / (6 * n), "flops": c,
+                            "val_bpb": 2.0 - 0.05 * math.log10(c) + 0.5 * u**2, "core": 0.01 * depth})  # fmt: skip
+    spec = SweepSpec(kind="isoflop", depths=(4, 6, 8, 10, 12), budgets=(1e15, 1e16, 1e17), name="iso", data="demo", bootstrap=50)
+    out = finish(spec, results)
+    folder = nanochat_home / "sweeps" / "iso"
+    fit = json.loads((folder / "fit.json").read_text())
+    assert fit["a"] == pytest.approx(0.45, abs=1e-6) and fit["b"] == pytest.approx(0.55, abs=1e-6) and len(fit["optima"]) == 3
+    assert any("a = 0.450" in line for line in out["lines"])
+    for png in ("scaling.png", "isoflop.png"):
+        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    section = load_sections()["sweep-iso"]["data"]
+    assert section["exponent_a"] == pytest.approx(0.45, abs=1e-6) and "D_opt ∝ C^b: b = 0.550" in section["fit"]
+    assert all(r["tag"] in section["results"] for r in results) and "../sweeps/iso/isoflop.png" in section["plots"]
+    from nanochat.eval.scaling_plots import plot_scaling
+
+    mini = [{"budget": None, "depth": d, "scaling_params": 1e6 * d, "flops": 1e15 * d, "val_bpb": 3 - 0.1 * d, "core": 0.02 * d} for d in (2, 4, 6)]
+    assert plot_scaling(mini, nanochat_home / "mini.png", "miniseries").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -202,7 +202,8 @@ def plan_runs(spec: SweepSpec, vocab_size: int, device_type: str) -> list[Run]:
             quiet += [flag, "-1"]
     procs = ("--nproc", str(spec.nproc)) if spec.nproc else ()
     world = _world(spec)
-    horizons = [(None, ("--target-param-data-ratio", f"{spec.ratio:g}"))] if spec.kind == "miniseries" else [(c, ("--target-flops", f"{c:g}")) for c in spec.budgets]
+    # repr: the exact float, so the run plans the very steps planned here
+    horizons = [(None, ("--target-param-data-ratio", repr(spec.ratio)))] if spec.kind == "miniseries" else [(c, ("--target-flops", repr(c))) for c in spec.budgets]
     runs = []
     for budget, horizon in horizons:
         for depth in spec.depths:
@@ -353,7 +354,7 @@ def print_plan(spec: SweepSpec, runs: list[Run], device: str, measured: bool) ->
     known = [r.est_s for r in todo if r.est_s is not None]
     total = sum(known)
     how = (f"timed on {device}, {spec.measure_steps} step(s) per depth, on one device and uncompiled: compiled GPU runs are faster; "
-           "evaluation not included") if measured else "no estimate: --measure-steps 0 or no tokenizer"  # fmt: skip
+           "evaluation not included") if measured else "no estimate: --measure-steps 0, no tokenizer or no such device here"  # fmt: skip
     print0(f"N = scaling parameters (transformer matrices + head); {sum(r.flops for r in runs):.3g} FLOPs and {sum(r.tokens for r in runs):,} tokens in all")
     if todo:
         print0(f"{len(todo)} of {len(runs)} runs to train, estimated {format_duration(total) if known else '-'} ({how})")
@@ -666,14 +667,20 @@ def run_sweep(spec: SweepSpec, runner: Callable[[Run, _Signals], int] = run_pret
 
         open_corpus(spec.data, "train")  # fail now, naming what to download or import, rather than in the first run
         open_corpus(spec.data, "val")
-    device = detect_device(spec.device)
+    try:
+        device = detect_device(spec.device)
+        can_time = True
+    except NanochatError:
+        if not spec.dry_run:
+            raise
+        device, can_time = spec.device, False  # e.g. planning a GPU sweep on a machine without one: no timing
     check_identity(spec, spec.dry_run)
     runs = plan_runs(spec, vocab, device)
     tags = [r.tag for r in runs]
     if len(set(tags)) != len(tags):
         raise UsageError("two runs of the sweep would share a model tag; give each depth and budget once")
     run_status(spec, runs)
-    measure = spec.measure_steps > 0 and tokenizer is not None
+    measure = spec.measure_steps > 0 and tokenizer is not None and can_time
     if measure:
         print0(f"timing {spec.measure_steps} training steps per depth on {device} for the estimate ...")
         estimate_times(runs, vocab, device, spec.measure_steps)
