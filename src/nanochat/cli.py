@@ -69,7 +69,7 @@ _register("serve", serve.serve, "nanochat serve --port 8000", "nanochat serve --
 _register("speedrun", speedrun.speedrun, "nanochat speedrun --demo", "nanochat speedrun --depth 26", "nanochat speedrun --depth 26 --from-stage sft")
 _register("report", report.report, "nanochat report")
 _register("export", export.export, "nanochat export --format hf --out ./my-model", "nanochat export --source base --step 2000 --out ./base-hf")
-_register("sweep", sweep.sweep, "nanochat sweep miniseries", "nanochat sweep isoflop")
+app.add_typer(sweep.app, name="sweep")
 _register("dist-check", dist_check.dist_check, "nanochat dist-check --device cpu --nproc 2", hidden=True)
 
 

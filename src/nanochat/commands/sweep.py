@@ -1,16 +1,124 @@
-"""`nanochat sweep`: scaling studies."""
+"""`nanochat sweep miniseries|isoflop`: scaling studies (see train.sweep); any pretrain option passes through."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
-from nanochat.commands._common import not_built
+from nanochat.commands._common import DEVICE_HELP, NPROC_HELP, examples
+
+HELP = {"help_option_names": ["-h", "--help"]}
+# options the sweep does not know are pretrain options, passed to every run (parsed by pretrain's own parser)
+PASS = {**HELP, "allow_extra_args": True, "ignore_unknown_options": True}
+E = "Evaluation and fits"
+
+app = typer.Typer(
+    help="Scaling studies: many pretraining runs, evaluated alike, into sweep.csv, fitted laws and plots.",
+    no_args_is_help=True,
+    context_settings=HELP,
+    epilog=examples("nanochat sweep miniseries --depths 10,12,14,16,18,20 --dry-run", "nanochat sweep isoflop --budgets 1e18,3e18,1e19 --depths 8,10,12,14,16"),
+)
+
+DATA = typer.Option("web", help="web, demo, or an imported data set (for every run and the validation tokens).")
+NAME = typer.Option(None, help="Sweep folder <home>/sweeps/NAME and model-tag prefix; default: the kind.")
+MAX_PER_TASK = typer.Option(500, help="CORE examples per task (-1: all; 0: no CORE).", rich_help_panel=E)
+BPB_TOKENS = typer.Option(10 * 524288, help="Validation tokens, packed once, on which every run's bpb is measured.", rich_help_panel=E)
+BOOTSTRAP = typer.Option(1000, help="Bootstrap replicates for the exponents' uncertainty (0: off).", rich_help_panel=E)
+MEASURE = typer.Option(2, help="Training steps timed per depth for the time estimate (0: no estimate).")
+DRY_RUN = typer.Option(False, "--dry-run", help="Print the plan (runs, FLOPs, tokens, estimated time, commands) and exit.")
+DEVICE = typer.Option("auto", help=DEVICE_HELP)
+NPROC = typer.Option(None, help=NPROC_HELP)
 
 
-def sweep(kind: str = typer.Argument(..., help="miniseries or isoflop.")) -> None:
-    """Scaling studies: many pretraining runs, a CSV, fitted laws and plots."""
+def _pretrain_options(kind: str, extra: list[str], data: str, device: str) -> tuple[dict, frozenset[str]]:
+    """Parse the passed-through flags with pretrain's own parser: (every PretrainConfig value, the fields given)."""
+    import click
+    from click.core import ParameterSource
+
+    from nanochat.commands.pretrain import _batch, pretrain
     from nanochat.common.errors import UsageError
 
-    if kind not in ("miniseries", "isoflop"):
-        raise UsageError(f"unknown sweep {kind!r}; use `nanochat sweep miniseries` or `nanochat sweep isoflop`")
-    not_built("sweep", "sweep")
+    one = typer.Typer(context_settings=HELP)
+    one.command()(pretrain)
+    cmd = typer.main.get_command(one)
+    try:
+        ctx = cmd.make_context("nanochat pretrain", [*extra, "--data", data, "--device", device])
+    except click.ClickException as e:
+        raise UsageError(f"{e.format_message()} (an option that is neither the sweep's nor pretrain's; see `nanochat sweep {kind} -h` and `nanochat pretrain -h`)") from None
+    given = frozenset(k for k in ctx.params if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE) - {"data", "device"}
+    if ctx.params.get("fp8"):
+        from nanochat.common.errors import NanochatError
+
+        raise NanochatError("--fp8 is not available in this version of nanochat; train in bf16 (drop --fp8)")
+    options = {k: v for k, v in ctx.params.items() if k not in ("nproc", "fp8", "skip_restore")}
+    options["total_batch_size"] = _batch(options["total_batch_size"])
+    return options, given
+
+
+def _run(kind: str, ctx: typer.Context, depths: str, budgets: str, ratio: float, name, data, max_per_task, bpb_tokens, bootstrap,
+         measure_steps, dry_run, device, nproc) -> None:  # fmt: skip
+    from nanochat.train.sweep import SweepSpec, parse_list, run_sweep
+
+    options, given = _pretrain_options(kind, list(ctx.args), data, device)
+    spec = SweepSpec(
+        kind=kind, depths=parse_list(depths, "depths", int), budgets=parse_list(budgets, "budgets", float) if budgets else (),
+        ratio=ratio, name=name, data=data, device=device, nproc=nproc, pretrain_args=tuple(ctx.args), options=options, explicit=given,
+        max_per_task=max_per_task, bpb_tokens=bpb_tokens, bootstrap=bootstrap, measure_steps=measure_steps, dry_run=dry_run,
+    )  # fmt: skip
+    run_sweep(spec)
+
+
+@app.command(
+    context_settings=PASS,
+    epilog=examples(
+        "nanochat sweep miniseries --depths 10,12,14,16,18,20 --dry-run",
+        "nanochat sweep miniseries --depths 4,6,8,10,12 --ratio 8 --max-per-task 100",
+        "nanochat sweep miniseries --data demo --depths 2,3,4 --device cpu --max-seq-len 256 --device-batch-size 8",
+    ),
+)
+def miniseries(
+    ctx: typer.Context,
+    depths: str = typer.Option("10,12,14,16,18,20", help="Comma-separated depths, one run each."),
+    ratio: float = typer.Option(12.0, help="Training tokens per scaling parameter (pretrain's --target-param-data-ratio)."),
+    name: Optional[str] = NAME,
+    data: str = DATA,
+    max_per_task: int = MAX_PER_TASK,
+    bpb_tokens: int = BPB_TOKENS,
+    measure_steps: int = MEASURE,
+    dry_run: bool = DRY_RUN,
+    device: str = DEVICE,
+    nproc: Optional[int] = NPROC,
+) -> None:
+    """Train one model per depth at a fixed tokens:parameters ratio; evaluate each; CSV and plots.
+
+    Any option not listed here is a `nanochat pretrain` option, passed to every run (e.g. --max-seq-len 1024)."""
+    _run("miniseries", ctx, depths, "", ratio, name, data, max_per_task, bpb_tokens, 0, measure_steps, dry_run, device, nproc)
+
+
+@app.command(
+    context_settings=PASS,
+    epilog=examples(
+        "nanochat sweep isoflop --budgets 1e18,3e18,1e19 --depths 8,10,12,14,16 --dry-run",
+        "nanochat sweep isoflop --budgets 1e18,3e18 --depths 6,8,10,12 --max-per-task 100",
+        "nanochat sweep isoflop --data demo --budgets 1e13,3e13 --depths 2,3,4 --device cpu --max-seq-len 256",
+    ),
+)
+def isoflop(
+    ctx: typer.Context,
+    budgets: str = typer.Option(..., help="Comma-separated FLOP budgets, e.g. 1e18,3e18,1e19."),
+    depths: str = typer.Option("8,10,12,14,16", help="Comma-separated depths trained at every budget (3+ for a parabola)."),
+    name: Optional[str] = NAME,
+    data: str = DATA,
+    max_per_task: int = MAX_PER_TASK,
+    bpb_tokens: int = BPB_TOKENS,
+    bootstrap: int = BOOTSTRAP,
+    measure_steps: int = MEASURE,
+    dry_run: bool = DRY_RUN,
+    device: str = DEVICE,
+    nproc: Optional[int] = NPROC,
+) -> None:
+    """Train every depth at every FLOP budget; a parabola per budget gives the optimum; fit N_opt ∝ C^a, D_opt ∝ C^b.
+
+    Any option not listed here is a `nanochat pretrain` option, passed to every run (e.g. --max-seq-len 1024)."""
+    _run("isoflop", ctx, depths, budgets, 12.0, name, data, max_per_task, bpb_tokens, bootstrap, measure_steps, dry_run, device, nproc)
