@@ -181,9 +181,9 @@ ROWS = [
     ("report --foo", 2, "(see `nanochat report -h`)", None, None),
     ("report", 1, "nothing recorded yet", None, None),
     # sweep
-    ("sweep", 2, "(see `nanochat sweep -h`)", None, None),
-    ("sweep everything", 2, "unknown sweep 'everything'", None, None),
-    ("sweep miniseries", 1, "not built yet", None, None),
+    ("sweep everything", 2, "No such command 'everything'", None, None),
+    ("sweep miniseries --depths 0 --dry-run", 2, "--depths 0 must list depths of at least 1", None, None),
+    ("sweep isoflop --data nosuchset --budgets 1e12 --depths 1", 1, "unknown data set 'nosuchset'", None, None),
     # dist-check (hidden)
     ("dist-check --nproc 0", 2, "--nproc 0 is not a process count", None, None),
 ]

@@ -115,7 +115,7 @@ def test_isoflop_sweep_stops_and_continues(nanochat_home):
     sections = nanochat_home / "report" / "sections"
     assert not (sections / "pretrain.json").exists()  # the runs' own pretrain sections were put back (there was none)
     section = json.loads((sections / "sweep-isoflop.json").read_text())["data"]
-    assert all(tag in section["results"] for tag in TAGS)
+    assert all(tag in section["runs_table"] for tag in TAGS)
 
     # the same sweep with another model shape is refused (its runs would not be comparable)
     wider = list(TINY)
@@ -191,7 +191,7 @@ def test_isoflop_fit_goes_to_fit_json_plots_and_the_report(nanochat_home):
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     section = load_sections()["sweep-iso"]["data"]
     assert section["exponent_a"] == pytest.approx(0.45, abs=1e-6) and "D_opt ∝ C^b: b = 0.550" in section["fit"]
-    assert all(r["tag"] in section["results"] for r in results) and "../sweeps/iso/isoflop.png" in section["plots"]
+    assert all(r["tag"] in section["runs_table"] for r in results) and "../sweeps/iso/isoflop.png" in section["plots"]
     from nanochat.eval.scaling_plots import plot_scaling
 
     mini = [{"budget": None, "depth": d, "scaling_params": 1e6 * d, "flops": 1e15 * d, "val_bpb": 3 - 0.1 * d, "core": 0.02 * d} for d in (2, 4, 6)]

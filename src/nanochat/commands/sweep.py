@@ -60,6 +60,10 @@ def _run(kind: str, ctx: typer.Context, depths: str, budgets: str, ratio: float,
          measure_steps, dry_run, device, nproc) -> None:  # fmt: skip
     from nanochat.train.sweep import SweepSpec, parse_list, run_sweep
 
+    if not dry_run:  # before anything is planned or trained (a dry run may plan for data not here yet)
+        from nanochat.data.corpus import check_data_name
+
+        check_data_name(data)
     options, given = _pretrain_options(kind, list(ctx.args), data, device)
     spec = SweepSpec(
         kind=kind, depths=parse_list(depths, "depths", int), budgets=parse_list(budgets, "budgets", float) if budgets else (),

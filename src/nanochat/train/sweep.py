@@ -614,7 +614,7 @@ def finish(spec: SweepSpec, results: list[dict]) -> dict:
         budget = "-" if r.get("budget") is None else budget_label(r["budget"])
         table_md.append(f"| {r['tag']} | {budget} | {r['depth']} | {r['scaling_params']:,} | {r['tokens']:,} | {r['flops']:.3g} | {r['val_bpb']:.4f} | {core} |")
     data = {"kind": spec.kind, "data": spec.data, "runs": len(results), "csv": str(d / "sweep.csv"), "val_tokens": spec.bpb_tokens,
-            "results": "\n".join(table_md)}  # fmt: skip
+            "runs_table": "\n".join(table_md)}  # fmt: skip
     core_labels = {r["core_label"] for r in results if r.get("core_label")}
     if core_labels:
         data["core_label"] = ", ".join(sorted(core_labels))
