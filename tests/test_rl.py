@@ -159,6 +159,113 @@ def test_reward_goes_up_when_one_token_is_rewarded():
 
 
 # ------------------------------------------------------------------------------------------------
+# one step moves log-probabilities the right way; groups without signal give no gradient
+
+
+def _sequence_logps(model, ro):
+    """Σ log p of each row's valid targets, computed here from the logits (not by the code under test)."""
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ro.inputs).float(), -1)
+    valid = ro.targets >= 0
+    picked = logp.gather(-1, ro.targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(valid, picked, torch.zeros_like(picked)).sum(-1)
+
+
+def _group(tok, prompt_text, completions, rewards):
+    from nanochat.train.rl import build_batch
+
+    prompt = tok.render_for_completion([{"role": "user", "content": prompt_text}])
+    end = tok.special_id("<|assistant_end|>")
+    seqs = [tok.encode(c) + [end] for c in completions]
+    return build_batch(prompt, seqs, [[1] * len(x) for x in seqs], rewards, end)
+
+
+def test_one_step_raises_rewarded_and_lowers_unrewarded_log_probabilities():
+    from nanochat.train.rl import backward_rollouts
+
+    from tests.inference_helpers import tiny_model, tiny_tokenizer
+
+    torch.manual_seed(0)
+    tok = tiny_tokenizer()
+    model = tiny_model(tok, n_layer=1, sequence_len=64)
+    ro = _group(tok, "Pick one.", ["red", "blue", "green", "tea"], [1.0, 0.0, 1.0, 0.0])
+    before = _sequence_logps(model, ro)
+    backward_rollouts(model, ro, batch=4, examples_per_rank=1)
+    with torch.no_grad():  # one plain gradient step: the direction is the loss's, no optimizer heuristics
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= 0.5 * p.grad
+    after = _sequence_logps(model, ro)
+    change = (after - before).tolist()
+    assert change[0] > 0 and change[2] > 0, change  # rewarded: more likely
+    assert change[1] < 0 and change[3] < 0, change  # unrewarded: less likely
+
+
+def test_groups_without_reward_variance_add_exactly_zero_gradient():
+    from nanochat.train.rl import backward_rollouts
+
+    from tests.inference_helpers import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model = tiny_model(tok, n_layer=1, sequence_len=64)
+    mixed = _group(tok, "Pick one.", ["red", "blue"], [1.0, 0.0])
+    solved = _group(tok, "Say hi.", ["hi", "hello"], [1.0, 1.0])  # all right: advantages 0
+    failed = _group(tok, "Count.", ["one", "two"], [0.0, 0.0])  # all wrong: advantages 0
+    assert mixed.has_signal and not solved.has_signal and not failed.has_signal
+
+    assert backward_rollouts(model, solved, 2, 3) == 0.0 and backward_rollouts(model, failed, 2, 3) == 0.0
+    assert all(p.grad is None for p in model.parameters())  # not even a forward pass
+    backward_rollouts(model, mixed, 2, 3)
+    alone = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    for ro in (solved, mixed, failed):
+        backward_rollouts(model, ro, 2, 3)
+    together = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert alone and set(alone) == set(together) and all(torch.equal(alone[n], together[n]) for n in alone)
+
+
+class Unsolvable(list):
+    """Every answer is wrong: no group ever has a signal."""
+
+    def __init__(self):
+        super().__init__({"messages": [{"role": "user", "content": f"Question {i}?"}]} for i in range(6))
+
+    def reward(self, conversation, completion):
+        return 0.0
+
+    def evaluate(self, conversation, completion):
+        return False
+
+
+def test_groups_without_signal_are_counted_and_warned_about_once(sft_checkpoint, monkeypatch, capsys):
+    from nanochat.common import paths
+    from nanochat.common.checkpoint import load_weights
+    from nanochat.train import rl
+    from nanochat.train.loop import read_metrics
+
+    from tests._rl_dist_worker import toy_config
+
+    monkeypatch.setattr(rl, "load_tasks", lambda split, rank: (Unsolvable(), Unsolvable(), "toy", "toy"))
+    summary = rl.run_rl(toy_config(num_iterations=4, save_every=-1))
+    err = capsys.readouterr().err
+    assert err.count("problems so far got rewards that differ") == 1, err
+    assert "--num-samples" in err and "easier task" in err and "better SFT model" in err
+    assert summary["signal"] == 0.0 and summary["groups without signal"] == 4 * 2
+    run_dir = paths.checkpoints_dir("rl") / "d1"
+    train = [m for m in read_metrics(run_dir / "metrics.jsonl") if m["kind"] == "train"]
+    assert [m["signal"] for m in train] == [0.0] * 4 and all(m["loss"] == 0.0 for m in train)
+    start, end = load_weights(paths.checkpoints_dir("sft") / "d1" / "step_000005"), load_weights(run_dir / "step_000004")
+    assert all(torch.equal(start[k], end[k]) for k in start)  # no signal, no change
+
+
+def test_no_signal_warning_only_when_most_groups_have_none():
+    from nanochat.train.rl import no_signal_warning
+
+    assert no_signal_warning(5, 10) is None and no_signal_warning(0, 0) is None
+    assert "4 of 10" in no_signal_warning(4, 10)
+
+
+# ------------------------------------------------------------------------------------------------
 # pass@k and the deterministic schedule
 
 

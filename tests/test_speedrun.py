@@ -11,7 +11,8 @@ import pytest
 
 from tests.conftest import run_cli
 
-DEMO_STAGES = ["tokenizer", "pretrain", "base-eval", "sft", "chat-eval", "report"]
+DEMO_STAGES = ["tokenizer", "pretrain", "base-eval", "sft", "rl", "chat-eval", "rl-eval", "report"]
+NO_RL = [s for s in DEMO_STAGES if s not in ("rl", "rl-eval")]
 
 
 def test_dry_run_prints_every_stage_command_and_runs_nothing(nanochat_home):
@@ -19,13 +20,19 @@ def test_dry_run_prints_every_stage_command_and_runs_nothing(nanochat_home):
     assert r.returncode == 0, r.stderr
     out = r.stdout
     lines = [line.strip() for line in out.splitlines() if line.strip().startswith("$ nanochat ")]
-    assert [line.split()[2] for line in lines] == ["tokenize-train", "pretrain", "eval", "sft", "eval", "report"]
+    assert [line.split()[2] for line in lines] == ["tokenize-train", "pretrain", "eval", "sft", "rl", "eval", "eval", "report"]
     assert "--vocab-size 4096" in lines[0] and "--depth 4" in lines[1] and "--max-seq-len 256" in lines[1]
-    assert "--source base" in lines[2] and "--source sft" in lines[4] and "--resume auto" in lines[3]
+    assert "--source base" in lines[2] and "--source sft" in lines[5] and "--resume auto" in lines[3]
+    assert "--task demo-arith" in lines[4] and "--source rl" in lines[6]
     assert not (nanochat_home / "speedrun").exists() and not (nanochat_home / "tokenizer").exists()
     full = run_cli("speedrun", "--depth", "26", "--dry-run")
     assert "$ nanochat data download --for-depth 26 --ratio 8" in full.stdout and "--data web" in full.stdout
     assert "--target-param-data-ratio 8 " in full.stdout
+    skipped = run_cli("speedrun", "--demo", "--dry-run", "--skip", "rl")
+    assert skipped.returncode == 0 and "$ nanochat rl" not in skipped.stdout and "--source rl" not in skipped.stdout
+    assert "$ nanochat rl" in run_cli("speedrun", "--demo", "--dry-run", "--with-rl").stdout  # the old flag: accepted, RL as by default
+    wrong = run_cli("speedrun", "--demo", "--dry-run", "--skip", "sft")
+    assert wrong.returncode == 2 and "use --skip rl" in wrong.stderr and "Traceback" not in wrong.stderr
     bad = run_cli("speedrun", "--demo", "--from-stage", "nope", "--dry-run")
     assert bad.returncode == 2 and "tokenizer, pretrain" in bad.stderr
 
@@ -51,14 +58,14 @@ def test_stages_resume_from_the_state_file_and_from_stage(nanochat_home):
     ran.clear()
     fail_at.clear()
     out = sr.speedrun(demo=True, runner=fake)
-    assert ran == ["sft", "chat-eval", "report"] and list(out["stages"]) == ran
+    assert ran == ["sft", "rl", "chat-eval", "rl-eval", "report"] and list(out["stages"]) == ran
     # all done: nothing runs again
     ran.clear()
     sr.speedrun(demo=True, runner=fake)
     assert ran == []
     # --from-stage reruns that stage and every one after it
     sr.speedrun(demo=True, from_stage="base-eval", runner=fake)
-    assert ran == ["base-eval", "sft", "chat-eval", "report"]
+    assert ran == DEMO_STAGES[2:]
     # another scale changes the tokenizer's command: everything reruns
     ran.clear()
     sr.speedrun(tiny=True, runner=fake)
@@ -103,9 +110,11 @@ def test_tiny_speedrun_end_to_end(tiny_run):
     report = home / "report" / "report.md"
     assert report.is_file() and str(report) in out
     text = report.read_text()
-    for title in ("Summary", "Timings", "Base model training", "Base model evaluation", "Supervised fine-tuning", "Chat evaluation (SFT)"):
+    for title in ("Summary", "Timings", "Base model training", "Base model evaluation", "Supervised fine-tuning", "Chat evaluation (SFT)", "Reinforcement learning"):
         assert f"## {title}" in text
     assert list((home / "checkpoints" / "sft" / "demo").glob("step_*/manifest.json"))
+    rl = json.loads((home / "report" / "sections" / "rl.json").read_text())["data"]
+    assert "demo-arith pass@1 before RL (held out)" in rl and "demo-arith pass@1 (held out)" in rl and rl["final_step"] == 2
     chat = run_cli("chat", "--source", "sft", "-p", "hi", "--max-tokens", "8", "--device", "cpu", env=env)
     assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
     # everything is recorded: a rerun runs nothing and only prints the summary
@@ -144,29 +153,30 @@ def test_card_adds_up_to_what_the_stages_printed_and_recorded(tiny_run):
     assert f"step 00040 | val bpb {final} on 512 tokens" in stage_out["pretrain"]
     printed_bpb = re.search(r"^│ bpb\s+│ val bpb\s+│\s+(\S+) │\s+([\d,]+) tokens │", stage_out["base-eval"], re.M)
     assert printed_bpb.groups() == (final, "512")
-    assert summary["val bpb on 512 tokens"] == [final, "-"]
+    # the base and sft columns of the summary (the rl column comes third)
+    assert summary["val bpb on 512 tokens"][:2] == [final, "-"]
     pre = _md_rows(md, "Base model training")
     assert pre["end-of-training val bpb on 512 tokens"] == [final, "40", "corpus:demo (val split)"]
     assert pre["lowest val bpb during training on 512 tokens"] == [f"{lowest['val_bpb']:.4f}", str(lowest["step"]), "corpus:demo (val split)"]
     assert _md_rows(md, "Base model evaluation")["val bpb on 512 tokens"][:2] == [final, "40"]
     # CORE: 19 offline tasks x --max-per-task 2
     core = re.search(r"^│ core\s+│ CORE-offline[^│]*│\s+(\S+) │\s+([\d,]+) examples │", stage_out["base-eval"], re.M)
-    assert core.group(2) == "38" and summary["CORE-offline (19 tasks, squad 1k, coqa 4.9k) on 38 examples"] == [core.group(1), "-"]
+    assert core.group(2) == "38" and summary["CORE-offline (19 tasks, squad 1k, coqa 4.9k) on 38 examples"][:2] == [core.group(1), "-"]
 
     # SFT's chat val bpb: its metrics file and its closing line
     sft_evals = [r for r in read_metrics(home / "checkpoints" / "sft" / "demo" / "metrics.jsonl") if r["kind"] == "eval"]
     assert [e["step"] for e in sft_evals] == [0, 5, 10]
     chat_bpb, n = f"{sft_evals[-1]['val_bpb']:.4f}", sft_evals[-1]["tokens"]
     assert f"done: 10 steps, chat val bpb {chat_bpb} on {n:,} assistant tokens" in stage_out["sft"]
-    assert summary[f"chat val bpb on {n:,} assistant tokens"] == ["-", chat_bpb]
+    assert summary[f"chat val bpb on {n:,} assistant tokens"][:2] == ["-", chat_bpb]
 
     # the chat tasks as the chat-eval stage printed them (--max-per-task 2), and ChatCORE over the two by hand
     accs = {}
     for task, metric in (("arc-easy", "accuracy"), ("spellingbee", "pass@1")):
         m = re.search(rf"^│ {task}\s+│ {re.escape(metric)}\s+│\s+(\S+) │\s+2 questions │", stage_out["chat-eval"], re.M)
         accs[task] = m.group(1)
-    assert summary["ARC-Easy accuracy on 2 questions"] == ["-", accs["arc-easy"]]
-    assert summary["SpellingBee pass@1 on 2 questions"] == ["-", accs["spellingbee"]]
+    assert summary["ARC-Easy accuracy on 2 questions"][:2] == ["-", accs["arc-easy"]]
+    assert summary["SpellingBee pass@1 on 2 questions"][:2] == ["-", accs["spellingbee"]]
     by_hand = ((float(accs["arc-easy"]) - 0.25) / 0.75 + float(accs["spellingbee"])) / 2
     assert float(summary["ChatCORE (partial: 2 of 6 tasks)"][1]) == pytest.approx(by_hand, abs=1e-4)
     assert "chat-eval — chat tasks and ChatCORE (partial: 2 of 6 tasks)" in out
@@ -191,14 +201,17 @@ def test_card_adds_up_to_what_the_stages_printed_and_recorded(tiny_run):
     assert card_total <= wall
 
 
-def test_with_rl_adds_rl_only_when_built(monkeypatch):
+def test_rl_is_a_default_stage_when_built(monkeypatch):
     from nanochat.train import speedrun as sr
 
     monkeypatch.setattr(sr, "rl_available", lambda: False)
-    assert [s.name for s in sr.plan(demo=True, with_rl=True)] == DEMO_STAGES
+    assert [s.name for s in sr.plan(demo=True)] == NO_RL
     monkeypatch.setattr(sr, "rl_available", lambda: True)
-    stages = {s.name: s for s in sr.plan(demo=True, with_rl=True)}
-    assert list(stages) == DEMO_STAGES[:-1] + ["rl", "rl-eval", "report"]
-    assert stages["rl"].args[:5] == ("rl", "--source", "sft", "--model-tag", "demo")
-    # offline RL trains on a partition of GSM8K test, so the after-RL eval leaves gsm8k out
-    assert "gsm8k" in stages["chat-eval"].command and "gsm8k" not in stages["rl-eval"].command
+    stages = {s.name: s for s in sr.plan(demo=True)}
+    assert list(stages) == DEMO_STAGES
+    assert [s.name for s in sr.plan(demo=True, with_rl=False)] == NO_RL
+    assert stages["rl"].args[:5] == ("rl", "--source", "sft", "--model-tag", "demo") and "--task demo-arith" in stages["rl"].command
+    # the demo's RL trains on arithmetic, not GSM8K: the after-RL eval keeps gsm8k
+    assert "gsm8k" in stages["chat-eval"].command and "gsm8k" in stages["rl-eval"].command
+    web = {s.name: s for s in sr.plan(depth=12)}
+    assert "--task" not in web["rl"].command and list(web)[-4:] == ["rl", "chat-eval", "rl-eval", "report"]

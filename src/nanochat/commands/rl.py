@@ -1,4 +1,4 @@
-"""`nanochat rl`: policy-gradient training on GSM8K (options map one to one onto train.rl.RLConfig)."""
+"""`nanochat rl`: policy-gradient training on GSM8K or the demo arithmetic task (options map one to one onto train.rl.RLConfig)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ E = "Evaluation and checkpoints"
 
 def rl(
     source: str = typer.Option("sft", help="Checkpoint family to start from: sft (or rl to continue an RL model)."),
+    task: str = typer.Option("gsm8k", help="RL task: gsm8k, or demo-arith (small-number word problems with the calculator; learnable by a CPU-sized model)."),
     model_tag: Optional[str] = typer.Option(None, help="Model tag to start from (default: the newest); RL checkpoints go to checkpoints/rl/<tag>/."),
     step: Optional[int] = typer.Option(None, help="Checkpoint step to start from (default: the newest complete one)."),
     train_split: str = typer.Option("auto", help="auto (GSM8K train from the Hub; offline: a partition carved from the test split), train, or train-from-test."),
@@ -38,7 +39,7 @@ def rl(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     nproc: Optional[int] = typer.Option(None, help=NPROC_HELP),
 ) -> None:
-    """Reinforcement learning on GSM8K with the calculator tool (REINFORCE with a group-mean baseline)."""
+    """Reinforcement learning on GSM8K (or --task demo-arith) with the calculator tool (REINFORCE with a group-mean baseline)."""
     from nanochat.common import checks
     from nanochat.common.checkpoint import require_checkpoint
     from nanochat.common.launch import maybe_relaunch
@@ -46,7 +47,7 @@ def rl(
 
     checks.nproc(nproc)
     cfg = RLConfig(
-        source=source, model_tag=model_tag, step=step, train_split=train_split, num_epochs=num_epochs, num_iterations=num_iterations,
+        source=source, task=task, model_tag=model_tag, step=step, train_split=train_split, num_epochs=num_epochs, num_iterations=num_iterations,
         device_batch_size=device_batch_size, examples_per_step=examples_per_step, num_samples=num_samples, max_new_tokens=max_new_tokens,
         temperature=temperature, top_k=top_k, embedding_lr=embedding_lr, unembedding_lr=unembedding_lr, matrix_lr=matrix_lr,
         scalar_lr=scalar_lr, init_lr_frac=init_lr_frac, eval_every=eval_every, eval_examples=eval_examples, save_every=save_every,

@@ -1,11 +1,15 @@
-"""Reinforcement learning on GSM8K: `run_rl(RLConfig(...))` is what `nanochat rl` runs.
+"""Reinforcement learning on GSM8K or the demo's arithmetic: `run_rl(RLConfig(...))` is what `nanochat rl` runs.
 
 The algorithm is the reference's "GRPO", which is really REINFORCE with a group baseline:
 
 - no KL term and no reference model; on-policy, so no PPO ratio or clipping;
 - per question, `num_samples` rollouts from the Engine (prompt prefilled once per sampling batch,
   temperature, top-k, calculator calls executed and their output forced into the sequence);
-- reward = GSM8K exact match (0/1); advantage = reward − mean reward of the question's rollouts (no std);
+- reward = exact match of the final answer (0/1); advantage = reward − mean reward of the question's
+  rollouts (no std). A question whose rollouts all got the same reward (a group with zero variance) has
+  zero advantages and teaches nothing: it is skipped (no forward/backward, exactly zero gradient) and
+  counted; the progress line's `signal` is the share of groups with a non-zero advantage, and the run
+  warns once when most groups have none (the model never, or always, solves its problems);
 - loss = −Σ logp(token)·advantage / (valid tokens of the micro-batch × micro-batches per question ×
   questions per rank): DAPO-style token-level normalisation. Only sampled tokens count: the prompt,
   the calculator output the Engine forced (mask 0) and the padding have target −1. The terminal token
@@ -18,7 +22,10 @@ Which question a rank trains on at a step, and the sampling seed of every rollou
 (`hash((step, example_idx, sampling_step)) & 0x7FFFFFFF`, as the reference), are functions of the step
 alone, so a resumed run repeats exactly what an uninterrupted one would have done.
 
-Data: GSM8K train (7,473 problems, from the Hugging Face Hub), evaluated on GSM8K test. Offline there is
+Tasks (`task`): `gsm8k` (the default) and `demo-arith`, small-number arithmetic word problems with the
+calculator (tasks.arith; disjoint train and test splits), which a CPU-sized model can learn.
+
+Data of `gsm8k`: GSM8K train (7,473 problems, from the Hugging Face Hub), evaluated on GSM8K test. Offline there is
 only the packaged test split: the run then trains on a partition carved out of it (`train-from-test`,
 1,000 problems) and evaluates only on the other 319 (`test-heldout`), and says so everywhere it reports.
 Problems whose prompt leaves no room to answer in the model's context are left out of training (and
@@ -27,6 +34,7 @@ counted as failures in the evaluation); the run says how many.
 Evaluation: pass@1..pass@k (k = device batch size) at the sampling temperature on held-out problems,
 every `eval_every` steps and at the end, with the unbiased estimator 1 − C(n−c, k)/C(n, k) over the
 n = k samples drawn per problem (the same expectation as the reference's "any of the first k").
+The summary records pass@1 before RL (the evaluation at step 0) and after (the last one).
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ from nanochat.train.loop import MetricsLog, Progress, StepClock, StopSignal, for
 
 OFFLINE_TRAIN_LABEL = "GSM8K train partition carved from the test split (1,000 problems)"
 OFFLINE_EVAL_LABEL = "GSM8K test, held-out 319 problems (disjoint from the train partition)"
+RL_TASKS = ("gsm8k", "demo-arith")
+NO_SIGNAL_SHARE = 0.5  # warn once when fewer groups than this share carry a signal
 
 
 @dataclass
@@ -51,6 +61,7 @@ class RLConfig:
     """Options of `nanochat rl` (names match the CLI flags)."""
 
     source: str = "sft"
+    task: str = "gsm8k"  # gsm8k | demo-arith
     model_tag: str | None = None
     step: int | None = None
     train_split: str = "auto"  # auto | train | train-from-test
@@ -80,6 +91,8 @@ class RLConfig:
         from nanochat.common.device import check_device_name
 
         checks.one_of("source", self.source, ck.SOURCES)
+        if self.task not in RL_TASKS:
+            raise UsageError(f"--task {self.task!r} is not an RL task; use one of {', '.join(RL_TASKS)}")
         if self.train_split not in ("auto", "train", "train-from-test"):
             raise UsageError(f"--train-split {self.train_split!r} must be auto, train or train-from-test")
         for name in ("device_batch_size", "examples_per_step", "num_samples", "max_new_tokens", "num_epochs", "eval_examples"):
@@ -151,6 +164,11 @@ class Rollouts:
     advantages: Any  # (N,) float
     lengths: list[int]  # completion lengths in tokens (terminal included)
 
+    @property
+    def has_signal(self) -> bool:
+        """Whether any rollout's advantage is non-zero (rewards that differ within the group)."""
+        return bool((self.advantages != 0).any())
+
 
 def build_batch(prompt: list[int], completions: list[list[int]], masks: list[list[int]], rewards: list[float], pad_id: int, device="cpu") -> Rollouts:
     """Rows `prompt + completion`, right-padded; a target counts only where the Engine sampled it (mask 1)."""
@@ -201,7 +219,11 @@ def collect_rollouts(engine, tokenizer, task, example_idx: int, step: int, cfg: 
 
 
 def backward_rollouts(model, ro: Rollouts, batch: int, examples_per_rank: int) -> float:
-    """Forward/backward the rollouts in micro-batches of `batch` rows; returns the summed loss."""
+    """Forward/backward the rollouts in micro-batches of `batch` rows; returns the summed loss.
+
+    A group without signal (all advantages zero) is skipped: its loss and gradient would be exactly 0."""
+    if not ro.has_signal:
+        return 0.0
     num_passes = -(-ro.inputs.size(0) // batch)
     total = 0.0
     for p in range(num_passes):
@@ -279,6 +301,25 @@ def load_tasks(train_split: str, rank: int):
     return train, test, OFFLINE_TRAIN_LABEL, OFFLINE_EVAL_LABEL
 
 
+def load_rl_tasks(task: str, train_split: str, rank: int):
+    """(train task, eval task, train label, eval label) of an RL task by its `--task` name."""
+    if task == "demo-arith":
+        from nanochat.tasks.arith import DemoArith
+
+        train, test = DemoArith("train"), DemoArith("test")
+        return train, test, f"DemoArith train ({train.data_source})", f"DemoArith test ({len(test)} held-out problems)"
+    return load_tasks(train_split, rank)
+
+
+def no_signal_warning(signal_groups: int, groups: int) -> str | None:
+    """The one-time warning when most groups so far had rewards that did not differ, else None."""
+    if groups == 0 or signal_groups / groups >= NO_SIGNAL_SHARE:
+        return None
+    return (f"only {signal_groups} of {groups} problems so far got rewards that differ between their rollouts (signal "
+            f"{signal_groups / groups:.2f}); the others teach nothing. Sample more answers per problem (--num-samples), "
+            "use an easier task (--task demo-arith), or start from a better SFT model")
+
+
 # ------------------------------------------------------------------------------------------------
 # the run
 
@@ -294,7 +335,7 @@ def _resume_step(cfg: RLConfig, tag: str) -> int | None:
 
 
 def run_rl(cfg: RLConfig) -> dict:
-    """Train (or resume) a policy on GSM8K; returns a summary dict (rank 0's view)."""
+    """Train (or resume) a policy on `cfg.task`; returns a summary dict (rank 0's view)."""
     cfg.validate()
     return run_distributed(cfg.device, lambda device_type, info: _train(cfg, info))
 
@@ -327,7 +368,8 @@ def _train(cfg: RLConfig, info) -> dict:
     model_config = meta["model_config"]
     engine = Engine(model, tokenizer)
 
-    train_task, eval_task, train_label, eval_label = load_tasks(cfg.train_split, rank)
+    train_task, eval_task, train_label, eval_label = load_rl_tasks(cfg.task, cfg.train_split, rank)
+    task_label = "demo-arith" if cfg.task == "demo-arith" else "gsm8k"
     # problems whose prompt leaves no room to answer in the context cannot be trained on: leave them out
     usable = [i for i in range(len(train_task)) if len(tokenizer.render_for_completion(train_task[i]["messages"])) < engine.sequence_len]
     if len(usable) < len(train_task):
@@ -373,7 +415,7 @@ def _train(cfg: RLConfig, info) -> dict:
         ("checkpoints", f"{run_dir} (every {cfg.save_every if cfg.save_every > 0 else '-'} steps and at the end; keep {cfg.keep_last or 'all'})"),
         ("start", f"step {start_step}" + (" (resumed)" if resume_at is not None else "")),
     ]
-    print0(table("nanochat rl: REINFORCE on GSM8K", rows))
+    print0(table(f"nanochat rl: REINFORCE on {task_label}", rows))
 
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if resume_at is not None else None, enabled=master)
     stop = StopSignal().install()
@@ -381,6 +423,9 @@ def _train(cfg: RLConfig, info) -> dict:
     progress = Progress(n, start_step, enabled=master)
     user_config = asdict(cfg)
     passk: dict | None = loop_state.get("passk")
+    passk_start: dict | None = loop_state.get("passk_start")  # the evaluation before any RL step
+    signal_total, groups_total = loop_state.get("signal_groups", 0), loop_state.get("groups", 0)
+    warned = False
     reward_series: list = []
     passk_series: list = []
     step = start_step
@@ -393,7 +438,8 @@ def _train(cfg: RLConfig, info) -> dict:
         meta_out = {
             "model_config": model_config, "user_config": user_config, "started_from": started_from, "num_steps": n,
             "train_data": train_label, "eval_data": eval_label, "passk": passk,
-            "loop_state": {"passk": passk, "total_training_time": clock.total},
+            "loop_state": {"passk": passk, "passk_start": passk_start, "total_training_time": clock.total,
+                           "signal_groups": signal_total, "groups": groups_total},
         } if master else None  # fmt: skip
         path = ck.save_checkpoint(run_dir, at_step, model_state=model.state_dict() if master else None, meta=meta_out,
                                   optimizer_state=optimizer.state_dict(), rank_state={"rank": rank}, rank=rank, world_size=world,
@@ -408,6 +454,8 @@ def _train(cfg: RLConfig, info) -> dict:
                 t0 = time.time()
                 passk, too_long = evaluate_passk(engine, tokenizer, eval_task, cfg.eval_examples, eval_k, cfg, rank, world, device)
                 passk_series.append([step, passk["pass@1"]])
+                if step == 0:
+                    passk_start = passk
                 note = f"; {too_long} prompts too long for the context counted as failed" if too_long else ""
                 progress.note(f"step {step:05d} | " + ", ".join(f"{k} {v:.4f}" for k, v in passk.items()) + f" ({time.time() - t0:.0f}s{note})")
                 metrics.write({"kind": "eval", "step": step, **passk})
@@ -421,6 +469,7 @@ def _train(cfg: RLConfig, info) -> dict:
             clock.start(device_type)
             loss_sum = torch.zeros((), device=device)
             rewards, lengths = [], []
+            with_signal = 0  # questions of this rank whose rollouts' rewards differ
             rollout_s = 0.0  # time spent sampling (the rest is forward/backward and the update)
             for e in range(examples_per_rank):
                 idx = usable[example_index(step, e, examples_per_rank, rank, world, len(usable))]
@@ -430,16 +479,20 @@ def _train(cfg: RLConfig, info) -> dict:
                 rollout_s += time.perf_counter() - t0
                 model.train()
                 loss_sum += backward_rollouts(model, ro, batch, examples_per_rank)
+                with_signal += ro.has_signal
                 rewards.append(float(ro.rewards.mean()))
                 lengths += ro.lengths
             # the loss is already divided by examples_per_rank: its sum over questions is this rank's loss
             loss_value, stop_synced = sync_step_stats(loss_sum, 1, stop.requested, world)
-            stats = torch.tensor([sum(rewards) / len(rewards), sum(lengths) / len(lengths), sum(lengths)], dtype=torch.float64, device=device)
+            stats = torch.tensor([sum(rewards) / len(rewards), sum(lengths) / len(lengths), sum(lengths), with_signal], dtype=torch.float64, device=device)
             if world > 1:
                 import torch.distributed as dist
 
                 dist.all_reduce(stats, op=dist.ReduceOp.SUM)
             mean_reward, mean_length, tokens = stats[0].item() / world, stats[1].item() / world, stats[2].item()
+            step_signal = int(stats[3].item())
+            signal_total += step_signal
+            groups_total += cfg.examples_per_step
             lrm = 1.0 - step / n
             optimizer.set_schedule(lrm)
             if math.isfinite(loss_value):
@@ -450,13 +503,21 @@ def _train(cfg: RLConfig, info) -> dict:
             dt = clock.stop(device_type, step - start_step)
             step += 1
 
-            line = (f"step {step:05d}/{n:05d} ({100 * step / n:.1f}%) | reward {mean_reward:.4f} | seq len {mean_length:.1f} | "
+            line = (f"step {step:05d}/{n:05d} ({100 * step / n:.1f}%) | reward {mean_reward:.4f} | signal {step_signal / cfg.examples_per_step:.2f} | "
+                    f"seq len {mean_length:.1f} | "
                     f"loss {loss_value:+.5f} | lrm {lrm:.3f} | dt {dt * 1000:.0f}ms ({100 * rollout_s / dt:.0f}% sampling) | sampled tok/s {tokens / dt:,.0f} | "
                     f"eta {format_duration(clock.eta(n - step, dt))}")  # fmt: skip
             progress.step(line, step)
             metrics.write({"kind": "train", "step": step - 1, "reward": mean_reward, "sequence_length": mean_length, "loss": loss_value,
-                           "lrm": lrm, "dt": dt, "sampled_tokens": tokens, "rollout_s": rollout_s, "time": time.time()})  # fmt: skip
+                           "signal": step_signal / cfg.examples_per_step, "lrm": lrm, "dt": dt, "sampled_tokens": tokens, "rollout_s": rollout_s,
+                           "time": time.time()})  # fmt: skip
             reward_series.append([step - 1, mean_reward])
+            # judged over a few steps (one step's handful of groups is noise), once per run
+            if master and not warned and (step - start_step >= 3 or step == n):
+                message = no_signal_warning(signal_total, groups_total)
+                if message:
+                    warn0(message)
+                    warned = True
     finally:
         progress.close()
         stop.uninstall()
@@ -467,13 +528,17 @@ def _train(cfg: RLConfig, info) -> dict:
         "train_data": train_label, "eval_data": eval_label, "steps": n, "final_step": step, "examples_per_step": cfg.examples_per_step,
         "num_samples": cfg.num_samples, "world_size": world, "device": device_type, "total_time_s": clock.total,
         "wall_time_s": time.time() - t_run, "stopped_by": stop.signame if stopped_by_signal else None,
-        **({f"gsm8k {k} (held out)": v for k, v in passk.items()} if passk else {}),
+        "signal": signal_total / groups_total if groups_total else None,
+        "groups without signal": groups_total - signal_total,
+        **({f"{task_label} pass@1 before RL (held out)": passk_start["pass@1"]} if passk_start else {}),
+        **({f"{task_label} {k} (held out)": v for k, v in passk.items()} if passk else {}),
     }  # fmt: skip
     if master:
         if stopped_by_signal:
             print0(f"{stop.signame}: saved step {step} and stopped; `nanochat rl ... --resume auto` continues")
         else:
-            print0(f"done: {step} steps, training time {format_duration(clock.total)}" + (f", pass@1 {passk['pass@1']:.4f} on {eval_label}" if passk else ""))
-            record_report("rl", summary, series={"reward": reward_series, "gsm8k_pass@1": passk_series}, title="Reinforcement learning")
+            before = f"{passk_start['pass@1']:.4f} before RL, " if passk_start else ""
+            print0(f"done: {step} steps, training time {format_duration(clock.total)}" + (f", pass@1 {before}{passk['pass@1']:.4f} after on {eval_label}" if passk else ""))
+            record_report("rl", summary, series={"reward": reward_series, f"{task_label}_pass@1": passk_series}, title="Reinforcement learning")
     return summary
 

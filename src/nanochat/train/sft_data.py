@@ -5,7 +5,7 @@
 - `web` (online, the reference): SmolTalk train + 3× MMLU auxiliary_train + 4× GSM8K train
   (+ 1,000 identity conversations); validation SmolTalk test + MMLU test[:5200] + GSM8K test[:420].
 - `demo` (offline, packaged data only): the packaged chat sets (chatterbot, chitchat), identity
-  conversations, SimpleSpelling and SpellingBee (train seeds), and the NON-test multiple-choice
+  conversations, SimpleSpelling and SpellingBee (train seeds), DemoArith train (the RL task), and the NON-test multiple-choice
   splits (MMLU dev + validation, ARC-Easy/Challenge validation). No eval (test) split is ever
   trained on. Validation is a held-out 5% head of every one of these sets (never in the train mixture).
 
@@ -57,12 +57,14 @@ def sft_mixture(data: str, seed: int = 42, mmlu_epochs: int = 3, gsm8k_epochs: i
     val: list = []
     if data == "demo":
         from nanochat.tasks.arc import ARC
+        from nanochat.tasks.arith import DemoArith
         from nanochat.tasks.customjson import PackagedChat
         from nanochat.tasks.mmlu import MMLU
 
         tasks = [
             PackagedChat("chatterbot"), PackagedChat("chitchat"), IdentityConversations(size=500),
             SimpleSpelling(size=300, split="train"), SpellingBee(size=300, split="train"),
+            DemoArith("train"),  # the demo's RL task: SFT teaches its format, RL then has answers to reward
             MMLU("all", "dev", source="packaged"), MMLU("all", "validation", source="packaged"),
             ARC("ARC-Easy", "validation", source="packaged"), ARC("ARC-Challenge", "validation", source="packaged"),
         ]  # fmt: skip

@@ -8,8 +8,9 @@ Stages (each one `python -m nanochat <command> ...`; `plan()` builds their exact
     pretrain       nanochat pretrain ... --resume auto
     base-eval      nanochat eval --source base --tasks core,bpb
     sft            nanochat sft ... --resume auto
+    rl             nanochat rl ... --resume auto                 (the demo: --task demo-arith; `--skip rl` leaves RL out)
     chat-eval      nanochat eval --source sft
-    rl, rl-eval    nanochat rl / eval --source rl                (with --with-rl, when RL is in this build)
+    rl-eval        nanochat eval --source rl
     report         nanochat report
 
 Why subprocesses: each stage is the very command a user would type (the plan prints them, so any
@@ -95,8 +96,9 @@ DEMO = Scale(
     base_eval_args=("--max-per-task", "30"),
     sft_args=("--num-iterations", "80", "--eval-every", "40", "--eval-tokens", "8192"),
     chat_eval_args=("--tasks", "arc-easy,arc-challenge,mmlu,gsm8k,spellingbee", "--max-per-task", "20", "--max-new-tokens", "64"),
-    rl_args=("--num-iterations", "20", "--examples-per-step", "4", "--num-samples", "4", "--device-batch-size", "4",
-             "--max-new-tokens", "64", "--eval-every", "-1", "--eval-examples", "20"),
+    # RL on the arithmetic problems the model met in SFT (GSM8K is beyond it: every reward would be 0); pass@1 before and after
+    rl_args=("--task", "demo-arith", "--num-iterations", "30", "--examples-per-step", "8", "--num-samples", "8", "--device-batch-size", "8",
+             "--max-new-tokens", "24", "--init-lr-frac", "0.5", "--eval-every", "30", "--eval-examples", "100"),
     offline=True,
 )  # fmt: skip
 TINY = Scale(
@@ -107,8 +109,8 @@ TINY = Scale(
     base_eval_args=("--max-per-task", "2"),
     sft_args=("--num-iterations", "10", "--eval-every", "5", "--eval-tokens", "512"),
     chat_eval_args=("--tasks", "arc-easy,spellingbee", "--max-per-task", "2", "--max-new-tokens", "8"),
-    rl_args=("--num-iterations", "2", "--examples-per-step", "2", "--num-samples", "2", "--device-batch-size", "2",
-             "--max-new-tokens", "8", "--eval-every", "-1", "--eval-examples", "2"),
+    rl_args=("--task", "demo-arith", "--num-iterations", "2", "--examples-per-step", "2", "--num-samples", "2", "--device-batch-size", "2",
+             "--max-new-tokens", "8", "--eval-every", "2", "--eval-examples", "2"),
     offline=True,
 )  # fmt: skip
 
@@ -133,7 +135,7 @@ def rl_available() -> bool:
     return importlib.util.find_spec("nanochat.train.rl") is not None
 
 
-def plan(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: bool = False, device: str = "auto", nproc: int | None = None,
+def plan(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: bool = True, device: str = "auto", nproc: int | None = None,
          ratio: float = SPEEDRUN_RATIO) -> list[Stage]:  # fmt: skip
     """The stages of a run, with their exact command lines."""
     scale = TINY if tiny else DEMO if demo else web_scale(depth, ratio)
@@ -152,17 +154,19 @@ def plan(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: bool 
                            "--model-tag", tag, "--resume", "auto", *dev, *procs), "base model"),
         Stage("base-eval", ("eval", "--source", "base", "--model-tag", tag, "--tasks", "core,bpb", *scale.base_eval_args, *off, *dev, *procs), "CORE and bits per byte"),
         Stage("sft", ("sft", "--source", "base", "--model-tag", tag, "--data", scale.data, *scale.sft_args, "--resume", "auto", *dev, *procs), "chat fine-tuning"),
-        Stage("chat-eval", ("eval", "--source", "sft", "--model-tag", tag, *scale.chat_eval_args, *off, *dev, *procs), _chat_eval_what(scale.chat_eval_args)),
     ]  # fmt: skip
-    if with_rl:
-        if rl_available():
-            stages.append(Stage("rl", ("rl", "--source", "sft", "--model-tag", tag, *scale.rl_args, "--resume", "auto", *dev, *procs), "RL on GSM8K"))
-            rl_eval = scale.chat_eval_args
-            if scale.offline:  # offline, RL trains on a partition of GSM8K test: `eval --tasks gsm8k` would score seen problems
-                rl_eval = tuple(",".join(t for t in a.split(",") if t != "gsm8k") if a.startswith("arc-") else a for a in rl_eval)
-            stages.append(Stage("rl-eval", ("eval", "--source", "rl", "--model-tag", tag, *rl_eval, *off, *dev, *procs), "chat tasks after RL"))
-        else:
-            warn0("--with-rl: `nanochat rl` is not built in this version; the run skips RL")
+    rl = with_rl and rl_available()
+    if with_rl and not rl:
+        warn0("`nanochat rl` is not built in this version; the run skips RL")
+    if rl:
+        task = "demo-arith" if "demo-arith" in scale.rl_args else "GSM8K"
+        stages.append(Stage("rl", ("rl", "--source", "sft", "--model-tag", tag, *scale.rl_args, "--resume", "auto", *dev, *procs), f"RL on {task}"))
+    stages.append(Stage("chat-eval", ("eval", "--source", "sft", "--model-tag", tag, *scale.chat_eval_args, *off, *dev, *procs), _chat_eval_what(scale.chat_eval_args)))
+    if rl:
+        rl_eval = scale.chat_eval_args
+        if scale.offline and task == "GSM8K":  # offline, GSM8K RL trains on a partition of GSM8K test: `eval --tasks gsm8k` would score seen problems
+            rl_eval = tuple(",".join(t for t in a.split(",") if t != "gsm8k") if a.startswith("arc-") else a for a in rl_eval)
+        stages.append(Stage("rl-eval", ("eval", "--source", "rl", "--model-tag", tag, *rl_eval, *off, *dev, *procs), "chat tasks after RL"))
     stages.append(Stage("report", ("report",), "report.md and plots"))
     return stages
 
@@ -261,7 +265,7 @@ def print_plan(decisions: list[tuple[Stage, str]], title: str) -> None:
         console().print(f"     $ {s.command}", markup=False, highlight=False, soft_wrap=True)
 
 
-def speedrun(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: bool = False, from_stage: str | None = None,
+def speedrun(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: bool = True, from_stage: str | None = None,
              dry_run: bool = False, device: str = "auto", nproc: int | None = None, ratio: float = SPEEDRUN_RATIO, runner=run_stage) -> dict:  # fmt: skip
     """Run (or continue) the whole pipeline; returns {"stages": {name: seconds}, "total_s", "report"}."""
     if depth < 1:
