@@ -311,13 +311,13 @@ def load_rl_tasks(task: str, train_split: str, rank: int):
     return load_tasks(train_split, rank)
 
 
-def no_signal_warning(signal_groups: int, groups: int) -> str | None:
+def no_signal_warning(signal_groups: int, groups: int, task: str = "gsm8k") -> str | None:
     """The one-time warning when most groups so far had rewards that did not differ, else None."""
     if groups == 0 or signal_groups / groups >= NO_SIGNAL_SHARE:
         return None
     return (f"only {signal_groups} of {groups} problems so far got rewards that differ between their rollouts (signal "
             f"{signal_groups / groups:.2f}); the others teach nothing. Sample more answers per problem (--num-samples), "
-            "use an easier task (--task demo-arith), or start from a better SFT model")
+            + ("use an easier task (--task demo-arith), " if task != "demo-arith" else "use an easier task, ") + "or start from a better SFT model")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -514,7 +514,7 @@ def _train(cfg: RLConfig, info) -> dict:
             reward_series.append([step - 1, mean_reward])
             # judged over a few steps (one step's handful of groups is noise), once per run
             if master and not warned and (step - start_step >= 3 or step == n):
-                message = no_signal_warning(signal_total, groups_total)
+                message = no_signal_warning(signal_total, groups_total, cfg.task)
                 if message:
                     warn0(message)
                     warned = True
