@@ -92,7 +92,8 @@ def score_ours(work: Path, tag: str, rows_path: Path, batch: int) -> dict[int, f
         out[step] = bpb_of_rows(lambda x, y: model(x, y, loss_reduction="none"), rows, token_bytes, batch, device)
         print(f"ours {tag} step {step}: {out[step]:.6f}", flush=True)
         del model
-        torch.cuda.empty_cache() if device == "cuda" else None
+        if device == "cuda":
+            torch.cuda.empty_cache()
     return out
 
 
@@ -117,12 +118,11 @@ def score_ref_here(ckpt_dir: Path, rows_path: Path, token_bytes_path: Path, batc
         state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
         model.load_state_dict(state, strict=True, assign=True)
         model.eval()
-        B = batch
 
         def loss_fn(x, y):
             return model(x, y, loss_reduction="none").view(x.shape[0], -1)
 
-        out[step] = bpb_of_rows(loss_fn, rows, token_bytes, B, device)
+        out[step] = bpb_of_rows(loss_fn, rows, token_bytes, batch, device)
         print(f"reference step {step}: {out[step]:.6f}", flush=True)
         del model
     return out

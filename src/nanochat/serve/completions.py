@@ -28,6 +28,7 @@ from nanochat.serve.validation import (
     _is_int,
     _number,
     parse_json_body,
+    parse_include_usage,
     parse_stop,
     refuse_output_changing,
 )
@@ -118,15 +119,7 @@ def parse_completion_request(body: bytes, *, tokenizer, context_len: int, vocab_
     for name, value in (("stream", stream), ("echo", echo)):
         if value is not None and not isinstance(value, bool):
             raise ApiError(422, f"'{name}' must be true or false", param=name, code="invalid_type")
-    opts = obj.get("stream_options")
-    include_usage = False
-    if opts is not None:
-        if not isinstance(opts, dict):
-            raise ApiError(422, "'stream_options' must be an object", param="stream_options", code="invalid_type")
-        iu = opts.get("include_usage")
-        if iu is not None and not isinstance(iu, bool):
-            raise ApiError(422, "'stream_options.include_usage' must be true or false", param="stream_options.include_usage", code="invalid_type")
-        include_usage = bool(iu)
+    include_usage = parse_include_usage(obj)
     logprobs = _int(obj, "logprobs", 0, MAX_TOP_LOGPROBS, None)
     refuse_output_changing(obj, COMPLETION_REFUSED)
     stop = parse_stop(obj)

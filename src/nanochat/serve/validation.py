@@ -201,15 +201,7 @@ def parse_chat_request(body: bytes, *, context_len: int, vocab_size: int, defaul
     stream = obj.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise ApiError(422, "'stream' must be true or false", param="stream", code="invalid_type")
-    opts = obj.get("stream_options")
-    include_usage = False
-    if opts is not None:
-        if not isinstance(opts, dict):
-            raise ApiError(422, "'stream_options' must be an object", param="stream_options", code="invalid_type")
-        iu = opts.get("include_usage")
-        if iu is not None and not isinstance(iu, bool):
-            raise ApiError(422, "'stream_options.include_usage' must be true or false", param="stream_options.include_usage", code="invalid_type")
-        include_usage = bool(iu)
+    include_usage = parse_include_usage(obj)
     refuse_output_changing(obj, CHAT_REFUSED)
     stop = parse_stop(obj)
     logprobs = obj.get("logprobs")
@@ -234,6 +226,19 @@ def refuse_output_changing(obj: dict, names: tuple[str, ...]) -> None:
         if value in (None, False, [], {}, "") or value in HARMLESS.get(name, ()):
             continue
         raise ApiError(400, f"'{name}' is not supported by this server and would change the answer; leave it out", param=name, code="unsupported_parameter")
+
+
+def parse_include_usage(obj: dict) -> bool:
+    """`stream_options.include_usage` (OpenAI's streaming usage chunk), checked; False when absent."""
+    opts = obj.get("stream_options")
+    if opts is None:
+        return False
+    if not isinstance(opts, dict):
+        raise ApiError(422, "'stream_options' must be an object", param="stream_options", code="invalid_type")
+    iu = opts.get("include_usage")
+    if iu is not None and not isinstance(iu, bool):
+        raise ApiError(422, "'stream_options.include_usage' must be true or false", param="stream_options.include_usage", code="invalid_type")
+    return bool(iu)
 
 
 def parse_stop(obj: dict) -> list[str]:
