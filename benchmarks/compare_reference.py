@@ -244,6 +244,23 @@ def stage_score(args) -> None:
     if not ours_scores.exists():
         scores = score_ours(args.work, args.tag, rows, args.score_batch)
         ours_scores.write_text(json.dumps(scores))
+    if not args.keep_checkpoints:
+        free_scored_checkpoints(args.work, args.tag, args.steps)
+
+
+def free_scored_checkpoints(work: Path, tag: str, final_step: int) -> None:
+    """Scored checkpoints are not needed again: a d12 run with optimizer state every 20 steps fills ~27 GB, so three runs
+    overflow a 64 GB disk. Keeps our final step and the reference's weights (its optimizer shards go)."""
+    import shutil
+
+    ours = work / "ours" / "checkpoints" / "base" / tag
+    if (work / f"scores_ours_{tag}.json").exists() and ours.is_dir():
+        for d in ours.glob("step_*"):
+            if d.is_dir() and d.name != f"step_{final_step:06d}":
+                shutil.rmtree(d)
+    if (work / "scores_ref.json").exists():
+        for f in (work / "ref" / "base_checkpoints" / "d_cmp").glob("optim_*.pt"):
+            f.unlink()
 
 
 def stage_score_ref(args) -> None:
@@ -362,6 +379,7 @@ def main() -> None:
     ap.add_argument("--tag", default="d_cmp", help="our run's model tag (one per ablation)")
     ap.add_argument("--both-args", default="", help="extra flags both trainers take, e.g. '--matrix-lr 0.04'")
     ap.add_argument("--ours-args", default="", help="extra flags for our pretrain, e.g. '--no-smear'")
+    ap.add_argument("--keep-checkpoints", action="store_true", help="keep every checkpoint after scoring (default: free the disk)")
     ap.add_argument("--window", type=int, default=20, help="train-loss window in steps")
     args = ap.parse_args()
     args.work = args.work.resolve()
