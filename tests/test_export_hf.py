@@ -78,7 +78,7 @@ def _tiny_checkpoint(home: Path, source: str = "sft", step: int = 7):
 
     tok = tiny_tokenizer()
     tok.save(home / "tokenizer")
-    extra = {k: True for k in ("smear", "backout") if _has_field(k)}
+    extra = {k: True for k in ("smear", "backout", "attn_gate") if _has_field(k)}
     cfg = GPTConfig(sequence_len=64, vocab_size=tok.vocab_size, n_layer=3, n_head=4, n_kv_head=2, n_embd=32, window_pattern="SL", **extra)
     model = build_model(cfg, "cpu")
     g = torch.Generator().manual_seed(0)

@@ -9,9 +9,9 @@ from nanochat.common.errors import NanochatError
 from nanochat.model import GPTConfig, KVCache, build_model
 
 
-def model_with_signal(backend="sdpa"):
+def model_with_signal(backend="sdpa", attn_gate=False):
     # depth 4, 4 query heads over 2 kv heads, windows [16, 16, 16, 64] at T=64
-    config = GPTConfig.from_depth(4, 300, 64, aspect_ratio=16, head_dim=16, n_kv_head=2)
+    config = GPTConfig.from_depth(4, 300, 64, aspect_ratio=16, head_dim=16, n_kv_head=2, attn_gate=attn_gate)
     m = build_model(config, "cpu", seed=0, attn_backend=backend)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -21,10 +21,10 @@ def model_with_signal(backend="sdpa"):
     return m.eval()
 
 
-@pytest.mark.parametrize("backend,read_all", [("sdpa", False), ("flex", False), ("sdpa", True)])
+@pytest.mark.parametrize("backend,read_all,attn_gate", [("sdpa", False, False), ("flex", False, False), ("sdpa", True, False), ("sdpa", False, True)])
 @torch.no_grad()
-def test_prefill_then_decode_matches_full_forward(backend, read_all):
-    m = model_with_signal(backend)
+def test_prefill_then_decode_matches_full_forward(backend, read_all, attn_gate):
+    m = model_with_signal(backend, attn_gate)
     assert m.config.window_sizes() == [16, 16, 16, 64]
     idx = torch.randint(0, 300, (2, 50), generator=torch.Generator().manual_seed(2))
     full = m(idx)

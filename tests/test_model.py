@@ -177,6 +177,8 @@ def naive_forward(model: GPT, idx: torch.Tensor) -> torch.Tensor:
                     scores = torch.stack([q[t, head] @ k[j, kv] for j in keys]) / math.sqrt(D)
                     w = torch.softmax(scores, 0)
                     y[t, head] = sum(wi * v[j, kv] for wi, j in zip(w, keys))
+            if c.attn_gate:
+                y = y * (2 * torch.sigmoid(h[:, :12] @ P[pre + "attn.attn_gate.weight"].T))[:, :, None]
             x = x + y.reshape(T, H * D) @ P[pre + "attn.c_proj.weight"].T
             h = rms(x)
             x = x + torch.relu(h @ P[pre + "mlp.c_fc.weight"].T) ** 2 @ P[pre + "mlp.c_proj.weight"].T
@@ -189,9 +191,9 @@ def naive_forward(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     return torch.stack(logits_rows)
 
 
-@pytest.mark.parametrize("smear,backout", [(True, True), (False, False)])
-def test_forward_matches_a_naive_float64_reference(smear, backout):
-    c = tiny_config(sequence_len=12, smear=smear, backout=backout)  # windows: layer 0 short (3), layers 1-2 full
+@pytest.mark.parametrize("smear,backout,attn_gate", [(True, True, False), (False, False, False), (True, True, True)])
+def test_forward_matches_a_naive_float64_reference(smear, backout, attn_gate):
+    c = tiny_config(sequence_len=12, smear=smear, backout=backout, attn_gate=attn_gate)  # windows: layer 0 short (3), layers 1-2 full
     assert c.window_sizes() == [3, 12, 12]
     m = perturbed(build_model(c, "cpu", seed=0))
     if smear:
@@ -348,3 +350,27 @@ def test_gradients_reach_every_parameter():
         rows = p.grad[:100] if name in ("wte.weight", "lm_head.weight") or name.startswith("value_embeds") else p.grad
         assert rows.abs().sum() > 0, name
     assert m.lm_head.weight.grad[100:].abs().sum() == 0  # padded vocab rows are sliced away
+
+
+def test_attention_gate_by_hand():
+    """One head whose attention output is v of the only key: the gate scales it by 2*sigmoid(w . x[:12])."""
+    c = GPTConfig(sequence_len=8, vocab_size=64, n_layer=1, n_head=1, n_kv_head=1, n_embd=16, smear=False, backout=False, attn_gate=True)
+    m = build_model(c, "cpu", seed=0)
+    assert torch.count_nonzero(m.h[0].attn.attn_gate.weight) == 0  # starts closed at exactly 1
+    a = m.h[0].attn
+    captured = {}
+    handle = a.c_proj.register_forward_pre_hook(lambda mod, args: captured.__setitem__("y", args[0].detach().clone()))
+    with torch.no_grad():
+        m.wte.weight.zero_()
+        m.wte.weight[5, 0] = 1.0  # token 5 normed: sqrt(16) = 4 in channel 0
+        m.x0_lambdas.zero_(); m.resid_lambdas.fill_(1.0)
+        a.c_v.weight.zero_(); a.c_v.weight[3, 0] = 0.5  # v = 0.5 * 4 = 2 in channel 3 (block input rms-normed: 4)
+        m.value_embeds["0"].weight.zero_()
+        m(torch.tensor([[5]]))
+        ungated = captured["y"].clone()
+        a.attn_gate.weight[0, 0] = 0.25  # gate = 2 * sigmoid(0.25 * 4) = 2 * sigmoid(1)
+        m(torch.tensor([[5]]))
+    handle.remove()
+    want = torch.zeros(16); want[3] = 2.0
+    torch.testing.assert_close(ungated[0, 0], want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(captured["y"][0, 0], want * 2 / (1 + math.exp(-1.0)), atol=1e-5, rtol=1e-5)

@@ -33,6 +33,13 @@ def test_demo_run_val_bpb_falls_and_checkpoint_loads(nanochat_home):
     assert bpb[24] < bpb[12] < bpb[0], bpb
     assert len(train_losses(run_dir)) == 24
     assert "CORE" in r.stdout  # the eval stage's CORE (offline bundle) ran at the last step
+    # the done line reports the run's peak memory; the kernel's own account of the largest child we waited for
+    # (getrusage RUSAGE_CHILDREN, this run or an earlier test's bigger one) bounds it from above
+    import re
+    import resource
+
+    peak = float(re.search(r"^done: .*, peak RSS ([0-9.]+) GiB$", r.stdout, re.M).group(1))
+    assert 0.1 < peak <= resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20 + 0.05
 
     from nanochat.common.checkpoint import find_latest
     from nanochat.engine.loading import load_model

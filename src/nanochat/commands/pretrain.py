@@ -37,6 +37,7 @@ def pretrain(
     window_pattern: str = typer.Option("SSSL", help="Sliding-window pattern over layers (S short, L long; the last layer is always L)."),
     smear: bool = typer.Option(True, "--smear/--no-smear", help="Gate the previous token's embedding into each position."),
     backout: bool = typer.Option(True, "--backout/--no-backout", help="Subtract a learned share of the mid-depth residual before the head."),
+    attn_gate: bool = typer.Option(False, "--attn-gate/--no-attn-gate", help="Scale each attention head's output by a learned, input-dependent gate."),
     embedding_lr: float = typer.Option(0.3, help="AdamW LR of the token embedding (before × √(B/B_ref)).", rich_help_panel=P),
     unembedding_lr: float = typer.Option(0.008, help="AdamW LR of the output head (before scaling).", rich_help_panel=P),
     matrix_lr: float = typer.Option(0.02, help="Muon LR of the block matrices (before scaling).", rich_help_panel=P),
@@ -79,7 +80,7 @@ def pretrain(
     skip = {s.strip() for s in skip_restore.split(",") if s.strip()}
     cfg = PretrainConfig(
         depth=depth, data=data, aspect_ratio=aspect_ratio, head_dim=head_dim, n_kv_head=n_kv_head, window_pattern=window_pattern,
-        smear=smear, backout=backout,
+        smear=smear, backout=backout, attn_gate=attn_gate,
         max_seq_len=max_seq_len, device_batch_size=device_batch_size, total_batch_size=_batch(total_batch_size),
         num_iterations=num_iterations, target_flops=target_flops, target_param_data_ratio=target_param_data_ratio,
         embedding_lr=embedding_lr, unembedding_lr=unembedding_lr, matrix_lr=matrix_lr, scalar_lr=scalar_lr, weight_decay=weight_decay,

@@ -12,6 +12,7 @@ transformers does. It computes what nanochat's `model/gpt.py` computes, term for
     logits = softcap * tanh(lm_head(rms_norm(x)) / softcap)
 
 attention: q, k, v projections; value embeddings on some layers (v += 3 * sigmoid(ve_gate(x[:, :12])) * ve);
+when attn_gate is on, each head's output is scaled by 2 * sigmoid(attn_gate(x[:, :12])) before the projection;
 rotary embeddings (half-split pairs, rotated by -theta, base 100,000) on q and k, then RMS norm of q and k
 and a 1.2 scale; grouped-query heads; a causal sliding window per layer (a query at position p sees keys
 p - window .. p). MLP: relu(x)^2. No biases; parameter-free RMS norms.
@@ -53,6 +54,7 @@ class NanochatGPTConfig(_ConfigBase):
         value_embedding_layers: list[int] | None = None,
         smear: bool = False,
         backout: bool = False,
+        attn_gate: bool = False,
         backout_layer: int | None = None,
         logit_softcap: float = 15.0,
         qk_scale: float = 1.2,
@@ -60,6 +62,8 @@ class NanochatGPTConfig(_ConfigBase):
         ve_gate_channels: int = 12,
         ve_gate_range: float = 3.0,
         smear_gate_channels: int = 24,
+        attn_gate_channels: int = 12,
+        attn_gate_range: float = 2.0,
         mlp_ratio: int = 4,
         use_cache: bool = True,
         **kwargs,
@@ -77,6 +81,7 @@ class NanochatGPTConfig(_ConfigBase):
         self.value_embedding_layers = list(value_embedding_layers)
         self.smear = bool(smear)
         self.backout = bool(backout)
+        self.attn_gate = bool(attn_gate)
         self.backout_layer = num_hidden_layers // 2 if backout_layer is None else backout_layer
         self.logit_softcap = logit_softcap
         self.qk_scale = qk_scale
@@ -84,6 +89,8 @@ class NanochatGPTConfig(_ConfigBase):
         self.ve_gate_channels = ve_gate_channels
         self.ve_gate_range = ve_gate_range
         self.smear_gate_channels = smear_gate_channels
+        self.attn_gate_channels = attn_gate_channels
+        self.attn_gate_range = attn_gate_range
         self.mlp_ratio = mlp_ratio
         self.use_cache = use_cache
         kwargs.setdefault("tie_word_embeddings", False)
@@ -127,6 +134,8 @@ class NanochatGPTAttention(nn.Module):
         self.c_proj = nn.Linear(self.n_head * self.head_dim, d, bias=False)
         has_ve = layer_idx in config.value_embedding_layers
         self.ve_gate = nn.Linear(min(config.ve_gate_channels, d), self.n_kv_head, bias=False) if has_ve else None
+        self.attn_gate_range = config.attn_gate_range
+        self.attn_gate = nn.Linear(min(config.attn_gate_channels, d), self.n_head, bias=False) if config.attn_gate else None
 
     def forward(self, x, ve, cos, sin, slots_q, slots_k, key_ok, cache):
         B, T, _ = x.shape
@@ -150,7 +159,10 @@ class NanochatGPTAttention(nn.Module):
         if rep > 1:
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=allowed.unsqueeze(1))
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+        y = y.transpose(1, 2)  # (B, T, heads, D)
+        if self.attn_gate is not None:
+            y = y * (self.attn_gate_range * torch.sigmoid(self.attn_gate(x[..., : self.attn_gate.in_features]))).unsqueeze(-1)
+        return self.c_proj(y.reshape(B, T, -1))
 
 
 class NanochatGPTMLP(nn.Module):

@@ -13,7 +13,8 @@ the rounding to 128 would make S >= T, and tiny CPU models would never exercise 
 T < 512 we use S = max(1, ceil(T/4)) (64 at T=256, 16 at T=64). S never exceeds T.
 
 `smear` and `backout` switch the two cheap additions of model/gpt.py on (the default) or off (ablations; and
-checkpoints saved before they existed, whose config lacks the keys, load with both off).
+checkpoints saved before they existed, whose config lacks the keys, load with both off). `attn_gate` (off by
+default until a GPU side-by-side shows it pays) adds the per-head attention output gate.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class GPTConfig:
     window_pattern: str = "SSSL"
     smear: bool = True  # mix the previous token's embedding into each position (a gated bigram path)
     backout: bool = True  # subtract a share of the mid-depth residual before the final norm
+    attn_gate: bool = False  # scale each head's attention output by a learned, input-dependent gate
 
     def __post_init__(self) -> None:
         for name in ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
@@ -93,6 +95,7 @@ class GPTConfig:
         window_pattern: str = "SSSL",
         smear: bool = True,
         backout: bool = True,
+        attn_gate: bool = False,
     ) -> "GPTConfig":
         """The depth dial: width = ceil(depth * aspect_ratio / head_dim) * head_dim, heads = width / head_dim.
 
@@ -115,6 +118,7 @@ class GPTConfig:
             window_pattern=window_pattern,
             smear=smear,
             backout=backout,
+            attn_gate=attn_gate,
         )
 
     def to_dict(self) -> dict:
@@ -126,5 +130,5 @@ class GPTConfig:
         unknown = set(d) - known
         if unknown:
             raise NanochatError(f"model config has unknown keys {sorted(unknown)}; was it written by a newer nanochat?")
-        # checkpoints written before the smear gate and backout existed have neither
-        return cls(**{"smear": False, "backout": False, **d})
+        # checkpoints written before the smear gate, backout and the attention gate existed have none of them
+        return cls(**{"smear": False, "backout": False, "attn_gate": False, **d})

@@ -17,6 +17,9 @@ before the final norm, taking low-level features out of what the head reads.
 - attention: separate q/k/v/proj matrices, RoPE (base 100,000) then QK RMSNorm then q, k scaled by 1.2,
   grouped-query heads, a per-layer sliding window (config.window_sizes()).
 - value embeddings (ResFormer) on alternating layers including the last: v += 3*sigmoid(ve_gate(x[:, :, :12])) * ve.
+- attention output gate (config.attn_gate, off by default): y_h *= 2*sigmoid(attn_gate(x[:, :, :12]))_h per head
+  before c_proj (a query-dependent, head-wise gate after attention, Qiu et al. 2025, "Gated Attention for Large
+  Language Models"); its weight starts at zero, so every gate starts at exactly 1.
 - MLP: relu(x)^2 with a 4x hidden width; both output projections start at zero.
 - lm_head output in float32, softcapped at 15*tanh(logits/15); vocab padded to a multiple of 64 and sliced back.
 
@@ -42,6 +45,8 @@ SOFTCAP = 15.0
 QK_SCALE = 1.2  # q and k are multiplied by this after QK-norm: sharper attention (1.44 on the logits)
 VE_GATE_CHANNELS = 12  # the value-embedding gate reads the first 12 channels of the block input
 VE_GATE_RANGE = 3.0
+ATTN_GATE_CHANNELS = 12  # the attention output gate reads the first 12 channels of the block input
+ATTN_GATE_RANGE = 2.0  # gate in (0, 2): 1 at init (zero weight), so the gated model starts as the ungated one
 SMEAR_GATE_CHANNELS = 24  # the smear gate reads the first 24 channels of the normed embedding
 BACKOUT_INIT = 0.2
 ROTARY_POSITIONS_FACTOR = 10  # rotary tables cover 10 x sequence_len positions (for long generations)
@@ -73,6 +78,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = Linear(self.n_head * self.head_dim, d)
         self.ve_gate_channels = min(VE_GATE_CHANNELS, d)
         self.ve_gate = Linear(self.ve_gate_channels, self.n_kv_head) if config.has_value_embedding(layer_idx) else None
+        self.attn_gate = Linear(min(ATTN_GATE_CHANNELS, d), self.n_head) if config.attn_gate else None
 
     def forward(self, x, ve, cos, sin, window: int, backend: str, kv_cache=None, positions=None, masks=None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -88,6 +94,9 @@ class CausalSelfAttention(nn.Module):
             y = attn_lib.attention(q, k, v, window, backend)
         else:
             y = attn_lib.attention_with_cache(q, k, v, kv_cache, self.layer_idx, positions, window, backend, masks)
+        if self.attn_gate is not None:
+            gate = ATTN_GATE_RANGE * torch.sigmoid(self.attn_gate(x[..., : self.attn_gate.in_features]))  # (B, T, H)
+            y = y * gate.unsqueeze(-1)
         return self.c_proj(y.reshape(B, T, -1))
 
 
@@ -165,6 +174,8 @@ class GPT(nn.Module):
             block.mlp.c_proj.weight.zero_()
             if a.ve_gate is not None:
                 a.ve_gate.weight.uniform_(0.0, 0.02, generator=gen)
+            if a.attn_gate is not None:
+                a.attn_gate.weight.zero_()
         for emb in self.value_embeds.values():
             emb.weight.uniform_(-s, s, generator=gen)
         L = self.config.n_layer

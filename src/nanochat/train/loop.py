@@ -10,6 +10,7 @@ the non-finite-loss guard, val bits-per-byte and greedy samples.
 - `sync_step_stats`: one all-reduce per step carrying the loss and the stop flag, so every rank skips
   a non-finite step, and stops, together.
 - `greedy_samples`: a few greedy continuations of fixed prompts, to read during training.
+- `peak_memory`: the run's peak memory (GPU allocations on CUDA, resident set elsewhere), for the done line.
 """
 
 from __future__ import annotations
@@ -42,6 +43,21 @@ def format_duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def peak_memory(device_type: str) -> tuple[str, float] | None:
+    """(what, GiB): the most the torch caching allocator held for tensors on CUDA since the process started, or the
+    process's peak resident set elsewhere (Linux and macOS report it in different units)."""
+    if device_type == "cuda":
+        import torch
+
+        return "peak GPU memory", torch.cuda.max_memory_allocated() / 2**30
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return "peak RSS", rss / (2**30 if sys.platform == "darwin" else 2**20)
 
 
 class Progress:

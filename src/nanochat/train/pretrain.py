@@ -41,6 +41,7 @@ from nanochat.train.loop import (
     record_report,
     run_distributed,
     greedy_samples,
+    peak_memory,
     sync_step_stats,
 )
 from nanochat.train.scaling import B_REF, REF_DEPTH, ModelFacts, ScalingOptions, TrainPlan, plan_rows, plan_training
@@ -58,6 +59,7 @@ class PretrainConfig:
     window_pattern: str = "SSSL"
     smear: bool = True
     backout: bool = True
+    attn_gate: bool = False
     max_seq_len: int = 2048
     device_batch_size: int = 32
     total_batch_size: int = -1  # -1 = auto
@@ -145,7 +147,7 @@ def model_config(cfg: PretrainConfig, vocab_size: int, depth: int | None = None)
     return GPTConfig.from_depth(
         cfg.depth if depth is None else depth, vocab_size, cfg.max_seq_len,
         aspect_ratio=cfg.aspect_ratio, head_dim=cfg.head_dim, n_kv_head=cfg.n_kv_head if depth is None else None,
-        window_pattern=cfg.window_pattern, smear=cfg.smear, backout=cfg.backout,
+        window_pattern=cfg.window_pattern, smear=cfg.smear, backout=cfg.backout, attn_gate=cfg.attn_gate,
     )  # fmt: skip
 
 
@@ -541,7 +543,8 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
                     f"tok/s {tok_s:,.0f} | mfu {f'{100 * mfu:.2f}%' if mfu is not None else '-'} | epoch {loader.epoch} | eta {format_duration(eta)}")  # fmt: skip
             progress.step(line, step)
             metrics.write({"kind": "train", "step": step - 1, "loss": loss_value, "smooth_loss": debiased, "lrm": lrm, "dt": dt,
-                           "tok_per_s": tok_s, "mfu": mfu, "epoch": loader.epoch, "time": time.time()})  # fmt: skip
+                           "tok_per_s": tok_s, "mfu": mfu, "epoch": loader.epoch, "time": time.time(),
+                           **({"peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30} if device_type == "cuda" else {})})  # fmt: skip
             train_series.append([step - 1, loss_value])
             if wb and step % 100 == 0:
                 wb.log({"step": step, "train/loss": debiased, "train/lrm": lrm, "train/tok_per_s": tok_s, "train/mfu": mfu})
@@ -569,14 +572,16 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
         "mfu_pct": (100 * flops_per_step * clock.timed_steps / clock.total / (peak * world)) if (peak and clock.total) else None,
         "stopped_by": stop.signame if stopped_by_signal else None,
     }  # fmt: skip
-    if device_type == "cuda":
-        summary["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    peak_mem = peak_memory(device_type)
+    if peak_mem:
+        summary["peak_memory_gib"] = round(peak_mem[1], 2)
     if master:
         if stopped_by_signal:
             print0(f"{stop.signame}: saved step {step} and stopped; `nanochat pretrain ... --resume auto` continues")
         else:
             bpb_note = f"val bpb {val_bpb:.4f} on {val_tokens:,} tokens (lowest {min_val:.4f}, step {min_val_step})" if val_bpb is not None and math.isfinite(val_bpb) else "val bpb off"
-            print0(f"done: {step} steps, {bpb_note}, training time {format_duration(clock.total)}")
+            mem_note = f", {peak_mem[0]} {peak_mem[1]:.1f} GiB" if peak_mem else ""
+            print0(f"done: {step} steps, {bpb_note}, training time {format_duration(clock.total)}{mem_note}")
             if core_series:
                 summary["core"] = core_series[-1][1]
             record_report("pretrain", _report_data(summary, step, min_val_step), {"train_loss": train_series, "val_bpb": val_series, **({"core": core_series} if core_series else {})}, title="Base model training")
