@@ -13,7 +13,7 @@ def prepare_evals(
 
     from nanochat.common.logging import console, print0, table
     from nanochat.eval.core import bundle_url, download_bundle, find_bundle, prepare_offline_bundle
-    from nanochat.tasks import EVAL_TASK_NAMES, get_eval_task
+    from nanochat.tasks import registry
 
     from nanochat.common.errors import NanochatError
     from nanochat.tasks.hub import HubUnavailable
@@ -33,9 +33,9 @@ def prepare_evals(
     if bundle.missing_tasks():
         print0(f"[yellow]missing from CORE's 22 tasks:[/yellow] {', '.join(bundle.missing_tasks())} (scores are not comparable with reference CORE)")
     rows = []
-    for name in EVAL_TASK_NAMES:
+    for name in registry.task_names():
         try:
-            task = get_eval_task(name, source="packaged" if offline else "hub")
+            task = registry.build(name, source="packaged" if offline else "hub")
         except HubUnavailable as e:
             raise NanochatError(f"{name}: {str(e).split(';')[0]}; without the internet, use `nanochat data prepare-evals --offline`") from e
         rows.append([name, len(task), task.data_source])

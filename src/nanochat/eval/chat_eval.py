@@ -6,8 +6,8 @@
   letter is the answer. Every letter must be a single token.
 - Generative (GSM8K, HumanEval, SpellingBee): `num_samples` completions per problem; the problem
   passes if any of them does (pass@k with k = num_samples).
-- ChatCORE: the mean over tasks of `(acc - baseline) / (1 - baseline)`, with baselines 0.25 for
-  the multiple-choice tasks and 0 for the generative ones.
+- ChatCORE: the mean over its tasks of `(acc - chance) / (1 - chance)`; the tasks and their chance
+  accuracies (0.25 for four letters, 0 for free answers) come from `nanochat.tasks.registry`.
 
 The model is anything callable as `model(ids) -> logits (B, T, vocab)`; generation goes through a
 `generate(prompts, num_samples) -> per prompt, num_samples completion token lists` function, by
@@ -20,16 +20,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from nanochat.common.errors import NanochatError
+from nanochat.tasks import registry
 
-BASELINES = {
-    "arc-easy": 0.25,
-    "arc-challenge": 0.25,
-    "mmlu": 0.25,
-    "gsm8k": 0.0,
-    "humaneval": 0.0,
-    "spellingbee": 0.0,
-}
-CHATCORE_TASKS = tuple(BASELINES)
 
 
 @dataclass
@@ -155,19 +147,25 @@ def run_generative(
     return result
 
 
+def _centered(name: str, accuracy: float) -> float:
+    chance = registry.spec(name).chance
+    return (accuracy - chance) / (1.0 - chance)
+
+
 def chatcore(accuracies: dict[str, float]) -> float | None:
-    """ChatCORE over the six tasks, or None unless all six were evaluated."""
-    if not all(name in accuracies for name in CHATCORE_TASKS):
+    """ChatCORE over all its tasks, or None unless every one of them was evaluated."""
+    names = registry.chatcore_names()
+    if not all(name in accuracies for name in names):
         return None
-    return sum((accuracies[n] - BASELINES[n]) / (1.0 - BASELINES[n]) for n in CHATCORE_TASKS) / len(CHATCORE_TASKS)
+    return sum(_centered(n, accuracies[n]) for n in names) / len(names)
 
 
 def chatcore_partial(accuracies: dict[str, float]) -> float | None:
-    """The same mean over whichever of the six tasks were evaluated (labelled as partial by callers)."""
-    names = [n for n in CHATCORE_TASKS if n in accuracies]
+    """The same mean over whichever of its tasks were evaluated (labelled as partial by callers)."""
+    names = [n for n in registry.chatcore_names() if n in accuracies]
     if not names:
         return None
-    return sum((accuracies[n] - BASELINES[n]) / (1.0 - BASELINES[n]) for n in names) / len(names)
+    return sum(_centered(n, accuracies[n]) for n in names) / len(names)
 
 
 def evaluate_chatcore(
@@ -178,16 +176,15 @@ def evaluate_chatcore(
     generative_max: int | None = 24,
     batch_size: int = 8,
     max_new_tokens: int = 512,
-    tasks: tuple[str, ...] = CHATCORE_TASKS,
+    tasks: tuple[str, ...] | None = None,
 ) -> dict[str, float]:
     """Accuracy on each chat task plus `chatcore` (the training-time eval of SFT: every categorical
-    problem, a few generative ones). `chatcore_cat` is the same mean over the categorical tasks only."""
-    from nanochat.tasks import get_eval_task
-
+    problem, a few generative ones; default: ChatCORE's tasks). `chatcore_cat` is the same mean over the
+    categorical tasks only."""
     out: dict[str, float] = {}
     generate = None
-    for name in tasks:
-        task = get_eval_task(name)
+    for name in registry.chatcore_names() if tasks is None else tasks:
+        task = registry.build(name)
         if task.eval_type == "categorical":
             out[name] = run_categorical(model, tokenizer, task, device, batch_size, categorical_max).accuracy
         else:
@@ -199,7 +196,7 @@ def evaluate_chatcore(
     cc = chatcore(out)
     if cc is not None:
         out["chatcore"] = cc
-    cat = [n for n in out if BASELINES.get(n) == 0.25]
+    cat = [n for n in out if n in registry.chatcore_names() and registry.spec(n).eval_type == "categorical"]
     if cat:
-        out["chatcore_cat"] = sum((out[n] - 0.25) / 0.75 for n in cat) / len(cat)
+        out["chatcore_cat"] = sum(_centered(n, out[n]) for n in cat) / len(cat)
     return out

@@ -60,7 +60,11 @@ TITLES = {
     "speedrun": "Timings",
 }
 # the summary's rows come in this order (keys of `results`); other summary results follow
-SUMMARY_ORDER = ("core", "val_bpb", "chat_val_bpb", "arc-easy", "arc-challenge", "mmlu", "gsm8k", "humaneval", "spellingbee", "chatcore")
+def summary_order() -> tuple[str, ...]:
+    """The summary's row order: base-model metrics, then the chat tasks as registered, then ChatCORE."""
+    from nanochat.tasks.registry import task_names
+
+    return ("core", "val_bpb", "chat_val_bpb") + task_names() + ("chatcore",)
 STAGES = (("BASE", "eval-base", "pretrain"), ("SFT", "eval-sft", "sft"), ("RL", "eval-rl", "rl"))
 SERIES_LABELS = {
     "train_loss": "train loss (nats per token)",
@@ -250,7 +254,7 @@ def results_of(section: dict | None) -> dict[str, dict]:
     res = (section or {}).get("data", {}).get("results")
     if not isinstance(res, dict):
         return {}
-    rank = {k: i for i, k in enumerate(SUMMARY_ORDER)}
+    rank = {k: i for i, k in enumerate(summary_order())}
     return {k: res[k] for k in sorted(res, key=lambda k: (rank.get(k, len(rank)), k)) if isinstance(res[k], dict)}
 
 
@@ -265,8 +269,9 @@ def summary_table(sections: dict[str, dict]) -> tuple[list[str], list[list[str]]
         merged = {k: m for k, m in results_of(sections.get(st)).items() if m.get("summary", True)}
         merged.update({k: m for k, m in results_of(sections.get(ev)).items() if m.get("summary", True)})
         per_stage.append({k: m for k, m in merged.items() if m.get("value") is not None})
-    keys = [k for k in SUMMARY_ORDER if any(k in s for s in per_stage)]
-    keys += [k for s in per_stage for k in s if k not in keys and k not in SUMMARY_ORDER]
+    order = summary_order()
+    keys = [k for k in order if any(k in s for s in per_stage)]
+    keys += [k for s in per_stage for k in s if k not in keys and k not in order]
     keys = list(dict.fromkeys(keys))
     headers = ["Metric"] + [label for label, _, _ in stages]
     rows = []

@@ -1,9 +1,9 @@
 """`nanochat eval` as a library call: run a list of evals on one model and collect the results.
 
 Task names: `core` (CORE, on the best bundle available), `bpb` (bits per byte on the train and
-validation splits of the model's corpus), and the chat tasks `arc-easy`, `arc-challenge`, `mmlu`,
-`gsm8k`, `humaneval`, `spellingbee`. ChatCORE is added whenever one of its six tasks ran, labelled
-`ChatCORE (partial: k of 6 tasks)` unless all six did. Each result says what it was measured on
+validation splits of the model's corpus), and the chat tasks of `nanochat.tasks.registry` (`arc-easy`,
+`arc-challenge`, `mmlu`, `gsm8k`, `humaneval`, `spellingbee`). ChatCORE is added whenever one of its tasks
+ran, labelled `ChatCORE (partial: k of 6 tasks)` unless all of them did. Each result says what it was measured on
 (`8,192 tokens`, `200 questions`) and where its data came from. Progress goes through
 `progress(name, total) -> tick`, so the command can show one bar per task and tests can run
 without a terminal.
@@ -20,13 +20,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nanochat.common.errors import NanochatError
-from nanochat.tasks import EVAL_TASK_NAMES
+from nanochat.tasks import registry
 
-ALL_TASKS = ("core", "bpb") + EVAL_TASK_NAMES
-DEFAULT_TASKS = {"base": ("core", "bpb"), "sft": EVAL_TASK_NAMES, "rl": EVAL_TASK_NAMES}
+BASE_TASKS = ("core", "bpb")
 DEFAULT_BPB_TOKENS = 10 * 524288  # for checkpoints that do not record their val bpb token count
-TASK_TITLES = {"arc-easy": "ARC-Easy", "arc-challenge": "ARC-Challenge", "mmlu": "MMLU", "gsm8k": "GSM8K", "humaneval": "HumanEval", "spellingbee": "SpellingBee"}
-TASK_UNITS = {"arc-easy": "questions", "arc-challenge": "questions", "mmlu": "questions", "gsm8k": "problems", "humaneval": "problems", "spellingbee": "questions"}
+
+
+def all_tasks() -> tuple[str, ...]:
+    return BASE_TASKS + registry.task_names()
+
+
+def default_tasks(source: str) -> tuple[str, ...]:
+    """core and bpb for a base model; every registered chat task for sft and rl checkpoints."""
+    return BASE_TASKS if source == "base" else registry.task_names()
 
 
 @dataclass
@@ -62,11 +68,11 @@ class EvalRow:
 
 def parse_tasks(spec: str | None, source: str) -> tuple[str, ...]:
     if not spec:
-        return DEFAULT_TASKS[source]
+        return default_tasks(source)
     names = tuple(t.strip().lower() for t in spec.split(",") if t.strip())
-    bad = [t for t in names if t not in ALL_TASKS]
+    bad = [t for t in names if t not in all_tasks()]
     if bad or not names:
-        raise NanochatError(f"unknown eval task(s) {', '.join(bad) or '(none)'}; choose from {','.join(ALL_TASKS)}")
+        raise NanochatError(f"unknown eval task(s) {', '.join(bad) or '(none)'}; choose from {','.join(all_tasks())}")
     return tuple(dict.fromkeys(names))
 
 
@@ -127,16 +133,15 @@ def run_core(model, tokenizer, opts: EvalOptions, device, progress) -> EvalRow:
 
 def run_chat_task(name: str, model, tokenizer, opts: EvalOptions, device, progress, generate=None) -> EvalRow:
     from nanochat.eval import chat_eval
-    from nanochat.tasks import get_eval_task
 
-    task = get_eval_task(name, source=opts.data_source)
+    task = registry.build(name, source=opts.data_source)
     n = len(task) if opts.max_per_task < 0 else min(len(task), opts.max_per_task)
     t0 = time.time()
     tick = progress(name, n) if progress else None
     if task.eval_type == "categorical":
         res = chat_eval.run_categorical(model, tokenizer, task, device, opts.batch_size, n, tick)
     else:
-        if name == "humaneval":
+        if registry.spec(name).needs_sandbox:
             from nanochat.tasks.humaneval import sandbox_runner
 
             sandbox_runner()  # fail before generating anything if the sandbox is missing
@@ -149,33 +154,26 @@ def run_chat_task(name: str, model, tokenizer, opts: EvalOptions, device, progre
     details = {"passed": res.passed}
     if res.too_long:
         details["too_long"] = res.too_long
-    return EvalRow(name, metric, res.accuracy, res.total, task.data_source, time.time() - t0, details, unit=TASK_UNITS.get(name, "examples"))
+    return EvalRow(name, metric, res.accuracy, res.total, task.data_source, time.time() - t0, details, unit=registry.spec(name).unit)
 
 
 def preflight(opts: EvalOptions, meta: dict) -> None:
-    """Fail before any eval runs if one of them cannot: missing engine, sandbox or corpus."""
-    from nanochat.eval import chat_eval
-    from nanochat.tasks import get_eval_task
+    """Fail before any eval runs if one of them cannot: missing sandbox, corpus or task data."""
+    chat = [t for t in opts.tasks if t not in BASE_TASKS]
+    for name in chat:
+        if registry.spec(name).needs_sandbox:
+            from nanochat.tasks.humaneval import sandbox_runner
 
-    generative = [t for t in opts.tasks if t in ("gsm8k", "humaneval", "spellingbee")]
-    if generative:
-        try:
-            import nanochat.engine.engine  # noqa: F401
-        except ImportError as e:
-            raise NanochatError(f"{', '.join(generative)} need the inference engine (nanochat.engine.engine), which is not in this build; leave them out of --tasks") from e
-    if "humaneval" in opts.tasks:
-        from nanochat.tasks.humaneval import sandbox_runner
-
-        probe = sandbox_runner()("print(1)")  # raises with the fix (e.g. install bubblewrap) if it cannot run
-        if not probe.success:
-            raise NanochatError(f"the code sandbox cannot run Python here ({probe.error}); leave humaneval out of --tasks")
+            probe = sandbox_runner()("print(1)")  # raises with the fix (e.g. install bubblewrap) if it cannot run
+            if not probe.success:
+                raise NanochatError(f"the code sandbox cannot run Python here ({probe.error}); leave {name} out of --tasks")
+            break
     if "bpb" in opts.tasks:
         from nanochat.data.corpus import open_corpus
 
         open_corpus(corpus_name(meta, opts.data), "val")
-    for name in opts.tasks:
-        if name in chat_eval.BASELINES:
-            get_eval_task(name, source=opts.data_source)  # the data loads (or says why not)
+    for name in chat:
+        registry.build(name, source=opts.data_source)  # the data loads (or says why not)
 
 
 def run_suite(model, tokenizer, meta: dict, opts: EvalOptions, device, rank: int = 0, world: int = 1, progress=None, generate=None) -> list[EvalRow]:
@@ -200,21 +198,21 @@ def chatcore_row(rows: list[EvalRow]) -> EvalRow | None:
     `ChatCORE (partial: k of 6 tasks)` otherwise; None when none of them ran."""
     import math
 
-    from nanochat.eval.chat_eval import CHATCORE_TASKS, chatcore_partial
+    from nanochat.eval.chat_eval import chatcore_partial
 
-    accs = {r.task: r.value for r in rows if r.task in CHATCORE_TASKS and r.value is not None and math.isfinite(r.value)}
+    members = registry.chatcore_names()
+    accs = {r.task: r.value for r in rows if r.task in members and r.value is not None and math.isfinite(r.value)}
     if not accs:
         return None
-    ran = [t for t in CHATCORE_TASKS if t in accs]
-    missing = [t for t in CHATCORE_TASKS if t not in accs]
-    label = "ChatCORE" if not missing else f"ChatCORE (partial: {len(ran)} of {len(CHATCORE_TASKS)} tasks)"
+    ran = [t for t in members if t in accs]
+    missing = [t for t in members if t not in accs]
+    label = "ChatCORE" if not missing else f"ChatCORE (partial: {len(ran)} of {len(members)} tasks)"
     source = ", ".join(ran) + (f"; missing {', '.join(missing)}" if missing else "")
     return EvalRow("chatcore", label, chatcore_partial(accs), len(ran), source, 0.0, {"tasks": ran, "missing": missing}, unit="tasks")
 
 
 def report_data(rows: list[EvalRow], step: int | None = None) -> dict:
     """The report section of an eval: every result as a `metric()` (keys as eval/report.py documents)."""
-    from nanochat.eval.chat_eval import BASELINES
     from nanochat.eval.report import metric
 
     results: dict[str, dict] = {}
@@ -231,8 +229,9 @@ def report_data(rows: list[EvalRow], step: int | None = None) -> dict:
             # the label says how many tasks it covers; `r.examples` counts tasks, not questions
             results["chatcore"] = metric(r.metric, r.value, step=step, source=r.source)
         else:
-            chance = BASELINES.get(r.task) if r.metric == "accuracy" else None  # letter choice: 1 in 4 by guessing
-            results[r.task] = metric(TASK_TITLES.get(r.task, r.task), r.value, r.examples, r.unit, kind=r.metric, step=step, source=r.source, chance=chance)
+            task = registry.spec(r.task)
+            chance = task.chance if r.metric == "accuracy" else None  # letter choice: 1 in 4 by guessing
+            results[r.task] = metric(task.title, r.value, r.examples, r.unit, kind=r.metric, step=step, source=r.source, chance=chance)
     data["results"] = results
     data["total_time_s"] = sum(r.seconds for r in rows)
     return data

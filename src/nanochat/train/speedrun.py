@@ -123,11 +123,12 @@ def web_scale(depth: int, ratio: float) -> Scale:
 
 def _chat_eval_what(args: tuple[str, ...]) -> str:
     """What the chat-eval stage computes: ChatCORE is partial when the stage evaluates only some of its tasks."""
-    from nanochat.eval.chat_eval import CHATCORE_TASKS
+    from nanochat.tasks.registry import chatcore_names
 
-    tasks = args[args.index("--tasks") + 1].split(",") if "--tasks" in args else list(CHATCORE_TASKS)
-    k = sum(t in tasks for t in CHATCORE_TASKS)
-    return "chat tasks and ChatCORE" if k == len(CHATCORE_TASKS) else f"chat tasks and ChatCORE (partial: {k} of {len(CHATCORE_TASKS)} tasks)"
+    members = chatcore_names()
+    tasks = args[args.index("--tasks") + 1].split(",") if "--tasks" in args else list(members)
+    k = sum(t in tasks for t in members)
+    return "chat tasks and ChatCORE" if k == len(members) else f"chat tasks and ChatCORE (partial: {k} of {len(members)} tasks)"
 
 
 def rl_available() -> bool:
