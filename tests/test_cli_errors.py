@@ -88,7 +88,7 @@ ROWS = [
     ("tokenize-train --vocab-size 100", 2, "--vocab-size 100 is out of range; use 265", None, None),
     ("tokenize-train --max-chars 0", 2, "--max-chars 0 is out of range", None, None),
     ("tokenize-train --doc-cap -3", 2, "--doc-cap -3 is out of range; use 1 or more", None, None),
-    ("tokenize-train --vocab-size many", 2, "Invalid value for '--vocab-size'", None, None),
+    ("tokenize-train --vocab-size many", 2, "--vocab-size 'many' is not a number; give a size such as 32768, or auto", None, None),
     ("tokenize-train --data nosuchset", 1, "unknown data set 'nosuchset'", None, None),
     # tokenize-eval
     ("tokenize-eval extra", 2, "unexpected extra argument", None, None),

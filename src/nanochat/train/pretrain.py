@@ -171,6 +171,23 @@ def model_facts(cfg: PretrainConfig, model, vocab_size: int) -> ModelFacts:
     )
 
 
+def vocab_cost(depth: int, seq_len: int = 2048):
+    """cost(V) -> (training FLOPs per token, embedding share of parameters) of the default model at `depth` with a
+    V-token vocabulary (a meta-device build: nothing is allocated), for `tokenize-train --vocab-size auto`."""
+    import torch
+
+    from nanochat.model.config import GPTConfig
+    from nanochat.model.gpt import GPT
+
+    def cost(vocab_size: int) -> tuple[float, float]:
+        with torch.device("meta"):
+            m = GPT(GPTConfig.from_depth(depth, vocab_size, seq_len))
+        c = m.param_counts()
+        return m.flops_per_token(), (c["wte"] + c["value_embeds"] + c["lm_head"]) / c["total"]
+
+    return cost
+
+
 def scaling_options(cfg: PretrainConfig, world_size: int) -> ScalingOptions:
     return ScalingOptions(
         device_batch_size=cfg.device_batch_size, max_seq_len=cfg.max_seq_len, world_size=world_size,
