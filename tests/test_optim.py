@@ -199,3 +199,16 @@ def test_schedules_hand_computed():
     assert schedules.weight_decay(0, n, 0.28) == pytest.approx(0.28)
     assert schedules.weight_decay(500, n, 0.28) == pytest.approx(0.14)
     assert schedules.weight_decay(1000, n, 0.28) == pytest.approx(0.0)
+
+
+def test_sft_and_rl_schedules_by_hand():
+    from nanochat.optim import schedules
+
+    # SFT: x init_lr_frac 0.02; flat until the warmdown (last half), linear to final 0
+    assert schedules.sft_lr_multiplier(0.5, 0.02, 0.0, 0.5, 0.0) == pytest.approx(0.02)
+    assert schedules.sft_lr_multiplier(0.75, 0.02, 0.0, 0.5, 0.0) == pytest.approx(0.01)
+    assert schedules.sft_lr_multiplier(1.0, 0.02, 0.0, 0.5, 0.0) == pytest.approx(0.0, abs=1e-12)
+    assert schedules.sft_lr_multiplier(1.7, 1.0, 0.0, 0.5, 0.2) == pytest.approx(0.2)  # past the end: clamped
+    assert schedules.sft_lr_multiplier(0.05, 1.0, 0.1, 0.5, 0.0) == pytest.approx(0.5)  # halfway up the warmup
+    assert [schedules.sft_muon_momentum(s) for s in (0, 150, 300, 1000)] == pytest.approx([0.85, 0.90, 0.95, 0.95])
+    assert [schedules.rl_lr_multiplier(s, 20) for s in (0, 5, 19)] == pytest.approx([1.0, 0.75, 0.05])

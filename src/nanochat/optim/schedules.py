@@ -1,7 +1,9 @@
-"""Training schedules of the reference (docs/reference.md, "The depth dial and schedules"): LR multiplier, Muon momentum, weight decay.
+"""Every training schedule (docs/reference.md, "The depth dial and schedules"): LR multiplier, Muon momentum and
+weight decay of pretraining; the progress-based LR and the momentum warmup of SFT; RL's linear decay.
 
-All are pure functions of the step `it` (0-based) and the run length `num_iterations`; the trainer feeds them to
-`MuonAdamW.set_schedule(lr_multiplier(...), muon_momentum(...), weight_decay(...))` every step.
+All are pure functions; the trainers feed them to `MuonAdamW.set_schedule(lr, momentum, weight_decay)` every step.
+Pretraining's are functions of the step `it` (0-based) and the run length `num_iterations`; SFT's LR of the
+progress p in [0, 1] (step / N, or the share of the epoch consumed), so a one-epoch run of unknown length works.
 """
 
 from __future__ import annotations
@@ -59,3 +61,29 @@ def muon_momentum(
 def weight_decay(it: int, num_iterations: int, base: float) -> float:
     """Cosine decay of the Muon weight decay: base * 0.5 * (1 + cos(pi * it / num_iterations)), 0 at the end."""
     return base * 0.5 * (1.0 + math.cos(math.pi * min(it, num_iterations) / max(num_iterations, 1)))
+
+
+SFT_MOMENTUM_WARMUP_STEPS = 300
+
+
+def sft_lr_multiplier(progress: float, init_lr_frac: float, warmup_ratio: float, warmdown_ratio: float, final_lr_frac: float) -> float:
+    """init_lr_frac x (a warmup ramp over warmup_ratio, 1, then a linear warmdown over the last warmdown_ratio to
+    final_lr_frac) at progress p in [0, 1]."""
+    p = min(max(progress, 0.0), 1.0)
+    if warmup_ratio > 0 and p < warmup_ratio:
+        m = (p + 1e-8) / warmup_ratio
+    elif p <= 1.0 - warmdown_ratio:
+        m = 1.0
+    else:
+        m = 1.0 + (final_lr_frac - 1.0) * (p - (1.0 - warmdown_ratio)) / max(warmdown_ratio, 1e-12)
+    return init_lr_frac * m
+
+
+def sft_muon_momentum(step: int) -> float:
+    """0.85 -> 0.95 linearly over the first SFT_MOMENTUM_WARMUP_STEPS steps, then 0.95."""
+    return 0.85 + 0.10 * min(step / SFT_MOMENTUM_WARMUP_STEPS, 1.0)
+
+
+def rl_lr_multiplier(step: int, num_steps: int) -> float:
+    """RL's LR: from 1 at step 0 down linearly, 1 - step / num_steps."""
+    return 1.0 - step / num_steps

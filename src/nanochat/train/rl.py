@@ -48,6 +48,7 @@ from nanochat.common import checkpoint as ck
 from nanochat.engine.loading import load_model
 from nanochat.common.errors import NanochatError, UsageError
 from nanochat.common.logging import print0, table, warn0
+from nanochat.optim import schedules
 from nanochat.train.loop import MetricsLog, Progress, StepClock, StopSignal, format_duration, record_report, run_distributed, sync_step_stats
 
 OFFLINE_TRAIN_LABEL = "GSM8K train partition carved from the test split (1,000 problems)"
@@ -493,7 +494,7 @@ def _train(cfg: RLConfig, info) -> dict:
             step_signal = int(stats[3].item())
             signal_total += step_signal
             groups_total += cfg.examples_per_step
-            lrm = 1.0 - step / n
+            lrm = schedules.rl_lr_multiplier(step, n)
             optimizer.set_schedule(lrm)
             if math.isfinite(loss_value):
                 optimizer.step()

@@ -33,6 +33,7 @@ from nanochat.engine.loading import load_model
 from nanochat.common.errors import NanochatError, UsageError
 from nanochat.common.logging import print0, table, warn0
 from nanochat.eval.bpb import bpb_stats
+from nanochat.optim import schedules
 from nanochat.train.loop import (
     MetricsLog,
     Progress,
@@ -46,7 +47,6 @@ from nanochat.train.loop import (
 )
 from nanochat.train.scaling import lr_scale
 
-MOMENTUM_WARMUP_STEPS = 300
 
 
 @dataclass
@@ -115,22 +115,6 @@ class SFTConfig:
             if tag is not None:
                 ck.checkpoint_dir("sft", tag)  # a tag that is not a folder name is refused there
         check_device_name(self.device)
-
-
-def lr_multiplier(progress: float, init_lr_frac: float, warmup_ratio: float, warmdown_ratio: float, final_lr_frac: float) -> float:
-    """init_lr_frac × (warmup ramp, 1, or linear warmdown to final_lr_frac) at progress in [0, 1]."""
-    p = min(max(progress, 0.0), 1.0)
-    if warmup_ratio > 0 and p < warmup_ratio:
-        m = (p + 1e-8) / warmup_ratio
-    elif p <= 1.0 - warmdown_ratio:
-        m = 1.0
-    else:
-        m = 1.0 + (final_lr_frac - 1.0) * (p - (1.0 - warmdown_ratio)) / max(warmdown_ratio, 1e-12)
-    return init_lr_frac * m
-
-
-def muon_momentum(step: int) -> float:
-    return 0.85 + 0.10 * min(step / MOMENTUM_WARMUP_STEPS, 1.0)
 
 
 def _inherit(cfg: SFTConfig, meta: dict) -> dict:
@@ -276,7 +260,7 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
             ("batch", f"{dbs} rows × {seq} tokens × {world} processes × {accum} accumulation = {tbs:,} tokens/step"),
             ("iterations", f"{n:,}" + (" (one epoch, estimated; the epoch end stops the run)" if epoch_mode else "")),
             ("learning rates", ", ".join(f"{k} {v:.4g}" for k, v in lrs.items()) + f" (×{cfg.init_lr_frac:g} init_lr_frac; batch scale {scale:.3g})"),
-            ("schedule", f"warmup {cfg.warmup_ratio:g}, warmdown {cfg.warmdown_ratio:g} → {cfg.final_lr_frac:g}; Muon momentum 0.85→0.95 over {MOMENTUM_WARMUP_STEPS} steps; no weight decay"),
+            ("schedule", f"warmup {cfg.warmup_ratio:g}, warmdown {cfg.warmdown_ratio:g} → {cfg.final_lr_frac:g}; Muon momentum 0.85→0.95 over {schedules.SFT_MOMENTUM_WARMUP_STEPS} steps; no weight decay"),
             ("device", f"{device} × {world} ({str(model.compute_dtype).removeprefix('torch.')}{', compiled' if compile_model else ''})"),
             ("eval", f"val bpb every {cfg.eval_every} steps on {eval_steps} batches of held-out conversations"),
             ("checkpoints", f"{run_dir}"),
@@ -357,8 +341,8 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
                 continue
             bad_in_row = 0
             p = _sync_progress(packer.progress if epoch_mode else (step + 1) / n, world, device)
-            lrm = lr_multiplier(p, cfg.init_lr_frac, cfg.warmup_ratio, cfg.warmdown_ratio, cfg.final_lr_frac)
-            optimizer.set_schedule(lrm, muon_momentum(step), 0.0)
+            lrm = schedules.sft_lr_multiplier(p, cfg.init_lr_frac, cfg.warmup_ratio, cfg.warmdown_ratio, cfg.final_lr_frac)
+            optimizer.set_schedule(lrm, schedules.sft_muon_momentum(step), 0.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             dt = clock.stop(device_type, step - start_step)
