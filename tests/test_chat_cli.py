@@ -48,10 +48,13 @@ def test_session_keeps_history_across_turns():
     assert a2 == greedy_answer_limited(eng, history, 8)
 
 
-def greedy_answer_limited(engine, messages, n):
+def greedy_answer_limited(engine, messages, n, guards: bool = True):
+    """The greedy answer, with the repetition guards chat uses by default (or none)."""
     from nanochat.engine.prompt import render_chat_prompt
+    from nanochat.engine.repetition import CHAT_NO_REPEAT_NGRAM, CHAT_REPETITION_PENALTY
 
-    seqs, _ = engine.generate_batch(render_chat_prompt(engine.tokenizer, messages, engine.sequence_len - n), max_tokens=n, temperature=0.0)
+    kw = dict(repetition_penalty=CHAT_REPETITION_PENALTY, no_repeat_ngram=CHAT_NO_REPEAT_NGRAM) if guards else {}
+    seqs, _ = engine.generate_batch(render_chat_prompt(engine.tokenizer, messages, engine.sequence_len - n), max_tokens=n, temperature=0.0, **kw)
     return display_text(engine.tokenizer, seqs[0])
 
 
@@ -106,6 +109,9 @@ def test_chat_command_over_a_real_checkpoint(nanochat_home):
     assert "sft/d1 step 5" in r.stderr
     piped = run_cli("chat", "--temperature", "0", "--max-tokens", "20", "--device", "cpu", "-v", input="Hello world!\n")
     assert piped.returncode == 0 and piped.stdout.startswith(expected + "\n") and "tokens/s" in piped.stdout
+    plain = run_cli("chat", "-p", "Hello world!", "--temperature", "0", "--max-tokens", "20", "--device", "cpu", "--repetition-penalty", "1", "--no-repeat-ngram", "0", input="")
+    assert plain.returncode == 0 and plain.stdout == greedy_answer_limited(eng, [{"role": "user", "content": "Hello world!"}], 20, guards=False) + "\n"
+    assert plain.stdout != r.stdout  # the tiny random model repeats itself: the guards change its answer
 
 
 def test_chat_without_a_checkpoint_says_how_to_get_one():

@@ -12,6 +12,8 @@ import json
 import math
 from dataclasses import dataclass
 
+from nanochat.engine.repetition import MAX_NO_REPEAT_NGRAM, MAX_REPETITION_PENALTY
+
 MAX_BODY_BYTES = 1_000_000
 MAX_MESSAGES = 500
 MAX_MESSAGE_CHARS = 8_000
@@ -50,6 +52,8 @@ class ChatRequest:
     n: int
     stream: bool
     include_usage: bool
+    repetition_penalty: float = 1.0
+    no_repeat_ngram: int = 0
 
 
 def _reject_constant(name: str):
@@ -140,8 +144,12 @@ def _content_text(content, where: str) -> str:
     raise ApiError(422, f"{where}.content must be a string or a list of text parts", param=f"{where}.content", code="invalid_type")
 
 
-def parse_chat_request(body: bytes, *, context_len: int, vocab_size: int, default_max_tokens: int) -> ChatRequest:
-    """Validate a chat completion request body; raises ApiError with the first problem found."""
+def parse_chat_request(body: bytes, *, context_len: int, vocab_size: int, default_max_tokens: int,
+                       default_repetition_penalty: float = 1.0, default_no_repeat_ngram: int = 0) -> ChatRequest:  # fmt: skip
+    """Validate a chat completion request body; raises ApiError with the first problem found.
+
+    Beyond OpenAI's fields, `repetition_penalty` (1 = off, to 10) and `no_repeat_ngram_size` (0 = off,
+    or 2 to 64) set the repetition guards for this request; absent, the server's defaults apply."""
     obj = parse_json_body(body)
     if not isinstance(obj, dict):
         raise ApiError(422, "request body must be a JSON object", code="invalid_type")
@@ -205,4 +213,8 @@ def parse_chat_request(body: bytes, *, context_len: int, vocab_size: int, defaul
     for unsupported in ("tools", "functions", "stop", "logprobs", "response_format"):
         if obj.get(unsupported) not in (None, False, [], {}):
             raise ApiError(422, f"'{unsupported}' is not supported by this server; leave it out", param=unsupported, code="unsupported")
-    return ChatRequest(messages, max_tokens, temperature, top_k or None, top_p, seed, n, bool(stream), include_usage)
+    repetition_penalty = _number(obj, "repetition_penalty", 1.0, MAX_REPETITION_PENALTY, default_repetition_penalty)
+    no_repeat_ngram = _int(obj, "no_repeat_ngram_size", 0, MAX_NO_REPEAT_NGRAM, default_no_repeat_ngram)
+    if no_repeat_ngram == 1:
+        raise ApiError(422, "'no_repeat_ngram_size' must be 0 (off) or 2 to 64", param="no_repeat_ngram_size", code="out_of_range")
+    return ChatRequest(messages, max_tokens, temperature, top_k or None, top_p, seed, n, bool(stream), include_usage, repetition_penalty, no_repeat_ngram)

@@ -32,6 +32,8 @@ class GenParams:
     top_p: float | None
     seed: int | None
     n: int = 1
+    repetition_penalty: float = 1.0
+    no_repeat_ngram: int = 0
 
 
 @dataclass
@@ -110,7 +112,8 @@ class Worker(threading.Thread):
         finished = [False] * p.n
         steps = 0
         gen = self.engine.generate(
-            job.prompt_ids, num_samples=p.n, max_tokens=p.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed
+            job.prompt_ids, num_samples=p.n, max_tokens=p.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed,
+            repetition_penalty=p.repetition_penalty, no_repeat_ngram=p.no_repeat_ngram,
         )
         try:
             for column, _masks in gen:
