@@ -169,7 +169,9 @@ def test_chat_session_passes_its_settings_and_set_changes_them():
     session.command("/set no-repeat-ngram 0", out)
     session.answer("hello", out)
     session.command("/set no-repeat-ngram 1", out)
-    assert seen == [(1.15, 4), (1.0, 0)]
+    from nanochat.engine.repetition import CHAT_NO_REPEAT_NGRAM, CHAT_REPETITION_PENALTY
+
+    assert seen == [(CHAT_REPETITION_PENALTY, CHAT_NO_REPEAT_NGRAM), (1.0, 0)]
     assert "repetition-penalty = 1 (off)" in out.getvalue() and "bad value '1'" in out.getvalue()
 
 
@@ -178,9 +180,9 @@ def test_serve_request_fields_and_server_defaults():
 
     body = lambda **kw: json.dumps({"messages": [{"role": "user", "content": "hi"}], **kw}).encode()  # noqa: E731
     kw = dict(context_len=128, vocab_size=300, default_max_tokens=16)
-    req = parse_chat_request(body(), **kw, default_repetition_penalty=1.15, default_no_repeat_ngram=4)
-    assert (req.repetition_penalty, req.no_repeat_ngram) == (1.15, 4)
-    req = parse_chat_request(body(repetition_penalty=1.0, no_repeat_ngram_size=0), **kw, default_repetition_penalty=1.15, default_no_repeat_ngram=4)
+    req = parse_chat_request(body(), **kw, default_repetition_penalty=1.15, default_no_repeat_ngram=8)
+    assert (req.repetition_penalty, req.no_repeat_ngram) == (1.15, 8)
+    req = parse_chat_request(body(repetition_penalty=1.0, no_repeat_ngram_size=0), **kw, default_repetition_penalty=1.15, default_no_repeat_ngram=8)
     assert (req.repetition_penalty, req.no_repeat_ngram) == (1.0, 0)
     for bad in ({"repetition_penalty": 0.5}, {"repetition_penalty": "x"}, {"no_repeat_ngram_size": 1}, {"no_repeat_ngram_size": 2.5}):
         with pytest.raises(ApiError) as e:
@@ -200,7 +202,9 @@ def test_serve_request_fields_and_server_defaults():
 
     prompt = render_chat_prompt(eng.tokenizer, msgs, 100)
     plain, _ = eng.generate_batch(prompt, max_tokens=24, temperature=0.0)
-    guarded, _ = eng.generate_batch(prompt, max_tokens=24, temperature=0.0, repetition_penalty=1.15, no_repeat_ngram=4)
+    from nanochat.engine.repetition import CHAT_NO_REPEAT_NGRAM, CHAT_REPETITION_PENALTY
+
+    guarded, _ = eng.generate_batch(prompt, max_tokens=24, temperature=0.0, repetition_penalty=CHAT_REPETITION_PENALTY, no_repeat_ngram=CHAT_NO_REPEAT_NGRAM)
     assert r_off.json()["choices"][0]["message"]["content"] == display_text(eng.tokenizer, plain[0])
     assert r_on.json()["choices"][0]["message"]["content"] == display_text(eng.tokenizer, guarded[0])
     assert plain != guarded, "the tiny random model loops under plain greedy, so the guards must change its answer"
@@ -217,3 +221,29 @@ def test_ngram_block_never_bans_a_special_token():
     out = [col[0] for col, _ in eng.generate(prompt, max_tokens=20, temperature=0.0, no_repeat_ngram=3)]
     # the second (<|python_start|>, 1, <|python_end|>) is allowed (special), then (1, <|python_end|>, a) is not
     assert out == [ps, one, pe, a, ps, one, pe, end]
+
+
+def test_greedy_stops_at_the_end_of_turn_in_the_chat_session():
+    """The answer ends at <|assistant_end|>, with the repetition guards on (their defaults) or off,
+    and no token after it is generated."""
+    from nanochat.engine.chat_loop import ChatSession
+
+    eng = tiny_engine()
+    tok = eng.tokenizer
+    a, b = tok.encode("a")[0], tok.encode("b")[0]
+    script = [a, b, tok.special_id("<|assistant_end|>")]  # then b, b, b ...: anything after the end would show
+    calls = {"n": 0}
+    real = eng._forward
+
+    def forward(idx, cache, last_only=True):
+        logits = real(idx, cache, last_only).clone()
+        logits[:, -1, :] = -1e9
+        logits[:, -1, script[calls["n"]] if calls["n"] < len(script) else b] = 1e9
+        calls["n"] += 1
+        return logits
+
+    eng._forward = forward
+    for guards in ({}, {"repetition_penalty": 1.0, "no_repeat_ngram": 0}):
+        calls["n"] = 0
+        assert ChatSession(eng, temperature=0.0, max_tokens=50, **guards).answer("x", io.StringIO()) == "ab"
+        assert calls["n"] == 3  # the prefill and two decode steps: none after the end of the turn

@@ -23,6 +23,7 @@ def chat(
     no_repeat_ngram: int = typer.Option(CHAT_NO_REPEAT_NGRAM, help="Never repeat a run of this many tokens within an answer; 0 is off."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print tokens and tokens/s after each answer."),
+    score_prompts: Optional[str] = typer.Option(None, help="Answer a prompt set (demo: the packaged one, or a JSONL file) greedily, score each answer and record it in the report."),
 ) -> None:
     """Chat with a model in the terminal: streaming, multi-turn, /help for commands."""
     import sys
@@ -41,7 +42,9 @@ def chat(
         raise UsageError(f"{e}: fix --repetition-penalty / --no-repeat-ngram") from None
     piped = not sys.stdin.isatty()
     text = None
-    if prompt is not None or piped:
+    if score_prompts is not None:
+        piped = False  # the prompts come from the set
+    elif prompt is not None or piped:
         stdin_text = sys.stdin.read().strip() if piped else ""
         text = "\n\n".join(t for t in ((prompt or "").strip(), stdin_text) if t)
         if not text:
@@ -56,6 +59,11 @@ def chat(
     dev = detect_device(device)
     model, tokenizer, label = load_chat_model(source, model_tag, step, dev, quiet=True)
     console(stderr=True).print(f"chatting with {label} on {dev}")
+    if score_prompts is not None:
+        from nanochat.engine.chat_loop import score_prompt_set
+
+        score_prompt_set(Engine(model, tokenizer), label, score_prompts)
+        return
     session = ChatSession(Engine(model, tokenizer), temperature=temperature, top_k=top_k or None, max_tokens=max_tokens, seed=seed, verbose=verbose,
                           repetition_penalty=repetition_penalty, no_repeat_ngram=no_repeat_ngram)
     if text is not None:

@@ -10,6 +10,9 @@ here (`CHAT_REPETITION_PENALTY`, `CHAT_NO_REPEAT_NGRAM` in engine/repetition.py)
 alone at a low temperature tends to loop.
 Ctrl-C while an answer streams stops that answer (what was written so far stays in the history);
 Ctrl-C (or Ctrl-D) at the prompt exits. With `verbose`, each answer ends with its tokens and tokens/s.
+
+`score_prompt_set(engine, ...)` is `nanochat chat --score-prompts`: it answers a fixed prompt set
+(eval/demo_prompts.py) greedily, prints each answer with its checks and records the report section.
 """
 
 from __future__ import annotations
@@ -158,3 +161,27 @@ class ChatSession:
                 out.write("\n[stopped]\n")
                 if self.messages and self.messages[-1]["role"] == "user":
                     self.messages.pop()
+
+
+def score_prompt_set(engine, label: str, prompts: str = "demo", max_new_tokens: int | None = None, record: bool = True) -> list:
+    """Answer and score every prompt of a prompt set (`demo`: the packaged one); print a table; record
+    the `demo-prompts` report section when `record`. Returns the PromptResults."""
+    from nanochat.common.logging import console, print0
+    from nanochat.eval import demo_prompts as dp
+
+    specs = dp.load_prompts(prompts)
+    n = max_new_tokens or dp.MAX_NEW_TOKENS
+    results = dp.run_demo_prompts(dp.engine_generate(engine, n), engine.tokenizer, specs)
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=escape(f"prompts answered by {label} (greedy)"), title_justify="left")
+    for col in ("prompt", "answer", "result"):
+        t.add_column(col, justify="left")
+    for r in results:
+        t.add_row(escape(r.spec.prompt), escape(r.answer or "(empty)"), "pass" if r.passed else escape("FAIL: " + ", ".join(r.failed)))
+    console().print(t)
+    print0(f"demo prompts: {dp.summary(results)}")
+    if record:
+        dp.record_demo_prompts(results, label, n)
+    return results
