@@ -125,6 +125,7 @@ def test_cpu_sized_stages_take_one_thread_per_free_cpu(monkeypatch):
     assert sr.stage_threads(1.6, 2) == 1 and sr.stage_threads(2.0, 2) == 1 and sr.stage_threads(0.3, 2) is None
     assert sr.stage_threads(3.2, 8) == 5 and sr.stage_threads(None, 2) is None
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(sr.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(sr, "_cpu_count", lambda: 2)
     monkeypatch.setattr(sr, "cpus_busy_elsewhere", lambda interval=0.5: 1.7)
     demo = {s.name: s for s in sr.plan(demo=True)}

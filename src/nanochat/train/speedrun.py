@@ -248,8 +248,8 @@ class _Signals(StopSignal):
 
 
 def cpus_busy_elsewhere(interval: float = 0.5) -> float | None:
-    """How many CPUs' worth of work other processes did over `interval` seconds (from /proc/stat,
-    while this process waits), or None where that cannot be read (not Linux)."""
+    """How many of the machine's CPUs other processes kept busy over `interval` seconds (from
+    /proc/stat, while this process waits), or None where that cannot be read (not Linux)."""
 
     def sample() -> tuple[int, int]:
         with open("/proc/stat") as f:
@@ -265,10 +265,11 @@ def cpus_busy_elsewhere(interval: float = 0.5) -> float | None:
         return None
     if total1 <= total0:
         return None
-    return (busy1 - busy0) / (total1 - total0) * _cpu_count()
+    return (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1)
 
 
 def _cpu_count() -> int:
+    """The CPUs this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -289,11 +290,12 @@ def stage_env(stage: Stage) -> dict[str, str] | None:
     machine (see the module docstring); None (inherit ours) otherwise."""
     if not stage.cpu_sized or "OMP_NUM_THREADS" in os.environ:
         return None
-    cpus = _cpu_count()
+    cpus = os.cpu_count() or 1
     busy = cpus_busy_elsewhere()
     threads = stage_threads(busy, cpus)
     if threads is None:
         return None
+    threads = min(threads, _cpu_count())
     print0(f"the CPUs are busy ({busy:.1f} of {cpus} in use by other processes): this stage runs with {threads} thread{'s' if threads > 1 else ''} "
            "(set OMP_NUM_THREADS to choose)")  # fmt: skip
     return {**os.environ, "OMP_NUM_THREADS": str(threads)}
