@@ -48,10 +48,13 @@ def test_session_keeps_history_across_turns():
     assert a2 == greedy_answer_limited(eng, history, 8)
 
 
-def greedy_answer_limited(engine, messages, n):
+def greedy_answer_limited(engine, messages, n, guards: bool = True):
+    """The greedy answer, with the repetition guards chat uses by default (or none)."""
     from nanochat.engine.prompt import render_chat_prompt
+    from nanochat.engine.repetition import CHAT_NO_REPEAT_NGRAM, CHAT_REPETITION_PENALTY
 
-    seqs, _ = engine.generate_batch(render_chat_prompt(engine.tokenizer, messages, engine.sequence_len - n), max_tokens=n, temperature=0.0)
+    kw = dict(repetition_penalty=CHAT_REPETITION_PENALTY, no_repeat_ngram=CHAT_NO_REPEAT_NGRAM) if guards else {}
+    seqs, _ = engine.generate_batch(render_chat_prompt(engine.tokenizer, messages, engine.sequence_len - n), max_tokens=n, temperature=0.0, **kw)
     return display_text(engine.tokenizer, seqs[0])
 
 
@@ -106,6 +109,16 @@ def test_chat_command_over_a_real_checkpoint(nanochat_home):
     assert "sft/d1 step 5" in r.stderr
     piped = run_cli("chat", "--temperature", "0", "--max-tokens", "20", "--device", "cpu", "-v", input="Hello world!\n")
     assert piped.returncode == 0 and piped.stdout.startswith(expected + "\n") and "tokens/s" in piped.stdout
+    # on this prompt the tiny random model repeats itself, so the guards change its answer: the options reach sampling
+    msgs = [{"role": "user", "content": "How are you today?"}]
+    guarded = run_cli("chat", "-p", msgs[0]["content"], "--temperature", "0", "--max-tokens", "20", "--device", "cpu", input="")
+    plain = run_cli("chat", "-p", msgs[0]["content"], "--temperature", "0", "--max-tokens", "20", "--device", "cpu", "--repetition-penalty", "1", "--no-repeat-ngram", "0", input="")
+    def text_mode(s: str) -> str:  # what a text-mode pipe makes of it (a sampled "\r" arrives as a newline)
+        return s.replace("\r\n", "\n").replace("\r", "\n") + "\n"
+
+    assert guarded.returncode == 0 and guarded.stdout == text_mode(greedy_answer_limited(eng, msgs, 20))
+    assert plain.returncode == 0 and plain.stdout == text_mode(greedy_answer_limited(eng, msgs, 20, guards=False))
+    assert plain.stdout != guarded.stdout
 
 
 def test_chat_without_a_checkpoint_says_how_to_get_one():

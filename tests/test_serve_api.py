@@ -48,7 +48,10 @@ def test_openai_client_non_streaming(client):
     eng = tiny_engine()
     from nanochat.engine.prompt import render_chat_prompt
 
-    seq, _ = eng.generate_batch(render_chat_prompt(eng.tokenizer, MSG, 100), max_tokens=12, temperature=0.0)
+    from nanochat.engine.repetition import CHAT_NO_REPEAT_NGRAM, CHAT_REPETITION_PENALTY
+
+    seq, _ = eng.generate_batch(render_chat_prompt(eng.tokenizer, MSG, 100), max_tokens=12, temperature=0.0,
+                                repetition_penalty=CHAT_REPETITION_PENALTY, no_repeat_ngram=CHAT_NO_REPEAT_NGRAM)  # the server's defaults
     assert r.choices[0].message.content == display_text(eng.tokenizer, seq[0])
 
 

@@ -151,25 +151,52 @@ def test_stop_newline_ends_the_answer_there():
         assert r.choices[0].text == "Hello world!\nHow are you today?\n" and r.choices[0].finish_reason == "stop"
 
 
-def test_chat_logprobs_equal_a_direct_forward(client):
+def _greedy_reference(ids: list[int], steps: int, penalty: float) -> list[int]:
+    """Greedy continuation of `ids` by plain forwards, with a CTRL repetition penalty written out here:
+    a token the answer already sampled (special tokens never) has its logit divided by `penalty` when
+    positive, multiplied when negative. penalty 1 is the model's own argmax."""
+    tok = tiny_tokenizer()
+    import torch
+
+    model, out, seen = _model(), list(ids), set()
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = model(torch.tensor([out]))[0, -1].float().clone()
+        for t in seen:
+            logits[t] = logits[t] / penalty if logits[t] > 0 else logits[t] * penalty
+        nxt = int(logits.argmax())
+        out.append(nxt)
+        if not tok.is_special(nxt):
+            seen.add(nxt)
+    return out
+
+
+@pytest.mark.parametrize("guards", ["off", "server default"])
+def test_chat_logprobs_equal_a_direct_forward(client, guards):
+    """The log-probabilities are the model's own (before the repetition guards), whatever picked the token:
+    with the guards off greedy is the raw argmax; with the server's default guards (penalty 1.15; an 8-gram
+    cannot repeat in 6 tokens) it is the argmax after the penalty, computed by hand above."""
     from nanochat.engine.prompt import render_chat_prompt
+    from nanochat.engine.repetition import CHAT_REPETITION_PENALTY
 
     tok = tiny_tokenizer()
     msgs = [{"role": "user", "content": "Hello world!"}]
-    r = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=6, temperature=0.0, logprobs=True, top_logprobs=3)
+    extra = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0} if guards == "off" else {}
+    kw = dict(model=MODEL, messages=msgs, max_tokens=6, temperature=0.0, logprobs=True, top_logprobs=3, extra_body=extra)
+    r = client.chat.completions.create(**kw)
     content = r.choices[0].logprobs.content
-    ids = render_chat_prompt(tok, msgs, 100)
-    n_prompt = len(ids)
-    for item in content:
-        nxt = int(_log_softmax(ids)[-1].argmax())
-        assert item.token == _name(tok, nxt)
-        ids.append(nxt)
+    prompt = render_chat_prompt(tok, msgs, 100)
+    n_prompt = len(prompt)
+    ids = _greedy_reference(prompt, len(content), 1.0 if guards == "off" else CHAT_REPETITION_PENALTY)
+    assert [it.token for it in content] == [_name(tok, i) for i in ids[n_prompt:]]
+    if guards != "off":  # on this prompt the penalty changes the greedy answer, so the check above has teeth
+        assert ids != _greedy_reference(prompt, len(content), 1.0)
     rows = _log_softmax(ids)
     assert [it.logprob for it in content] == pytest.approx([float(rows[p - 1, ids[p]]) for p in range(n_prompt, len(ids))], abs=1e-4)
     for it, p in zip(content, range(n_prompt, len(ids))):
         assert len(it.top_logprobs) == 3 and it.top_logprobs[0].logprob == pytest.approx(float(rows[p - 1].max()), abs=1e-4)
     # streamed, the same log-probabilities arrive chunk by chunk
-    stream = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=6, temperature=0.0, logprobs=True, top_logprobs=3, stream=True)
+    stream = client.chat.completions.create(**kw, stream=True)
     streamed = [it.logprob for ch in stream if ch.choices and ch.choices[0].logprobs for it in ch.choices[0].logprobs.content]
     assert streamed == pytest.approx([it.logprob for it in content], abs=1e-6)
     # without logprobs there are none

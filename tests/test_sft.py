@@ -147,8 +147,16 @@ def test_demo_mixture_uses_no_eval_sets():
 
     train, val, parts = sft_mixture("demo")
     names = " ".join(p.name for p in parts)
-    for want in ("chatterbot", "chitchat", "identity", "SimpleSpelling", "SpellingBee", "MMLU dev", "MMLU validation", "ARC-Easy validation", "ARC-Challenge validation"):
+    for want in ("chatterbot", "chitchat (first exchange)", "identity", "small talk", "austen", "arithmetic"):
         assert want in names
+    # short conversations only: a ChitChat conversation is cut to its first user and assistant turns
+    from nanochat.tasks.customjson import PackagedChat
+    from nanochat.train.sft_data import FirstExchange
+
+    chit = PackagedChat("chitchat")
+    cut = FirstExchange(chit)
+    assert len(cut) == len(chit) and all(cut[i]["messages"] == chit[i]["messages"][:2] for i in range(50))
+    assert max(len(chit[i]["messages"]) for i in range(50)) > 2
     assert sum(p.train for p in parts) == len(train) and sum(p.val for p in parts) == len(val)
 
     def first_user(c):
@@ -164,7 +172,8 @@ def test_demo_mixture_uses_no_eval_sets():
     import json
 
     train_c = {json.dumps(c["messages"]) for c in train}
-    assert sum(json.dumps(c["messages"]) in train_c for c in val) <= len(val) // 10  # held out (duplicated chit-chat aside)
+    # held out by content: no validation conversation is also a training one, though the sets repeat some
+    assert len(val) > 300 and not any(json.dumps(c["messages"]) in train_c for c in val)
 
 
 def _tiny_base(home):
@@ -278,3 +287,12 @@ def test_web_mixture_offline_names_the_demo_data(monkeypatch):
         sft_mixture("web")
     with pytest.raises(NanochatError, match="use web .* or demo"):
         sft_mixture("mine")
+
+
+def test_subset_is_a_view_of_the_chosen_conversations():
+    from nanochat.tasks.identity import SmallTalk
+    from nanochat.train.sft_data import Subset
+
+    task = SmallTalk(45)
+    sub = Subset(task, [40, 0, 7])
+    assert len(sub) == 3 and [sub[i] for i in range(3)] == [task[40], task[0], task[7]]

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import run_cli
 
-DEMO_STAGES = ["tokenizer", "pretrain", "base-eval", "sft", "rl", "chat-eval", "rl-eval", "report"]
+DEMO_STAGES = ["tokenizer", "pretrain", "base-eval", "sft", "rl", "chat-eval", "demo-prompts", "rl-eval", "report"]
 NO_RL = [s for s in DEMO_STAGES if s not in ("rl", "rl-eval")]
 
 
@@ -20,10 +20,11 @@ def test_dry_run_prints_every_stage_command_and_runs_nothing(nanochat_home):
     assert r.returncode == 0, r.stderr
     out = r.stdout
     lines = [line.strip() for line in out.splitlines() if line.strip().startswith("$ nanochat ")]
-    assert [line.split()[2] for line in lines] == ["tokenize-train", "pretrain", "eval", "sft", "rl", "eval", "eval", "report"]
+    assert [line.split()[2] for line in lines] == ["tokenize-train", "pretrain", "eval", "sft", "rl", "eval", "chat", "eval", "report"]
+    assert "--score-prompts demo" in lines[6]
     assert "--vocab-size 4096" in lines[0] and "--depth 4" in lines[1] and "--max-seq-len 256" in lines[1]
     assert "--source base" in lines[2] and "--source sft" in lines[5] and "--resume auto" in lines[3]
-    assert "--task demo-arith" in lines[4] and "--source rl" in lines[6]
+    assert "--task demo-arith" in lines[4] and "--source rl" in lines[7]
     assert not (nanochat_home / "speedrun").exists() and not (nanochat_home / "tokenizer").exists()
     full = run_cli("speedrun", "--depth", "26", "--dry-run")
     assert "$ nanochat data download --for-depth 26 --ratio 8" in full.stdout and "--data web" in full.stdout
@@ -58,7 +59,7 @@ def test_stages_resume_from_the_state_file_and_from_stage(nanochat_home):
     ran.clear()
     fail_at.clear()
     out = sr.speedrun(demo=True, runner=fake)
-    assert ran == ["sft", "rl", "chat-eval", "rl-eval", "report"] and list(out["stages"]) == ran
+    assert ran == ["sft", "rl", "chat-eval", "demo-prompts", "rl-eval", "report"] and list(out["stages"]) == ran
     # all done: nothing runs again
     ran.clear()
     sr.speedrun(demo=True, runner=fake)
@@ -110,11 +111,12 @@ def test_tiny_speedrun_end_to_end(tiny_run):
     report = home / "report" / "report.md"
     assert report.is_file() and str(report) in out
     text = report.read_text()
-    for title in ("Summary", "Timings", "Base model training", "Base model evaluation", "Supervised fine-tuning", "Chat evaluation (SFT)", "Reinforcement learning"):
+    for title in ("Summary", "Timings", "Base model training", "Base model evaluation", "Supervised fine-tuning", "Chat evaluation (SFT)", "Reinforcement learning", "Demo prompts"):
         assert f"## {title}" in text
     assert list((home / "checkpoints" / "sft" / "demo").glob("step_*/manifest.json"))
     rl = json.loads((home / "report" / "sections" / "rl.json").read_text())["data"]
     assert "demo-arith pass@1 before RL (held out)" in rl and "demo-arith pass@1 (held out)" in rl and rl["final_step"] == 2
+    assert re.search(r"\d+ of 45 prompts pass \(\d+%\)", text)
     chat = run_cli("chat", "--source", "sft", "-p", "hi", "--max-tokens", "8", "--device", "cpu", env=env)
     assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
     # everything is recorded: a rerun runs nothing and only prints the summary
@@ -215,3 +217,23 @@ def test_rl_is_a_default_stage_when_built(monkeypatch):
     assert "gsm8k" in stages["chat-eval"].command and "gsm8k" in stages["rl-eval"].command
     web = {s.name: s for s in sr.plan(depth=12)}
     assert "--task" not in web["rl"].command and list(web)[-4:] == ["rl", "chat-eval", "rl-eval", "report"]
+
+
+def test_cpu_sized_stages_take_one_thread_per_free_cpu(monkeypatch):
+    from nanochat.train import speedrun as sr
+
+    # others use 1.6 of 2 CPUs: one thread; 0.3 of 2: torch's default (None); 3.2 of 8: 5 threads
+    assert sr.stage_threads(1.6, 2) == 1 and sr.stage_threads(2.0, 2) == 1 and sr.stage_threads(0.3, 2) is None
+    assert sr.stage_threads(3.2, 8) == 5 and sr.stage_threads(None, 2) is None
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(sr.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(sr, "_cpu_count", lambda: 2)
+    monkeypatch.setattr(sr, "cpus_busy_elsewhere", lambda interval=0.5: 1.7)
+    demo = {s.name: s for s in sr.plan(demo=True)}
+    assert all(s.cpu_sized for s in demo.values()) and not any(s.cpu_sized for s in sr.plan(depth=12))
+    assert sr.stage_env(demo["pretrain"])["OMP_NUM_THREADS"] == "1"
+    assert sr.stage_env(sr.plan(depth=12)[2]) is None  # web runs keep torch's default
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert sr.stage_env(demo["pretrain"]) is None  # the user's choice wins
+    busy = sr.cpus_busy_elsewhere(0.05)
+    assert busy is None or 0.0 <= busy <= 2.0 + 1e-6

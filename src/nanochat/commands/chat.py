@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from nanochat.commands._common import DEVICE_HELP
+from nanochat.engine.repetition import CHAT_NO_REPEAT_NGRAM, CHAT_REPETITION_PENALTY, check_repetition_settings
 
 
 def chat(
@@ -18,8 +19,11 @@ def chat(
     top_k: int = typer.Option(50, help="Sample from the k most likely tokens (0: all)."),
     max_tokens: int = typer.Option(1024, help="Most tokens per answer."),
     seed: Optional[int] = typer.Option(None, help="Seed for sampling (default: random)."),
+    repetition_penalty: float = typer.Option(CHAT_REPETITION_PENALTY, help="Push down tokens the answer already used: 1 is off, up to 10."),
+    no_repeat_ngram: int = typer.Option(CHAT_NO_REPEAT_NGRAM, help="Never repeat a run of this many tokens within an answer; 0 is off."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print tokens and tokens/s after each answer."),
+    score_prompts: Optional[str] = typer.Option(None, help="Answer a prompt set (demo: the packaged one, or a JSONL file) greedily, score each answer and record it in the report."),
 ) -> None:
     """Chat with a model in the terminal: streaming, multi-turn, /help for commands."""
     import sys
@@ -37,12 +41,18 @@ def chat(
         raise UsageError(f"--top-k {top_k} is negative; use 0 (all tokens) or more")
     if max_tokens < 1:
         raise UsageError(f"--max-tokens {max_tokens} must be at least 1")
+    try:
+        check_repetition_settings(repetition_penalty, no_repeat_ngram)
+    except ValueError as e:
+        raise UsageError(f"{e}: fix --repetition-penalty / --no-repeat-ngram") from None
     check_device_name(device)
     src = source or newest_chat_source()
     require_checkpoint(src, model_tag, step)  # a wrong --model-tag or --step fails here, naming what exists, before any load
     piped = not sys.stdin.isatty()
     text = None
-    if prompt is not None or piped:
+    if score_prompts is not None:
+        piped = False  # the prompts come from the set
+    elif prompt is not None or piped:
         stdin_text = sys.stdin.read().strip() if piped else ""
         text = "\n\n".join(t for t in ((prompt or "").strip(), stdin_text) if t)
         if not text:
@@ -56,7 +66,13 @@ def chat(
     dev = detect_device(device)
     model, tokenizer, label = load_chat_model(src, model_tag, step, dev, quiet=True)
     console(stderr=True).print(f"chatting with {label} on {dev}")
-    session = ChatSession(Engine(model, tokenizer), temperature=temperature, top_k=top_k or None, max_tokens=max_tokens, seed=seed, verbose=verbose)
+    if score_prompts is not None:
+        from nanochat.engine.chat_loop import score_prompt_set
+
+        score_prompt_set(Engine(model, tokenizer), label, score_prompts)
+        return
+    session = ChatSession(Engine(model, tokenizer), temperature=temperature, top_k=top_k or None, max_tokens=max_tokens, seed=seed, verbose=verbose,
+                          repetition_penalty=repetition_penalty, no_repeat_ngram=no_repeat_ngram)
     if text is not None:
         session.answer(text, sys.stdout)
         return

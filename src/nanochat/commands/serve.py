@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from nanochat.commands._common import DEVICE_HELP
+from nanochat.engine.repetition import CHAT_NO_REPEAT_NGRAM, CHAT_REPETITION_PENALTY, check_repetition_settings
 
 
 def serve(
@@ -20,6 +21,8 @@ def serve(
     workers: Optional[int] = typer.Option(None, help="Engine workers, each a model replica (default: one per GPU, one on CPU)."),
     queue_size: int = typer.Option(16, help="Requests that may wait for a worker; beyond that the answer is 503 with Retry-After."),
     max_tokens: int = typer.Option(512, help="Default max tokens of an answer when a request does not say."),
+    repetition_penalty: float = typer.Option(CHAT_REPETITION_PENALTY, help="Default repetition penalty (1: off); a request's repetition_penalty wins."),
+    no_repeat_ngram: int = typer.Option(CHAT_NO_REPEAT_NGRAM, help="Default no-repeat n-gram size (0: off); a request's no_repeat_ngram_size wins."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     allowed_hosts: Optional[str] = typer.Option(None, help="Comma-separated Host names to accept ('*': any). Default: loopback names when bound to loopback."),
     insecure: bool = typer.Option(False, "--insecure", help="Allow binding a non-loopback address without an API key."),
@@ -45,6 +48,10 @@ def serve(
         raise UsageError("--queue-size must be >= 0 and --max-tokens >= 1")
     if served_model_name is not None and (not served_model_name.strip() or len(served_model_name) > 200):
         raise UsageError("--served-model-name must be 1 to 200 characters")
+    try:
+        check_repetition_settings(repetition_penalty, no_repeat_ngram)
+    except ValueError as e:
+        raise UsageError(f"{e}: fix --repetition-penalty / --no-repeat-ngram") from None
     check_device_name(device)
     check_bind(host, api_key, insecure)
     # a busy port fails here, before anything is loaded; uvicorn later serves on this very socket
@@ -52,10 +59,12 @@ def serve(
         # fail now, with one line, if there is nothing to load; the weights load in the background
         src = source or newest_chat_source()
         require_checkpoint(src, model_tag, step)
-        _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size, max_tokens, device, allowed_hosts, log_requests, served_model_name)
+        _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size, max_tokens, device, allowed_hosts, log_requests, served_model_name,
+               repetition_penalty=repetition_penalty, no_repeat_ngram=no_repeat_ngram)  # fmt: skip
 
 
-def _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size, max_tokens, device, allowed_hosts, log_requests, served_model_name=None) -> None:
+def _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size, max_tokens, device, allowed_hosts, log_requests, served_model_name=None,
+           repetition_penalty: float = CHAT_REPETITION_PENALTY, no_repeat_ngram: int = CHAT_NO_REPEAT_NGRAM) -> None:  # fmt: skip
     """Resolve the checkpoint, build the app (the weights load in its background) and run uvicorn on `sock`."""
     import logging
 
@@ -87,6 +96,8 @@ def _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size,
         log_requests=log_requests,
         model_name=served_model_name or f"nanochat-{src}-{info.tag}-step{info.step}",
         default_max_tokens=max_tokens,
+        repetition_penalty=repetition_penalty,
+        no_repeat_ngram=no_repeat_ngram,
     )
     if dev == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # a core stays free for the HTTP side

@@ -16,6 +16,12 @@ calculator on it, and then forces `<|output_start|>result<|output_end|>` into th
 so RL does not train on what the tool wrote). Finished rows keep receiving `<|bos|>` with mask 0 until
 every row is done or `max_tokens` is reached. The total length never exceeds the model's context.
 
+Repetition guards (`repetition_penalty` > 1, `no_repeat_ngram` >= 2; both off by default, as the evals
+use them): each row's history is its own answer so far (the prompt may be quoted), the penalty counts
+only the tokens the row sampled itself (a calculator result the engine forced may be repeated in the
+answer), the n-gram block sees every token of the answer, and neither ever touches a special token,
+so `<|assistant_end|>` stays available and greedy decoding still ends the turn.
+
 Decoding: on CUDA each decode step is a replayed CUDA graph over a static-shape cache (graphs.py), which
 removes the CPU's kernel-launch bottleneck at small batch; on CPU (or with decode="eager") it is the
 model's plain forward with a cache sized to the request.
@@ -29,7 +35,8 @@ from typing import Callable, Iterator
 import torch
 
 from nanochat.common.errors import NanochatError
-from nanochat.engine.sampling import make_generator, sample_next_token
+from nanochat.engine.repetition import NgramBlocker, check_repetition_settings
+from nanochat.engine.sampling import apply_repetition_penalty, make_generator, sample_next_token
 
 
 def _default_calculator(expr: str) -> str | None:
@@ -127,6 +134,10 @@ class Engine:
         self._steps[key] = step  # (re)inserted last: most recently used
         return step
 
+    def _special_ids(self) -> list[int]:
+        specials = getattr(self.tokenizer, "special_tokens", None)
+        return sorted(specials.values()) if specials else sorted(set(self.ids.values()))
+
     def _new_cache(self, batch: int, max_len: int):
         from nanochat.model.kv_cache import KVCache
 
@@ -147,14 +158,20 @@ class Engine:
         top_p: float | None = None,
         seed: int | None = 42,
         on_logits: Callable[[torch.Tensor], None] | None = None,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram: int = 0,
     ) -> Iterator[tuple[list[int], list[int]]]:
         """Yield (token_column, mask_column) per step, one entry per row (see the module docstring).
 
-        `on_logits`, when given, sees each step's raw logits (rows, vocab) before sampling: the server reads
-        token log-probabilities from it."""
+        `on_logits`, when given, sees each step's raw logits (rows, vocab) before sampling and before the
+        repetition guards: the server reads the model's own token log-probabilities from it."""
         prompts = _as_prompts(prompt_ids)
         if num_samples < 1:
             raise NanochatError(f"num_samples must be at least 1 (got {num_samples})")
+        try:
+            check_repetition_settings(repetition_penalty, no_repeat_ngram)
+        except ValueError as e:
+            raise NanochatError(str(e)) from None
         longest = max(len(p) for p in prompts)
         if longest >= self.sequence_len:
             raise NanochatError(f"a prompt of {longest} tokens leaves no room in the {self.sequence_len}-token context; shorten it")
@@ -200,16 +217,18 @@ class Engine:
         generator = make_generator(seed, dev) if temperature > 0 else None
         tok = self.tokenizer
         states = [RowState(self.ids, tok.encode, tok.decode, self.calculator) for _ in range(rows)]
+        guard = _RepetitionGuard(rows, logits.size(-1), dev, self._special_ids(), repetition_penalty, no_repeat_ngram)
         for _step in range(max_tokens):
             if on_logits is not None:
                 on_logits(logits)
-            sampled = sample_next_token(logits, generator, temperature, top_k, top_p).tolist()
+            sampled = sample_next_token(guard.apply(logits), generator, temperature, top_k, top_p).tolist()
             column, masks = [], []
-            for st, s in zip(states, sampled):
+            for i, (st, s) in enumerate(zip(states, sampled)):
                 was_done = st.done
                 t, m = st.next_token(s)
                 if not was_done:
                     st.observe(t)
+                    guard.push(i, t, m)
                 column.append(t)
                 masks.append(m)
             yield column, masks
@@ -226,6 +245,8 @@ class Engine:
         top_k: int | None = None,
         seed: int | None = 42,
         top_p: float | None = None,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram: int = 0,
     ) -> tuple[list[list[int]], list[list[int]]]:
         """Completions (without the prompt and without the terminal token) and their masks, one per row."""
         prompts = _as_prompts(prompt_ids)
@@ -233,7 +254,9 @@ class Engine:
         seqs: list[list[int]] = [[] for _ in range(rows)]
         masks: list[list[int]] = [[] for _ in range(rows)]
         done = [False] * rows
-        for column, mcol in self.generate(prompts if len(prompts) > 1 else prompts[0], num_samples, max_tokens, temperature, top_k, top_p, seed):
+        gen = self.generate(prompts if len(prompts) > 1 else prompts[0], num_samples, max_tokens, temperature, top_k, top_p, seed,
+                            repetition_penalty=repetition_penalty, no_repeat_ngram=no_repeat_ngram)  # fmt: skip
+        for column, mcol in gen:
             for i, (t, m) in enumerate(zip(column, mcol)):
                 if done[i]:
                     continue
@@ -243,6 +266,39 @@ class Engine:
                 seqs[i].append(t)
                 masks[i].append(m)
         return seqs, masks
+
+
+class _RepetitionGuard:
+    """The repetition penalty and n-gram block of every row (see the module docstring); a no-op when both are off."""
+
+    def __init__(self, rows: int, vocab: int, device, special_ids: list[int], penalty: float, ngram: int) -> None:
+        self.penalty, self.ngram = penalty, ngram
+        self.special = set(special_ids)
+        self.seen = torch.zeros(rows, vocab, dtype=torch.bool, device=device) if penalty != 1.0 else None
+        self.blockers = [NgramBlocker(ngram) for _ in range(rows)] if ngram else None
+        self.vocab, self.device = vocab, device
+
+    def push(self, row: int, token: int, mask: int) -> None:
+        """`token` joined row `row`'s answer; `mask` 0 means the engine forced it (tool output)."""
+        if self.seen is not None and mask and token not in self.special:
+            self.seen[row, token] = True
+        if self.blockers is not None:
+            self.blockers[row].push(token)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.seen is not None:
+            logits = apply_repetition_penalty(logits, self.seen, self.penalty)
+        if self.blockers is not None:
+            rows, cols = [], []
+            for i, b in enumerate(self.blockers):
+                for t in b.banned() - self.special:
+                    rows.append(i)
+                    cols.append(t)
+            if rows:
+                ban = torch.zeros(logits.shape, dtype=torch.bool, device=self.device)
+                ban[rows, cols] = True
+                logits = logits.float().masked_fill(ban, float("-inf"))
+        return logits
 
 
 def _as_prompts(prompt_ids) -> list[list[int]]:

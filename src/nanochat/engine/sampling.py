@@ -1,7 +1,22 @@
-"""Choosing the next token from logits: greedy, temperature, top-k and top-p (nucleus) sampling.
+"""Choosing the next token from logits: greedy, temperature, top-k and top-p (nucleus) sampling, and
+two guards against repetition loops that act on the logits before any of those.
 
 Every random draw goes through a `torch.Generator` the caller owns (one per request, seeded), so the
 same seed gives the same text whatever else runs on the machine at the same time.
+
+Repetition guards (both off by default, so evals score the model as it is; `nanochat chat` and
+`nanochat serve` turn them on with the defaults in `engine/repetition.py`, which also holds the
+n-gram block, `NgramBlocker`, in plain Python):
+
+* `apply_repetition_penalty` (here): the multiplicative penalty of CTRL (Keskar et al. 2019): the
+  logit of every token already in the history is divided by `penalty` when positive and multiplied
+  by it when negative, so a seen token always becomes less likely. 1.0 is off.
+* `NgramBlocker`: forbids any token that would complete an n-gram already present in the history,
+  so no run of n tokens occurs twice: a loop (of any period) is cut the moment it would repeat.
+
+The caller decides what the history is. The engine uses the row's own answer only (not the prompt,
+which an answer may legitimately quote) and never penalises or blocks special tokens, so the
+end-of-turn token `<|assistant_end|>` always stays available.
 """
 
 from __future__ import annotations
@@ -43,6 +58,16 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None = 
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Logits (B, V) with every entry where `seen` (B, V bool) is True pushed down by `penalty` >= 1:
+    divided by it when positive, multiplied by it when negative (zero stays zero)."""
+    if penalty == 1.0:
+        return logits
+    logits = logits.float()
+    pushed = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, pushed, logits)
 
 
 def sample_next_token(

@@ -46,6 +46,7 @@ from starlette.routing import Route
 
 from nanochat.common.errors import NanochatError, UsageError
 from nanochat.engine.prompt import render_chat_prompt
+from nanochat.engine.repetition import CHAT_NO_REPEAT_NGRAM, CHAT_REPETITION_PENALTY
 from nanochat.serve import completions as completions_api
 from nanochat.serve.outputs import chat_logprobs
 from nanochat.serve.validation import MAX_BODY_BYTES, ApiError, check_model, parse_chat_request
@@ -76,6 +77,8 @@ class ServeConfig:
     model_name: str = "nanochat"
     default_max_tokens: int = 512
     retry_after_s: int = 1
+    repetition_penalty: float = CHAT_REPETITION_PENALTY  # a request's repetition_penalty / no_repeat_ngram_size win
+    no_repeat_ngram: int = CHAT_NO_REPEAT_NGRAM
 
     def host_allow_list(self) -> set[str] | None:
         """Allowed Host names (lower case, no port), or None for no check."""
@@ -394,13 +397,15 @@ def create_app(config: ServeConfig, load: Callable[[], list]) -> Starlette:
             body = await asyncio.wait_for(_read_body(request), timeout=BODY_TIMEOUT_S)
         except asyncio.TimeoutError:
             raise ApiError(408, f"the request body did not arrive within {BODY_TIMEOUT_S:.0f} s", code="request_timeout") from None
-        req = parse_chat_request(body, context_len=state.context_len, vocab_size=state.vocab_size, default_max_tokens=config.default_max_tokens)
+        req = parse_chat_request(body, context_len=state.context_len, vocab_size=state.vocab_size, default_max_tokens=config.default_max_tokens,
+                                 default_repetition_penalty=config.repetition_penalty, default_no_repeat_ngram=config.no_repeat_ngram)  # fmt: skip
         check_model(req.model, config.model_name)
         try:
             prompt = render_chat_prompt(state.tokenizer, req.messages, state.context_len - req.max_tokens)
         except NanochatError as e:
             raise ApiError(422, str(e), param="messages", code="invalid_messages") from None
-        params = GenParams(req.max_tokens, req.temperature, req.top_k, req.top_p, req.seed, req.n, stop=tuple(req.stop), logprobs=req.top_logprobs)
+        params = GenParams(req.max_tokens, req.temperature, req.top_k, req.top_p, req.seed, req.n, stop=tuple(req.stop), logprobs=req.top_logprobs,
+                           repetition_penalty=req.repetition_penalty, no_repeat_ngram=req.no_repeat_ngram)  # fmt: skip
         job = Job(prompt, params, loop=asyncio.get_running_loop())
         try:
             pool.submit(job)

@@ -14,6 +14,8 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from nanochat.engine.repetition import MAX_NO_REPEAT_NGRAM, MAX_REPETITION_PENALTY
+
 MAX_BODY_BYTES = 1_000_000
 MAX_MESSAGES = 500
 MAX_MESSAGE_CHARS = 8_000
@@ -58,6 +60,8 @@ class ChatRequest:
     model: str | None = None
     stop: list[str] = field(default_factory=list)
     top_logprobs: int | None = None  # None: no log-probabilities; k: each token's and its k best alternatives
+    repetition_penalty: float = 1.0
+    no_repeat_ngram: int = 0
 
 
 def _reject_constant(name: str):
@@ -148,8 +152,12 @@ def _content_text(content, where: str) -> str:
     raise ApiError(422, f"{where}.content must be a string or a list of text parts", param=f"{where}.content", code="invalid_type")
 
 
-def parse_chat_request(body: bytes, *, context_len: int, vocab_size: int, default_max_tokens: int) -> ChatRequest:
-    """Validate a chat completion request body; raises ApiError with the first problem found."""
+def parse_chat_request(body: bytes, *, context_len: int, vocab_size: int, default_max_tokens: int,
+                       default_repetition_penalty: float = 1.0, default_no_repeat_ngram: int = 0) -> ChatRequest:  # fmt: skip
+    """Validate a chat completion request body; raises ApiError with the first problem found.
+
+    Beyond OpenAI's fields, `repetition_penalty` (1 = off, to 10) and `no_repeat_ngram_size` (0 = off,
+    or 2 to 64) set the repetition guards for this request; absent, the server's defaults apply."""
     obj = parse_json_body(body)
     if not isinstance(obj, dict):
         raise ApiError(422, "request body must be a JSON object", code="invalid_type")
@@ -211,7 +219,19 @@ def parse_chat_request(body: bytes, *, context_len: int, vocab_size: int, defaul
     if top_logprobs is not None and not logprobs:
         raise ApiError(422, "'top_logprobs' needs 'logprobs': true", param="top_logprobs", code="invalid_value")
     top = (top_logprobs or 0) if logprobs else None
-    return ChatRequest(messages, max_tokens, temperature, top_k or None, top_p, seed, n, bool(stream), include_usage, model, stop, top)
+    repetition_penalty, no_repeat_ngram = parse_repetition(obj, default_repetition_penalty, default_no_repeat_ngram)
+    return ChatRequest(messages, max_tokens, temperature, top_k or None, top_p, seed, n, bool(stream), include_usage, model, stop, top,
+                       repetition_penalty, no_repeat_ngram)  # fmt: skip
+
+
+def parse_repetition(obj: dict, default_penalty: float, default_ngram: int) -> tuple[float, int]:
+    """nanochat's repetition guards (not OpenAI fields): `repetition_penalty` (1 = off, to 10) and
+    `no_repeat_ngram_size` (0 = off, or 2 to 64); absent, the given defaults apply."""
+    penalty = _number(obj, "repetition_penalty", 1.0, MAX_REPETITION_PENALTY, default_penalty)
+    ngram = _int(obj, "no_repeat_ngram_size", 0, MAX_NO_REPEAT_NGRAM, default_ngram)
+    if ngram == 1:
+        raise ApiError(422, f"'no_repeat_ngram_size' must be 0 (off) or 2 to {MAX_NO_REPEAT_NGRAM}", param="no_repeat_ngram_size", code="out_of_range")
+    return penalty, ngram
 
 
 # OpenAI fields that would change the answer in ways this server cannot honour: refused, never ignored

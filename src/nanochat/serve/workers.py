@@ -37,6 +37,8 @@ class GenParams:
     stop: tuple[str, ...] = ()  # stop sequences: the answer ends before the first one
     logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and its k best alternatives
     prompt_logprobs: bool = False  # also the prompt's tokens (echo), as ("prompt_logprobs", entries) before any delta
+    repetition_penalty: float = 1.0  # the repetition guards (engine/repetition.py); off unless the request sets them
+    no_repeat_ngram: int = 0
 
 
 @dataclass
@@ -124,7 +126,8 @@ class Worker(threading.Thread):
 
             extra["on_logits"] = lambda logits: rows.append(torch.log_softmax(logits.float(), dim=-1).cpu())
         gen = self.engine.generate(
-            job.prompt_ids, num_samples=p.n, max_tokens=p.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed, **extra
+            job.prompt_ids, num_samples=p.n, max_tokens=p.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed,
+            repetition_penalty=p.repetition_penalty, no_repeat_ngram=p.no_repeat_ngram, **extra,
         )
         try:
             for column, _masks in gen:

@@ -3,6 +3,9 @@
 Generated from templates, reproducibly (conversation i comes from `random.Random(seed * 1_000_003 + i)`):
 a user asks about the assistant's name, maker, abilities or limits, sometimes after a greeting,
 and the assistant answers as nanochat. `write_identity_jsonl` saves them in the CustomJSON format.
+
+`SmallTalk` holds the everyday turns around them (greetings, how are you, thanks, goodbyes), answered
+politely and in full sentences, so that a small model's first exchange with a user goes well.
 """
 
 from __future__ import annotations
@@ -120,3 +123,46 @@ def write_identity_jsonl(path: str | Path, size: int = 1000, seed: int = 0) -> P
     task = IdentityConversations(size=size, seed=seed)
     text = "".join(json.dumps(c["messages"], ensure_ascii=False) + "\n" for c in task)
     return atomic_write_text(path, text)
+
+
+# (what a user says, polite replies); a reply may name nanochat, none claims anything else
+SMALL_TALK = (
+    (("Hi!", "Hello!", "Hey", "hi", "hello", "Hi there!", "Hey there!", "Hello there.", "Good morning!", "Good afternoon!", "Good evening!"),
+     ("Hello! I'm nanochat. How can I help you today?", "Hi! It's nice to meet you. What would you like to talk about?",
+      "Hello! What can I do for you?", "Hi there! Ask me anything, and I'll do my best.")),
+    (("How are you?", "How are you doing?", "How's it going?", "how are you", "How are you today?", "Hello, how are you?", "Hi, how are you doing?"),
+     ("I'm doing well, thank you! How can I help you today?", "Very well, thanks for asking. What would you like to talk about?",
+      "I'm fine, thank you. How are you?")),
+    (("Thank you!", "Thanks!", "Thanks a lot.", "thank you", "Thank you very much.", "thanks"),
+     ("You're welcome!", "You're very welcome. I'm happy to help.", "My pleasure! Is there anything else I can do for you?")),
+    (("Goodbye!", "Bye!", "bye", "See you later.", "Good night!", "I have to go now."),
+     ("Goodbye! It was nice talking with you.", "Bye! Come back any time.", "Good night, and take care!")),
+    (("Nice to meet you.", "Pleased to meet you!", "nice to meet you"),
+     ("Nice to meet you too! I'm nanochat.", "The pleasure is mine. How can I help?")),
+    (("I'm fine, thanks.", "I'm good.", "Not bad, thanks."),
+     ("Glad to hear it! What would you like to talk about?", "That's good to hear. How can I help you today?")),
+)  # fmt: skip
+
+
+def small_talk_conversation(rng: random.Random) -> Conversation:
+    messages = []
+    for said, replies in rng.sample(SMALL_TALK, rng.choice((1, 1, 2))):
+        messages += [{"role": "user", "content": rng.choice(said)}, {"role": "assistant", "content": rng.choice(replies)}]
+    return {"messages": messages}
+
+
+class SmallTalk(Task):
+    name = "small talk"
+    eval_type = None
+
+    def __init__(self, size: int = 500, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.size = size
+        self.seed = seed
+        self.data_source = "synthetic (small-talk templates)"
+
+    def num_examples(self) -> int:
+        return self.size
+
+    def get_example(self, index: int) -> Conversation:
+        return small_talk_conversation(random.Random(self.seed * 1_000_003 + index))

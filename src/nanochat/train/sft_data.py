@@ -4,10 +4,17 @@
 
 - `web` (online, the reference): SmolTalk train + 3× MMLU auxiliary_train + 4× GSM8K train
   (+ 1,000 identity conversations); validation SmolTalk test + MMLU test[:5200] + GSM8K test[:420].
-- `demo` (offline, packaged data only): the packaged chat sets (chatterbot, chitchat), identity
-  conversations, SimpleSpelling and SpellingBee (train seeds), DemoArith train (the RL task), and the NON-test multiple-choice
-  splits (MMLU dev + validation, ARC-Easy/Challenge validation). No eval (test) split is ever
-  trained on. Validation is a held-out 5% head of every one of these sets (never in the train mixture).
+- `demo` (offline, packaged data only), built for what a CPU-sized model can learn in a few hundred
+  short steps: short conversations only. The packaged ChatterBot answers, the first exchange of the
+  packaged ChitChat conversations (the rest of each is long, informal and cut at the row anyway),
+  identity conversations, small talk, questions about the Austen novels the demo pretrains on and
+  one-step sums with calculator calls (tasks/identity.py, tasks/austen.py, tasks/arithmetic.py), and the
+  DemoArith train problems (tasks/arith.py: the demo's RL task, so RL starts from a model that knows its format).
+  `DEMO_MIXTURE` holds the sizes. No eval (test) split is ever trained on; the multiple-choice and
+  spelling sets are left out (they are long, and a model this small scores chance on them anyway).
+  Validation is about one conversation in 20 of each of these sets, chosen by a hash of its content
+  (never in the train mixture, even where a set repeats a conversation; spread over the whole set,
+  because the packaged ChatterBot file is sorted by topic).
 
 `SFTPacker` turns a mixture into `(inputs, targets)` batches (REFERENCE §5.3). Rank r reads
 conversations `r, r+N, r+2N, ...` (wrapping into the next epoch), renders each with the tokenizer's
@@ -21,12 +28,19 @@ target token's mask is 0 (BOS, user turns, `<|assistant_start|>`, tool outputs) 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from nanochat.common.errors import NanochatError
+from nanochat.tasks.base import Task
 
-VAL_FRACTION = 0.05
+VAL_EVERY = 20  # about one conversation in 20 of a demo set is validation (5%)
+# conversations per set of the demo mixture (before validation is taken out): ~470K tokens, more than
+# the demo's 300 SFT steps read (the synthetic sets are drawn fresh, so what is not read is no loss).
+# Calculator sums get the most: copying the numbers into the call is what a small model learns last.
+DEMO_MIXTURE = {"chatterbot repeats": 1, "chitchat": 600, "identity": 1000, "small talk": 800, "austen": 2000, "arithmetic": 3000}
 
 
 @dataclass
@@ -38,42 +52,59 @@ class MixturePart:
 
 
 def _held_out(task, parts: list, train: list, val: list, repeats: int = 1) -> None:
-    """Split `task` into a 5% validation head and a train tail; the tail enters the mixture `repeats` times."""
-    k = max(1, int(len(task) * VAL_FRACTION))
-    head, tail = task[:k], task[k:]
-    train.extend([tail] * repeats)
+    """Split `task` by content: a conversation is validation when the sha256 of its JSON is 0 mod
+    VAL_EVERY, so all copies of a repeated conversation (the packaged ChatterBot file has many) land on
+    the same side. The train side enters the mixture `repeats` times."""
+    val_idx, train_idx = [], []
+    for i in range(len(task)):
+        digest = hashlib.sha256(json.dumps(task[i]["messages"], sort_keys=True).encode()).digest()
+        (val_idx if int.from_bytes(digest[:8], "big") % VAL_EVERY == 0 else train_idx).append(i)
+    head, rest = Subset(task, val_idx), Subset(task, train_idx)
+    train.extend([rest] * repeats)
     val.append(head)
-    parts.append(MixturePart(task.name + (f" ×{repeats}" if repeats > 1 else ""), len(tail) * repeats, len(head), task.data_source))
+    parts.append(MixturePart(task.name + (f" ×{repeats}" if repeats > 1 else ""), len(rest) * repeats, len(head), task.data_source))
+
+
+class Subset(Task):
+    """A view of a task holding only the conversations at `indices`, in that order."""
+
+    def __init__(self, task, indices: list[int]) -> None:
+        super().__init__()
+        self.task, self.indices = task, list(indices)
+        self.name, self.data_source = task.name, task.data_source
+
+    def num_examples(self) -> int:
+        return len(self.indices)
+
+    def get_example(self, index: int):
+        return self.task[self.indices[index]]
 
 
 def sft_mixture(data: str, seed: int = 42, mmlu_epochs: int = 3, gsm8k_epochs: int = 4):
     """(train TaskMixture, val TaskMixture, [MixturePart]) for `--data web|demo`."""
     from nanochat.tasks.base import TaskMixture
     from nanochat.tasks.identity import IdentityConversations
-    from nanochat.tasks.spellingbee import SimpleSpelling, SpellingBee
 
     parts: list[MixturePart] = []
     train: list = []
     val: list = []
     if data == "demo":
-        from nanochat.tasks.arc import ARC
         from nanochat.tasks.arith import DemoArith
+        from nanochat.tasks.arithmetic import SimpleArithmetic
+        from nanochat.tasks.austen import AustenQuestions
         from nanochat.tasks.customjson import PackagedChat
-        from nanochat.tasks.mmlu import MMLU
+        from nanochat.tasks.identity import SmallTalk
 
+        m = DEMO_MIXTURE
         tasks = [
-            PackagedChat("chatterbot"), PackagedChat("chitchat"), IdentityConversations(size=500),
-            SimpleSpelling(size=300, split="train"), SpellingBee(size=300, split="train"),
+            PackagedChat("chatterbot"), FirstExchange(PackagedChat("chitchat"))[: m["chitchat"]], IdentityConversations(size=m["identity"]),
+            SmallTalk(size=m["small talk"]), AustenQuestions(size=m["austen"]), SimpleArithmetic(size=m["arithmetic"], split="train"),
             DemoArith("train"),  # the demo's RL task: SFT teaches its format, RL then has answers to reward
-            MMLU("all", "dev", source="packaged"), MMLU("all", "validation", source="packaged"),
-            ARC("ARC-Easy", "validation", source="packaged"), ARC("ARC-Challenge", "validation", source="packaged"),
         ]  # fmt: skip
         for task in tasks:
             if getattr(task, "split", "") == "test":  # a guard: eval sets never enter the training mixture
                 raise NanochatError(f"{task.name} test split in the SFT mixture; this is a bug")
-            if type(task).__name__ in ("MMLU", "ARC"):
-                task.name = f"{task.name} {task.split}"
-            _held_out(task, parts, train, val)
+            _held_out(task, parts, train, val, repeats=m["chatterbot repeats"] if task.name == "chatterbot" else 1)
     elif data == "web":
         from nanochat.tasks.gsm8k import GSM8K
         from nanochat.tasks.mmlu import MMLU
@@ -98,6 +129,24 @@ def sft_mixture(data: str, seed: int = 42, mmlu_epochs: int = 3, gsm8k_epochs: i
     else:
         raise NanochatError(f"--data {data!r} is not an SFT mixture; use web (SmolTalk, MMLU, GSM8K; online) or demo (packaged, offline)")
     return TaskMixture(train, seed=seed), TaskMixture(val, seed=seed), parts
+
+
+class FirstExchange(Task):
+    """A view of a chat task with each conversation cut to its first user and assistant messages."""
+
+    def __init__(self, task) -> None:
+        super().__init__()
+        self.task = task
+        self.name = f"{task.name} (first exchange)"
+        self.data_source = task.data_source
+
+    def num_examples(self) -> int:
+        return len(self.task)
+
+    def get_example(self, index: int):
+        messages = self.task[index]["messages"]
+        first = 1 if messages[0]["role"] == "system" else 0
+        return {"messages": messages[: first + 2]}
 
 
 class SFTPacker:

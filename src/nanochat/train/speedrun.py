@@ -10,6 +10,7 @@ Stages (each one `python -m nanochat <command> ...`; `plan()` builds their exact
     sft            nanochat sft ... --resume auto
     rl             nanochat rl ... --resume auto                 (the demo: --task demo-arith; `--skip rl` leaves RL out)
     chat-eval      nanochat eval --source sft
+    demo-prompts   nanochat chat --source rl --score-prompts demo    (demo runs: everyday prompts, scored; sft without RL)
     rl-eval        nanochat eval --source rl
     report         nanochat report
 
@@ -33,6 +34,17 @@ then adds it and rewrites the card's text (the plots are already drawn).
 
 A fresh run (no stage recorded) moves the report sections of any earlier run aside
 (`report/previous-<time>/`), so the report card describes this run only.
+
+CPU threads (demo runs): before each stage the speedrun looks at how busy the CPUs are. When other
+processes keep some of them busy, the stage runs with one torch thread per free core (at least one),
+because torch's threads spin while they wait for each other: two threads on a 2-core machine that
+another job also uses are several times slower than one. OMP_NUM_THREADS, when set, always wins.
+
+The demo (`DEMO`) is sized for what a CPU can teach in a few minutes: a 4-layer, 128-wide model
+pretrained briefly on the Austen novels, then fine-tuned for many short steps on a small mixture of
+short conversations (greetings, who it is, questions about the novels, calculator sums, the packaged
+ChatterBot answers; see `train.sft_data`), so that its chat answers are on topic; the
+`demo-prompts` stage scores them.
 """
 
 from __future__ import annotations
@@ -45,7 +57,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nanochat.common import paths
@@ -63,6 +75,7 @@ class Stage:
     name: str
     args: tuple[str, ...]  # after `nanochat`
     what: str
+    cpu_sized: bool = False  # a CPU-sized (demo) stage: its torch threads follow how busy the CPUs are
 
     @property
     def command(self) -> str:
@@ -88,13 +101,15 @@ class Scale:
 
 DEMO = Scale(
     data="demo", vocab_size=4096, max_chars="2e7", depth=4,
-    # width 128 (2 heads of 64), ~3M parameters; 1,024-token steps
-    model_args=("--aspect-ratio", "32", "--head-dim", "64", "--max-seq-len", "256", "--device-batch-size", "4"),
-    # CPU batches are tiny (2,048 tokens), so the √(B/B_ref) LR scaling would leave LRs ~16× too small: raise them 10×
-    pretrain_args=("--num-iterations", "200", "--total-batch-size", "1024", "--eval-every", "100", "--eval-tokens", "8192", "--sample-every", "-1",
+    # width 128 (2 heads of 64), ~3M parameters; 1,024-token steps; one tokenizer thread (the CPU is the trainer's)
+    model_args=("--aspect-ratio", "32", "--head-dim", "64", "--max-seq-len", "256", "--device-batch-size", "4", "--tokenizer-threads", "1"),
+    # CPU batches are tiny (1,024 tokens), so the √(B/B_ref) LR scaling would leave LRs ~16× too small: raise them 10×.
+    # A short pretraining: what the chat model says comes mostly from the fine-tuning steps below.
+    pretrain_args=("--num-iterations", "150", "--total-batch-size", "1024", "--eval-every", "150", "--eval-tokens", "8192", "--sample-every", "-1",
                    "--matrix-lr", "0.2", "--embedding-lr", "3", "--unembedding-lr", "0.08", "--warmup-steps", "20"),
-    base_eval_args=("--max-per-task", "30"),
-    sft_args=("--num-iterations", "80", "--eval-every", "40", "--eval-tokens", "8192"),
+    base_eval_args=("--max-per-task", "12"),
+    # many short steps on short conversations (train.sft_data's demo mixture, about one pass)
+    sft_args=("--num-iterations", "300", "--eval-every", "150", "--eval-tokens", "8192"),
     chat_eval_args=("--tasks", "arc-easy,arc-challenge,mmlu,gsm8k,spellingbee", "--max-per-task", "20", "--max-new-tokens", "64"),
     # RL on the arithmetic problems the model met in SFT (GSM8K is beyond it: every reward would be 0); pass@1 before and after
     rl_args=("--task", "demo-arith", "--num-iterations", "30", "--examples-per-step", "8", "--num-samples", "8", "--device-batch-size", "8",
@@ -163,12 +178,17 @@ def plan(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: bool 
         task = "demo-arith" if "demo-arith" in scale.rl_args else "GSM8K"
         stages.append(Stage("rl", ("rl", "--source", "sft", "--model-tag", tag, *scale.rl_args, "--resume", "auto", *dev, *procs), f"RL on {task}"))
     stages.append(Stage("chat-eval", ("eval", "--source", "sft", "--model-tag", tag, *scale.chat_eval_args, *off, *dev, *procs), _chat_eval_what(scale.chat_eval_args)))
+    if demo or tiny:  # the model `nanochat chat` then talks with: the RL one when RL ran
+        chat_src = "rl" if rl else "sft"
+        stages.append(Stage("demo-prompts", ("chat", "--source", chat_src, "--model-tag", tag, "--score-prompts", "demo", *dev), "everyday prompts, answered and scored"))
     if rl:
         rl_eval = scale.chat_eval_args
         if scale.offline and task == "GSM8K":  # offline, GSM8K RL trains on a partition of GSM8K test: `eval --tasks gsm8k` would score seen problems
             rl_eval = tuple(",".join(t for t in a.split(",") if t != "gsm8k") if a.startswith("arc-") else a for a in rl_eval)
         stages.append(Stage("rl-eval", ("eval", "--source", "rl", "--model-tag", tag, *rl_eval, *off, *dev, *procs), "chat tasks after RL"))
     stages.append(Stage("report", ("report",), "report.md and plots"))
+    if demo or tiny:
+        stages = [replace(s, cpu_sized=True) for s in stages]
     return stages
 
 
@@ -247,9 +267,63 @@ class _Signals(StopSignal):
             self.child.send_signal(signal.SIGTERM)
 
 
+def cpus_busy_elsewhere(interval: float = 0.5) -> float | None:
+    """How many of the machine's CPUs other processes kept busy over `interval` seconds (from
+    /proc/stat, while this process waits), or None where that cannot be read (not Linux)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])
+
+    try:
+        busy0, total0 = sample()
+        time.sleep(interval)
+        busy1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1)
+
+
+def _cpu_count() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def stage_threads(busy: float | None, cpus: int) -> int | None:
+    """Torch threads for a CPU-sized stage: one per CPU the other processes leave free (at least 1),
+    or None (torch's default) when the machine is idle enough or its load is unknown."""
+    if busy is None:
+        return None
+    free = max(1, int(cpus - busy + 0.5))
+    return free if free < cpus else None
+
+
+def stage_env(stage: Stage) -> dict[str, str] | None:
+    """The environment of a stage: ours, with OMP_NUM_THREADS chosen for a CPU-sized stage on a busy
+    machine (see the module docstring); None (inherit ours) otherwise."""
+    if not stage.cpu_sized or "OMP_NUM_THREADS" in os.environ:
+        return None
+    cpus = os.cpu_count() or 1
+    busy = cpus_busy_elsewhere()
+    threads = stage_threads(busy, cpus)
+    if threads is None:
+        return None
+    threads = min(threads, _cpu_count())
+    print0(f"the CPUs are busy ({busy:.1f} of {cpus} in use by other processes): this stage runs with {threads} thread{'s' if threads > 1 else ''} "
+           "(set OMP_NUM_THREADS to choose)")  # fmt: skip
+    return {**os.environ, "OMP_NUM_THREADS": str(threads)}
+
+
 def run_stage(stage: Stage, signals: _Signals) -> int:
     """Run one stage as `python -m nanochat ...`, its output straight to ours; returns the exit code."""
-    proc = subprocess.Popen([sys.executable, "-m", "nanochat", *stage.args])
+    proc = subprocess.Popen([sys.executable, "-m", "nanochat", *stage.args], env=stage_env(stage))
     signals.child = proc
     try:
         return proc.wait()
