@@ -218,41 +218,29 @@ def test_humaneval_programs_pass_with_the_canonical_solution():
         assert not t.evaluate(t[0], row["prompt"] + "    return None\n")
 
 
-def test_demo_chat_stage_data_keeps_eval_sets_out():
-    from nanochat.tasks.mixtures import describe, rl_tasks, sft_mixtures, sft_train_tasks, sft_val_tasks
+def test_sft_mixtures_fail_clearly_when_unknown_or_offline():
+    from nanochat.train.sft_data import sft_mixture
 
-    train, val = sft_train_tasks("demo"), sft_val_tasks("demo")
-    sources = [t.data_source for t in train]
-    # no evaluation split in training, except GSM8K's train partition, which says what it is
-    for s in sources:
-        if "_test" in s:
-            assert "gsm8k_test" in s and "TRAIN PARTITION MADE FROM THE TEST SPLIT" in s
-    assert not any("mmlu_test" in s or "arc_easy_test" in s or "arc_challenge_test" in s for s in sources)
-    key = lambda ex: json.dumps(ex["messages"], sort_keys=True)  # noqa: E731
-    chat_train = {key(ex) for t in train if t.data_source.startswith("packaged:chat/") for ex in t}
-    chat_val = {key(ex) for t in val if t.data_source.startswith("packaged:chat/") for ex in t}
-    assert len(chat_val) == 200 and not chat_train & chat_val
-    rl_train, rl_eval = rl_tasks("demo")
-    assert not {key(ex) for ex in rl_train} & {key(ex) for ex in rl_eval}
-    folded = {name: n for name, n, _ in describe(train)}
-    assert folded["GSM8K"] == 4 * 1000 and folded["identity"] == 2 * 1000
-    tr, va = sft_mixtures("demo")
-    assert len(tr) == sum(len(t) for t in train) and len(va) == sum(len(t) for t in val)
     with pytest.raises(NanochatError, match="SmolTalk"):
-        sft_train_tasks("web")  # offline here: web data fails clearly, no silent fallback
-    with pytest.raises(NanochatError, match="web or demo"):
-        rl_tasks("austen")
+        sft_mixture("web")  # offline here: web data fails clearly, no silent fallback
+    with pytest.raises(NanochatError, match="not an SFT mixture; use web"):
+        sft_mixture("austen")
 
 
 def test_every_demo_task_renders_for_training():
-    """Each task's conversations go through the chat template, with something to learn in each."""
+    """Each task of the demo mixture goes through the chat template, with something to learn in each."""
     from nanochat.data.resources import open_resource
     from nanochat.data.tokenizer import Tokenizer
-    from nanochat.tasks.mixtures import sft_train_tasks, sft_val_tasks
+    from nanochat.train.sft_data import sft_mixture
 
     text = open_resource("corpus/austen/emma.txt").read()[:50_000]
     tok = Tokenizer.train([text[i : i + 2000] for i in range(0, len(text), 2000)], vocab_size=300)
-    for task in {id(t): t for t in sft_train_tasks("demo") + sft_val_tasks("demo")}.values():
-        for ex in task[:20]:
-            ids, mask = tok.render_conversation(ex["messages"], max_tokens=4096)
-            assert len(ids) == len(mask) and sum(mask) > 0, task.name
+    train, val, parts = sft_mixture("demo")
+    seen = set()
+    for mix in (train, val):
+        for i in range(0, len(mix), max(1, len(mix) // 400)):
+            ids, mask = tok.render_conversation(mix[i]["messages"], max_tokens=4096)
+            assert len(ids) == len(mask) and sum(mask) > 0
+            seen.add(i)
+    assert len(seen) >= 200 and len(parts) >= 6
+
