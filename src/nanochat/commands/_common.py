@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
 from typer.core import TyperCommand, TyperGroup
 
 from nanochat.common.errors import NanochatError
+
+if TYPE_CHECKING:
+    from nanochat.common.launch import NodeOptions
 
 
 def _hide_flag_types(command, ctx) -> None:
@@ -42,3 +48,25 @@ def not_built(command: str, stage: str) -> None:
 
 DEVICE_HELP = "auto (cuda > mps > cpu), cuda, mps or cpu."
 NPROC_HELP = "Processes to run (one per GPU). Default: every visible GPU via torchrun; 1 runs here."
+
+# The several-machines options, declared once for every command that can run on several processes
+# (common.launch.DISTRIBUTED_COMMANDS): `nnodes: NNodes = None` and so on in the command's signature.
+NODES_PANEL = "Several machines (torchrun's rendezvous; see the README)"
+NNodes = Annotated[Optional[int], typer.Option("--nnodes", help="Machines taking part; every one runs this command. Default 1 (under srun: SLURM's node count).", rich_help_panel=NODES_PANEL)]
+NodeRank = Annotated[Optional[int], typer.Option("--node-rank", help="This machine's number, 0 to nnodes-1; node 0 hosts the rendezvous (under srun: SLURM_NODEID).", rich_help_panel=NODES_PANEL)]
+RdzvEndpoint = Annotated[Optional[str], typer.Option("--rdzv-endpoint", metavar="HOST:PORT", help="Node 0's address and a free port, the same on every machine (default: $MASTER_ADDR:$MASTER_PORT).", rich_help_panel=NODES_PANEL)]
+RdzvId = Annotated[Optional[str], typer.Option("--rdzv-id", help="A name for this run, the same on every machine (default: nanochat; under srun: the job id).", rich_help_panel=NODES_PANEL)]
+
+
+def node_options(nnodes: int | None, node_rank: int | None, rdzv_endpoint: str | None, rdzv_id: str | None) -> "NodeOptions":
+    """The several-machines options as common.launch takes them, checked (a bad one is a one-line usage error)."""
+    import os
+
+    from nanochat.common.dist import slurm_worker_env, under_torchrun
+    from nanochat.common.launch import NodeOptions, resolve_nodes
+
+    opts = NodeOptions(nnodes, node_rank, rdzv_endpoint, rdzv_id)
+    if under_torchrun(os.environ) or slurm_worker_env(os.environ) is not None:
+        return opts  # a worker: the environment says where it runs
+    resolve_nodes(opts, os.environ)  # every check that needs nothing loaded, before any process starts
+    return opts

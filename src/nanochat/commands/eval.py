@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from nanochat.commands._common import DEVICE_HELP, NPROC_HELP
+from nanochat.commands._common import DEVICE_HELP, NPROC_HELP, NNodes, NodeRank, RdzvEndpoint, RdzvId, node_options
 
 
 def eval_(
@@ -29,6 +29,10 @@ def eval_(
     offline: bool = typer.Option(False, "--offline", help="Use only the packaged eval data (no downloads)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     nproc: Optional[int] = typer.Option(None, help=NPROC_HELP),
+    nnodes: NNodes = None,
+    node_rank: NodeRank = None,
+    rdzv_endpoint: RdzvEndpoint = None,
+    rdzv_id: RdzvId = None,
     harness: Optional[str] = typer.Option(None, help="Run EleutherAI lm-evaluation-harness tasks instead (comma-separated lm-eval task names; needs the interop extra or pip install lm_eval). --max-per-task is its --limit."),
     harness_include: Optional[str] = typer.Option(None, help="A folder of your own lm-eval task YAMLs (local data files work offline)."),
     num_fewshot: Optional[int] = typer.Option(None, help="Few-shot examples for --harness tasks (default: each task's own)."),
@@ -59,13 +63,14 @@ def eval_(
     checks.number("temperature", temperature, low=0)
     checks.count("top_k", top_k, low=0)
     checks.nproc(nproc)
+    nodes = node_options(nnodes, node_rank, rdzv_endpoint, rdzv_id)
     check_device_name(device)
     if data is not None:
         from nanochat.data.corpus import check_data_name
 
         check_data_name(data)
     require_checkpoint(source, model_tag, step)
-    maybe_relaunch(nproc, device)
+    maybe_relaunch(nproc, device, nodes=nodes)
 
     if bpb_tokens is not None:
         checks.count("bpb_tokens", bpb_tokens)
@@ -85,10 +90,9 @@ def eval_(
         os.environ["NANOCHAT_OFFLINE"] = "1"
 
     from nanochat.common.device import detect_device
-    from nanochat.common.dist import cleanup, init_distributed
+    from nanochat.common.dist import distributed
 
-    info = init_distributed(detect_device(device))
-    try:
+    with distributed(detect_device(device), hint="start it again on every machine") as info:
         try:
             from nanochat.engine.loading import load_model
         except ImportError as e:
@@ -135,8 +139,6 @@ def eval_(
         record_section(f"eval-{source}", report_data(rows, meta.get("step")))
         if not (sections_dir() / "environment.json").is_file():
             record_environment()
-    finally:
-        cleanup()
 
 
 def _harness(tasks, include, num_fewshot, source, model_tag, step, max_per_task, batch_size, max_new_tokens, json_file, offline, device) -> None:

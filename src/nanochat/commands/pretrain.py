@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from nanochat.commands._common import DEVICE_HELP, NPROC_HELP
+from nanochat.commands._common import DEVICE_HELP, NPROC_HELP, NNodes, NodeRank, RdzvEndpoint, RdzvId, node_options
 
 P = "Schedule and optimizer"
 E = "Evaluation and checkpoints"
@@ -59,6 +59,10 @@ def pretrain(
     run: str = typer.Option("dummy", help="wandb run name (needs wandb installed); dummy = no wandb.", rich_help_panel=E),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     nproc: Optional[int] = typer.Option(None, help=NPROC_HELP),
+    nnodes: NNodes = None,
+    node_rank: NodeRank = None,
+    rdzv_endpoint: RdzvEndpoint = None,
+    rdzv_id: RdzvId = None,
     seed: int = typer.Option(42, help="Seed of the initialisation (the data order is fixed by the corpus)."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model; default: on CUDA only."),
     max_bad_steps: int = typer.Option(5, help="Stop after this many non-finite-loss steps in a row (each is skipped)."),
@@ -77,6 +81,7 @@ def pretrain(
     if fp8:
         raise UsageError("--fp8 is not available in this version of nanochat; train in bf16 (drop --fp8)")
     checks.nproc(nproc)
+    nodes = node_options(nnodes, node_rank, rdzv_endpoint, rdzv_id)
     skip = {s.strip() for s in skip_restore.split(",") if s.strip()}
     cfg = PretrainConfig(
         depth=depth, data=data, aspect_ratio=aspect_ratio, head_dim=head_dim, n_kv_head=n_kv_head, window_pattern=window_pattern,
@@ -94,13 +99,15 @@ def pretrain(
     cfg.validate()
     if dry_run:
         check_data_name(data)  # a plan may name data still to download, never data that cannot exist
-        from nanochat.common.launch import visible_gpu_count
+        import os
 
-        # plan for the processes a real run would start (see common.launch)
+        from nanochat.common.launch import resolve_nodes, visible_gpu_count
+
+        # plan for the processes a real run would start (see common.launch), on every machine
         gpus = visible_gpu_count() if device in ("auto", "cuda") else 0
-        cfg.dry_run_world_size = nproc if nproc else (gpus if gpus > 1 else 1)
+        cfg.dry_run_world_size = (nproc if nproc else (gpus if gpus > 1 else 1)) * resolve_nodes(nodes, os.environ).nnodes
     else:
         open_corpus(data, "train")
         open_corpus(data, "val")
-        maybe_relaunch(nproc, device)
+        maybe_relaunch(nproc, device, nodes=nodes)
     run_pretrain(cfg)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from nanochat.commands._common import DEVICE_HELP, NPROC_HELP
+from nanochat.commands._common import DEVICE_HELP, NPROC_HELP, NNodes, NodeRank, RdzvEndpoint, RdzvId, node_options
 
 P = "Schedule and optimizer"
 E = "Evaluation and checkpoints"
@@ -38,6 +38,10 @@ def rl(
     resume: str = typer.Option("auto", help="auto (newest valid RL checkpoint of the tag, if any), never, or a step number.", rich_help_panel=E),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     nproc: Optional[int] = typer.Option(None, help=NPROC_HELP),
+    nnodes: NNodes = None,
+    node_rank: NodeRank = None,
+    rdzv_endpoint: RdzvEndpoint = None,
+    rdzv_id: RdzvId = None,
 ) -> None:
     """Reinforcement learning on GSM8K (or --task demo-arith) with the calculator tool (REINFORCE with a group-mean baseline)."""
     from nanochat.common import checks
@@ -46,6 +50,7 @@ def rl(
     from nanochat.train.rl import RLConfig, run_rl
 
     checks.nproc(nproc)
+    nodes = node_options(nnodes, node_rank, rdzv_endpoint, rdzv_id)
     cfg = RLConfig(
         source=source, task=task, model_tag=model_tag, step=step, train_split=train_split, num_epochs=num_epochs, num_iterations=num_iterations,
         device_batch_size=device_batch_size, examples_per_step=examples_per_step, num_samples=num_samples, max_new_tokens=max_new_tokens,
@@ -56,5 +61,5 @@ def rl(
     # options, then the starting checkpoint's folder: both before any process starts or anything loads
     cfg.validate()
     require_checkpoint(source, model_tag, step)
-    maybe_relaunch(nproc, device)
+    maybe_relaunch(nproc, device, nodes=nodes)
     run_rl(cfg)

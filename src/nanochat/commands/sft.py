@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from nanochat.commands._common import DEVICE_HELP, NPROC_HELP
+from nanochat.commands._common import DEVICE_HELP, NPROC_HELP, NNodes, NodeRank, RdzvEndpoint, RdzvId, node_options
 
 P = "Schedule and optimizer (None: inherit from the base checkpoint)"
 E = "Evaluation and checkpoints"
@@ -29,7 +29,7 @@ def sft(
     warmup_ratio: float = typer.Option(0.0, help="Fraction of the run in linear LR warmup.", rich_help_panel=P),
     warmdown_ratio: float = typer.Option(0.5, help="Fraction of the run in the final linear warmdown.", rich_help_panel=P),
     final_lr_frac: float = typer.Option(0.0, help="LR multiplier at the end.", rich_help_panel=P),
-    load_optimizer: bool = typer.Option(True, "--load-optimizer/--no-load-optimizer", help="Warm-start the optimizer moments from the base run (same process count).", rich_help_panel=P),
+    load_optimizer: bool = typer.Option(True, "--load-optimizer/--no-load-optimizer", help="Warm-start the optimizer moments from the base run (re-sharded if it had another process count).", rich_help_panel=P),
     mmlu_epochs: int = typer.Option(3, help="Copies of MMLU auxiliary_train in the web mixture.", rich_help_panel=P),
     gsm8k_epochs: int = typer.Option(4, help="Copies of GSM8K train in the web mixture.", rich_help_panel=P),
     eval_every: int = typer.Option(200, help="Val bpb on held-out conversations every N steps (and at the end); -1 off.", rich_help_panel=E),
@@ -40,6 +40,10 @@ def sft(
     out_tag: Optional[str] = typer.Option(None, help="Tag of the sft checkpoints (default: the base model's tag).", rich_help_panel=E),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     nproc: Optional[int] = typer.Option(None, help=NPROC_HELP),
+    nnodes: NNodes = None,
+    node_rank: NodeRank = None,
+    rdzv_endpoint: RdzvEndpoint = None,
+    rdzv_id: RdzvId = None,
     seed: int = typer.Option(42, help="Seed of the mixture order."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model; default: on CUDA only."),
     max_bad_steps: int = typer.Option(5, help="Stop after this many non-finite-loss steps in a row."),
@@ -52,6 +56,7 @@ def sft(
     from nanochat.train.sft import SFTConfig, run_sft
 
     checks.nproc(nproc)
+    nodes = node_options(nnodes, node_rank, rdzv_endpoint, rdzv_id)
     cfg = SFTConfig(
         source=source, model_tag=model_tag, step=step, data=data, num_iterations=num_iterations, max_seq_len=max_seq_len,
         device_batch_size=device_batch_size, total_batch_size=total_batch_size, embedding_lr=embedding_lr,
@@ -65,5 +70,5 @@ def sft(
     cfg.validate()
     require_checkpoint(source, model_tag, step)
     if not dry_run:
-        maybe_relaunch(nproc, device)
+        maybe_relaunch(nproc, device, nodes=nodes)
     run_sft(cfg)

@@ -8,6 +8,10 @@ One checkpoint is one folder:
     rank{r}.json               rank r's optimizer state without its tensors, RNG states, data-loader state
     manifest.json              sha256 and size of every file above (written last, by rank 0)
 
+Every rank writes its own files into the folder rank 0 creates, so on several machines that folder must
+be one they all see (`common.dist.check_shared_dir` checks before step 0). A run on another number of
+processes reads every rank's files (`load_all_rank_states`, lazily) and re-shards (optim.combined).
+
 No pickle anywhere: tensors go to safetensors, everything else to JSON (nested containers whose
 tensors are replaced by references into the safetensors file, see `encode_tree`).
 
@@ -467,3 +471,47 @@ def load_rank_state(path: Path, rank: int = 0, device: str = "cpu") -> tuple[Any
     tensors = load_file(str(path / optim_file(rank)), device=str(device))
     tree = json.loads((path / rank_file(rank)).read_text())
     return decode_tree(tree["optimizer"], tensors), decode_tree(tree["state"], tensors)
+
+
+class LazyTensor:
+    """A tensor of a safetensors file that is read only in the rows asked for: `t[a:b]`, `t.shape`."""
+
+    def __init__(self, handle: Any, name: str, device: str) -> None:
+        self._handle, self._name, self._device = handle, name, device
+        self.shape = tuple(handle.get_slice(name).get_shape())
+
+    def __getitem__(self, index: Any):
+        return self._handle.get_slice(self._name)[index].to(self._device)
+
+
+class _Tensors:
+    """The tensors of one open safetensors file by name: lazy ones or read whole."""
+
+    def __init__(self, handle: Any, device: str, lazy: bool) -> None:
+        self._handle, self._device, self._lazy = handle, device, lazy
+
+    def __getitem__(self, name: str):
+        if self._lazy:
+            return LazyTensor(self._handle, name, self._device)
+        return self._handle.get_tensor(name).to(self._device)
+
+
+def saved_world_size(path: Path) -> int:
+    """How many processes saved the checkpoint at `path`."""
+    return int(load_meta(path).get("world_size", 1))
+
+
+def load_all_rank_states(path: Path, device: str = "cpu") -> tuple[list[Any], list[Any]]:
+    """(optimizer state dicts, rank states) of every rank that saved `path`, in rank order, for a run on
+    another number of processes to re-shard. The optimizer tensors are `LazyTensor`s (a rank reads only
+    the rows it needs of each); the rank states (data-loader positions, RNG) are read whole."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    optimizers, states = [], []
+    for r in range(saved_world_size(path)):
+        handle = safe_open(str(path / optim_file(r)), framework="pt", device="cpu")
+        tree = json.loads((path / rank_file(r)).read_text())
+        optimizers.append(decode_tree(tree["optimizer"], _Tensors(handle, str(device), lazy=True)))
+        states.append(decode_tree(tree["state"], _Tensors(handle, str(device), lazy=False)))
+    return optimizers, states

@@ -22,7 +22,8 @@ of a run that never stopped. Documents the thread had read ahead are simply read
 
 Splitting a step: `MicroStepLoader` gives micro-step m of rank r the rows of data shard r*A + m of
 N*A (N processes, A accumulation steps), so an optimizer step sees the same rows however the total
-batch is split between processes and micro-steps: 1 GPU x 8 micro-steps and 8 GPUs x 1 train alike.
+batch is split between processes and micro-steps: 1 GPU x 8 micro-steps and 8 GPUs x 1 train alike, and a
+checkpoint of one split resumes in another with the same product (`regroup_states`).
 
 The buffer is shared out: the N*A loaders hold `buffer_size` documents between them (1000, as the reference's
 one loader holds), each total // (N*A) with a floor of MIN_SHARD_BUFFER. What the buffers hold decides what
@@ -339,3 +340,21 @@ class MicroStepLoader:
         for loader in self.loaders:
             loader.close()
 
+
+
+def regroup_states(states: list[dict], rank: int, world_size: int, accum: int) -> dict:
+    """The `MicroStepLoader` state of rank `rank` of `world_size` processes with `accum` micro-steps each,
+    from the states the processes of a checkpoint saved (rank order) — for a resume on another number of
+    processes. The data is read as processes x micro-steps streams (stream r*accum + m: micro-step m of
+    rank r) whatever the split, so with the same product the streams are only dealt out anew."""
+    streams = [s for state in states for s in state["shards"]]
+    if len(streams) != world_size * accum:
+        per = len(states[0]["shards"]) if states else 0
+        raise NanochatError(
+            f"the checkpoint read its data as {len(streams)} streams ({len(states)} processes x {per} micro-steps) and this run "
+            f"reads {world_size * accum} ({world_size} x {accum}); resume with the same --total-batch-size and --device-batch-size "
+            f"(so that processes x micro-steps stays {len(streams)}), or start afresh with --resume never"
+        )
+    if any(int(state.get("next", 0)) != 0 for state in states) or [s.get("rank") for s in streams] != list(range(len(streams))):
+        raise NanochatError("the checkpoint's data-loader state was not saved at a step boundary; resume with the number of processes that saved it")
+    return {"shards": streams[rank * accum : (rank + 1) * accum], "next": 0}

@@ -22,7 +22,8 @@ Distributed (torch.distributed initialised, world size W), ZeRO-2 style, in thre
 2. per group: wait, update the rank's shard (its optimizer state holds only that shard), launch an all-gather.
 3. wait the gathers; copy the gathered Muon matrices back into the parameters.
 gloo has no reduce_scatter_tensor: there we all-reduce and keep our slice, which sums the same numbers.
-The state is per rank: save `state_dict()` on every rank and load it into the same world size.
+The state is per rank: save `state_dict()` on every rank and load it into the same world size, or build a rank's
+state for another world size from all the saved ones with `reshard_state` (a gather and a split).
 
 On CUDA the two update kernels are compiled with torch.compile (NANOCHAT_COMPILE_OPTIM=0 turns that off);
 on CPU they run as plain PyTorch.
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -241,6 +243,77 @@ class MuonAdamW(torch.optim.Optimizer):
                 f"optimizer state was saved by {sorted(saved)} process(es) but this run has {self.world_size}; resume with the same number of processes"
             )
         super().load_state_dict(state_dict)
+
+    def reshard_state(self, shards: Sequence[dict], rank: int | None = None, world: int | None = None) -> dict:
+        """The state dict of rank `rank` of `world` processes (default: this run's), built from the state
+        dicts `len(shards)` processes saved (`shards[r]`: rank r's `state_dict()`): gather and split.
+
+        AdamW moments of a sharded tensor are rows of it (rank r: chunk r of dim 0), of a small one whole
+        copies; Muon buffers are slots of the group's stack of K matrices padded to a multiple of the world
+        size (rank r: slots r*ceil(K/W) on). The rows this rank needs are read from the saved shards that
+        hold them (tensors there may be lazy: anything that slices along dim 0 to a tensor), padding slots
+        are zeros (what a padding slot's buffers hold, since its gradient is always zero)."""
+        rank = self.rank if rank is None else rank
+        world = self.world_size if world is None else world
+        old_world = len(shards)
+        saved_groups = shards[0]["param_groups"]
+        if len(saved_groups) != len(self.param_groups) or any(len(s["params"]) != len(g["params"]) for s, g in zip(saved_groups, self.param_groups)):
+            raise NanochatError("the saved optimizer state has other parameter groups than this model's; start afresh with --resume never")
+        state: dict[int, dict] = {}
+        for saved, group in zip(saved_groups, self.param_groups):
+            params = group["params"]
+            if group["kind"] == "adamw":
+                for idx, p in zip(saved["params"], params):
+                    entries = [s["state"].get(idx) for s in shards]
+                    if entries[0] is None:
+                        continue  # never stepped
+                    n = p.shape[0]
+                    old = [(r * n // old_world, e) for r, e in enumerate(entries)] if _sharded_in(p, old_world) else [(0, entries[0])]
+                    lo, hi = (rank * n // world, (rank + 1) * n // world) if _sharded_in(p, world) else (0, n)
+                    state[idx] = _reshard_entry(old, lo, hi, hi - lo, n, group.get("name"))
+            else:
+                idx, K = saved["params"][0], len(params)
+                entries = [s["state"].get(idx) for s in shards]
+                if entries[0] is None:
+                    continue
+                old_chunk, chunk = math.ceil(K / old_world), math.ceil(K / world)
+                state[idx] = _reshard_entry([(r * old_chunk, e) for r, e in enumerate(entries)], rank * chunk, (rank + 1) * chunk, chunk, K, group.get("name"))
+        groups = [{**s, "world_size": world} for s in saved_groups]
+        return {"state": state, "param_groups": groups}
+
+
+def _sharded_in(p: torch.Tensor, world: int) -> bool:
+    """MuonAdamW._sharded for a given world size: is p's AdamW state split along dim 0 over `world` ranks?"""
+    return world > 1 and p.numel() >= SMALL_NUMEL and p.shape[0] % world == 0
+
+
+def _reshard_entry(old: list[tuple[int, dict]], lo: int, hi: int, rows: int, real: int, group: str | None) -> dict:
+    """One parameter's (or Muon group's) state for rows lo..hi: tensors assembled along dim 0 from the saved
+    pieces (start row, state entry), rows at or beyond `real` (padding) as zeros, `rows` rows in all;
+    non-tensor values (AdamW's step) from the first piece."""
+    out: dict = {}
+    for key, value in old[0][1].items():
+        if not hasattr(value, "shape"):
+            out[key] = value
+            continue
+        parts = []
+        want_hi = min(hi, real)
+        for start, entry in old:
+            if entry is None or key not in entry:
+                raise NanochatError(f"the saved optimizer state of {group} is missing {key!r} on some rank; the checkpoint is incomplete")
+            t = entry[key]
+            a, b = max(lo, start), min(want_hi, start + t.shape[0])
+            if a < b:
+                parts.append(t[a - start : b - start])
+        have = sum(x.shape[0] for x in parts)
+        if have != max(0, want_hi - lo):
+            raise NanochatError(f"the saved optimizer state of {group} covers {have} of rows {lo}..{want_hi}; the checkpoint is incomplete")
+        empty = old[0][1][key][0:0]  # the dtype and trailing shape, read from no rows
+        pad = rows - have
+        if pad:
+            parts.append(torch.zeros((pad, *empty.shape[1:]), dtype=empty.dtype))
+        out[key] = torch.cat([x.cpu() for x in parts]) if parts else empty
+    return out
 
 
 SMEAR_LR = 0.2  # the smear gate, smear lambda and backout lambda: a fixed AdamW LR, neither width- nor batch-scaled

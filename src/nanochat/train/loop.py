@@ -263,16 +263,14 @@ def _sync(device_type: str) -> None:
 
 def run_distributed(device_preference: str, body) -> Any:
     """Set up this process (a torchrun rank or a single process), run `body(device_type, dist_info)`,
-    and always tear the process group down, also when training fails."""
+    and always tear the process group down, also when training fails (another process dying ends
+    this one with a one-line error, see `common.dist.distributed`)."""
     from nanochat.common.device import detect_device
-    from nanochat.common.dist import cleanup, init_distributed
+    from nanochat.common.dist import distributed
 
     device_type = detect_device(device_preference)
-    info = init_distributed(device_type)
-    try:
+    with distributed(device_type) as info:
         return body(device_type, info)
-    finally:
-        cleanup()
 
 
 def record_report(name: str, data: dict, series: dict | None = None, title: str | None = None) -> None:
