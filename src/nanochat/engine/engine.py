@@ -16,11 +16,12 @@ calculator on it, and then forces `<|output_start|>result<|output_end|>` into th
 so RL does not train on what the tool wrote). Finished rows keep receiving `<|bos|>` with mask 0 until
 every row is done or `max_tokens` is reached. The total length never exceeds the model's context.
 
-Repetition guards (`repetition_penalty` > 1, `no_repeat_ngram` >= 2; both off by default, as the evals
-use them): each row's history is its own answer so far (the prompt may be quoted), the penalty counts
-only the tokens the row sampled itself (a calculator result the engine forced may be repeated in the
-answer), the n-gram block sees every token of the answer, and neither ever touches a special token,
-so `<|assistant_end|>` stays available and greedy decoding still ends the turn.
+Repetition guards (`repetition_penalty` > 1, `no_repeat_ngram` >= 2, and OpenAI's additive
+`frequency_penalty` / `presence_penalty` != 0; all off by default, as the evals use them): each row's
+history is its own answer so far (the prompt may be quoted), the penalties count only the tokens the
+row sampled itself (a calculator result the engine forced may be repeated in the answer), the n-gram
+block sees every token of the answer, and none ever touches a special token, so `<|assistant_end|>`
+stays available and greedy decoding still ends the turn.
 
 Decoding: on CUDA each decode step is a replayed CUDA graph over a static-shape cache (graphs.py), which
 removes the CPU's kernel-launch bottleneck at small batch; on CPU (or with decode="eager") it is the
@@ -35,8 +36,8 @@ from typing import Callable, Iterator
 import torch
 
 from nanochat.common.errors import NanochatError
-from nanochat.engine.repetition import NgramBlocker, check_repetition_settings
-from nanochat.engine.sampling import apply_repetition_penalty, make_generator, sample_next_token
+from nanochat.engine.repetition import NgramBlocker, check_openai_penalties, check_repetition_settings
+from nanochat.engine.sampling import apply_frequency_presence, apply_repetition_penalty, make_generator, sample_next_token
 
 
 def _default_calculator(expr: str) -> str | None:
@@ -160,6 +161,8 @@ class Engine:
         on_logits: Callable[[torch.Tensor], None] | None = None,
         repetition_penalty: float = 1.0,
         no_repeat_ngram: int = 0,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
     ) -> Iterator[tuple[list[int], list[int]]]:
         """Yield (token_column, mask_column) per step, one entry per row (see the module docstring).
 
@@ -170,6 +173,7 @@ class Engine:
             raise NanochatError(f"num_samples must be at least 1 (got {num_samples})")
         try:
             check_repetition_settings(repetition_penalty, no_repeat_ngram)
+            check_openai_penalties(frequency_penalty, presence_penalty)
         except ValueError as e:
             raise NanochatError(str(e)) from None
         longest = max(len(p) for p in prompts)
@@ -217,7 +221,7 @@ class Engine:
         generator = make_generator(seed, dev) if temperature > 0 else None
         tok = self.tokenizer
         states = [RowState(self.ids, tok.encode, tok.decode, self.calculator) for _ in range(rows)]
-        guard = _RepetitionGuard(rows, logits.size(-1), dev, self._special_ids(), repetition_penalty, no_repeat_ngram)
+        guard = _RepetitionGuard(rows, logits.size(-1), dev, self._special_ids(), repetition_penalty, no_repeat_ngram, frequency_penalty, presence_penalty)
         for _step in range(max_tokens):
             if on_logits is not None:
                 on_logits(logits)
@@ -247,6 +251,8 @@ class Engine:
         top_p: float | None = None,
         repetition_penalty: float = 1.0,
         no_repeat_ngram: int = 0,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
     ) -> tuple[list[list[int]], list[list[int]]]:
         """Completions (without the prompt and without the terminal token) and their masks, one per row."""
         prompts = _as_prompts(prompt_ids)
@@ -255,7 +261,8 @@ class Engine:
         masks: list[list[int]] = [[] for _ in range(rows)]
         done = [False] * rows
         gen = self.generate(prompts if len(prompts) > 1 else prompts[0], num_samples, max_tokens, temperature, top_k, top_p, seed,
-                            repetition_penalty=repetition_penalty, no_repeat_ngram=no_repeat_ngram)  # fmt: skip
+                            repetition_penalty=repetition_penalty, no_repeat_ngram=no_repeat_ngram,
+                            frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)  # fmt: skip
         for column, mcol in gen:
             for i, (t, m) in enumerate(zip(column, mcol)):
                 if done[i]:
@@ -269,25 +276,29 @@ class Engine:
 
 
 class _RepetitionGuard:
-    """The repetition penalty and n-gram block of every row (see the module docstring); a no-op when both are off."""
+    """The repetition guards of every row (see the module docstring); a no-op when all are off."""
 
-    def __init__(self, rows: int, vocab: int, device, special_ids: list[int], penalty: float, ngram: int) -> None:
-        self.penalty, self.ngram = penalty, ngram
+    def __init__(self, rows: int, vocab: int, device, special_ids: list[int], penalty: float, ngram: int,
+                 frequency: float = 0.0, presence: float = 0.0) -> None:  # fmt: skip
+        self.penalty, self.ngram, self.frequency, self.presence = penalty, ngram, frequency, presence
         self.special = set(special_ids)
-        self.seen = torch.zeros(rows, vocab, dtype=torch.bool, device=device) if penalty != 1.0 else None
+        counting = penalty != 1.0 or frequency != 0.0 or presence != 0.0
+        # how often each row sampled each token (the multiplicative penalty only asks whether it did)
+        self.counts = torch.zeros(rows, vocab, dtype=torch.int32, device=device) if counting else None
         self.blockers = [NgramBlocker(ngram) for _ in range(rows)] if ngram else None
         self.vocab, self.device = vocab, device
 
     def push(self, row: int, token: int, mask: int) -> None:
         """`token` joined row `row`'s answer; `mask` 0 means the engine forced it (tool output)."""
-        if self.seen is not None and mask and token not in self.special:
-            self.seen[row, token] = True
+        if self.counts is not None and mask and token not in self.special:
+            self.counts[row, token] += 1
         if self.blockers is not None:
             self.blockers[row].push(token)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.seen is not None:
-            logits = apply_repetition_penalty(logits, self.seen, self.penalty)
+        if self.counts is not None:
+            logits = apply_repetition_penalty(logits, self.counts > 0, self.penalty)
+            logits = apply_frequency_presence(logits, self.counts, self.frequency, self.presence)
         if self.blockers is not None:
             rows, cols = [], []
             for i, b in enumerate(self.blockers):

@@ -5,6 +5,12 @@
 use, are off (penalty 1.0, n-gram 0). The penalty itself acts on logits: see
 `engine.sampling.apply_repetition_penalty`. This module imports no torch, so the command modules can
 read the defaults while `nanochat --help` stays fast.
+
+OpenAI's `frequency_penalty` and `presence_penalty` are a different thing, kept apart: additive
+(the logit of a token the answer used c times drops by frequency × c + presence × [c > 0]), from -2
+to 2, off (0) unless a request sets them (`check_openai_penalties`; applied by
+`engine.sampling.apply_frequency_presence`). The multiplicative repetition penalty is never derived
+from them, nor they from it: a request may set any of the four.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ CHAT_REPETITION_PENALTY = 1.15
 CHAT_NO_REPEAT_NGRAM = 8
 MAX_REPETITION_PENALTY = 10.0
 MAX_NO_REPEAT_NGRAM = 64
+MAX_OPENAI_PENALTY = 2.0  # OpenAI's range for frequency_penalty and presence_penalty: -2 to 2
 
 
 def check_repetition_settings(repetition_penalty: float, no_repeat_ngram: int) -> None:
@@ -27,6 +34,13 @@ def check_repetition_settings(repetition_penalty: float, no_repeat_ngram: int) -
         raise ValueError(f"repetition penalty {repetition_penalty} must be between 1 (off) and {MAX_REPETITION_PENALTY:g}")
     if no_repeat_ngram != 0 and not 2 <= no_repeat_ngram <= MAX_NO_REPEAT_NGRAM:
         raise ValueError(f"no-repeat n-gram size {no_repeat_ngram} must be 0 (off) or 2 to {MAX_NO_REPEAT_NGRAM}")
+
+
+def check_openai_penalties(frequency_penalty: float, presence_penalty: float) -> None:
+    """ValueError with a one-line reason unless both are finite and within -2..2 (OpenAI's range)."""
+    for name, v in (("frequency penalty", frequency_penalty), ("presence penalty", presence_penalty)):
+        if not (math.isfinite(v) and -MAX_OPENAI_PENALTY <= v <= MAX_OPENAI_PENALTY):
+            raise ValueError(f"{name} {v} must be between -{MAX_OPENAI_PENALTY:g} and {MAX_OPENAI_PENALTY:g} (0: off)")
 
 
 class NgramBlocker:

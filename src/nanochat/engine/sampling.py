@@ -13,6 +13,8 @@ n-gram block, `NgramBlocker`, in plain Python):
   by it when negative, so a seen token always becomes less likely. 1.0 is off.
 * `NgramBlocker`: forbids any token that would complete an n-gram already present in the history,
   so no run of n tokens occurs twice: a loop (of any period) is cut the moment it would repeat.
+* `apply_frequency_presence` (here): OpenAI's `frequency_penalty` / `presence_penalty`, additive
+  (logit − frequency × count − presence × [count > 0]); off (0) unless an API request sets them.
 
 The caller decides what the history is. The engine uses the row's own answer only (not the prompt,
 which an answer may legitimately quote) and never penalises or blocks special tokens, so the
@@ -68,6 +70,15 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     logits = logits.float()
     pushed = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, pushed, logits)
+
+
+def apply_frequency_presence(logits: torch.Tensor, counts: torch.Tensor, frequency: float, presence: float) -> torch.Tensor:
+    """OpenAI's additive penalties: logits (B, V) minus `frequency` × counts minus `presence` where
+    counts > 0; `counts` (B, V) is how often each token already occurs in the row's history."""
+    if frequency == 0.0 and presence == 0.0:
+        return logits
+    counts = counts.to(torch.float32)
+    return logits.float() - frequency * counts - presence * (counts > 0).to(torch.float32)
 
 
 def sample_next_token(

@@ -10,6 +10,13 @@ Routes
     POST /v1/completions        OpenAI text completions (serve/completions.py): text or token-id prompts,
                                 `echo`, `logprobs` with alternatives, `stop`, streaming
 
+Sampling penalties (both endpoints): OpenAI's `frequency_penalty` and `presence_penalty` (additive, -2 to 2,
+default 0) as OpenAI defines them, and nanochat's repetition guards `repetition_penalty` (multiplicative,
+1 to 10) and `no_repeat_ngram_size` (0 or 2 to 64), which are separate fields, never derived from the
+OpenAI ones. Chat completions default the guards to the server's `--repetition-penalty` /
+`--no-repeat-ngram` (on, as in `nanochat chat`: a small model loops); text completions default them to
+off, so a raw completion is the model's own. Log-probabilities are always the model's, before any penalty.
+
 Safety, in the order a request meets it (`Guard`): the Host header must be allowed (DNS rebinding),
 the API key must match when one is set (Bearer, or HTTP Basic with the key as password so that a
 browser can open the page; constant-time compare; /health is exempt), a body over 1 MB is refused
@@ -405,7 +412,8 @@ def create_app(config: ServeConfig, load: Callable[[], list]) -> Starlette:
         except NanochatError as e:
             raise ApiError(422, str(e), param="messages", code="invalid_messages") from None
         params = GenParams(req.max_tokens, req.temperature, req.top_k, req.top_p, req.seed, req.n, stop=tuple(req.stop), logprobs=req.top_logprobs,
-                           repetition_penalty=req.repetition_penalty, no_repeat_ngram=req.no_repeat_ngram)  # fmt: skip
+                           repetition_penalty=req.repetition_penalty, no_repeat_ngram=req.no_repeat_ngram,
+                           frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty)  # fmt: skip
         job = Job(prompt, params, loop=asyncio.get_running_loop())
         try:
             pool.submit(job)
@@ -432,6 +440,8 @@ def create_app(config: ServeConfig, load: Callable[[], list]) -> Starlette:
         params = GenParams(
             req.max_tokens, req.temperature, req.top_k, req.top_p, req.seed, req.n,
             stop=tuple(req.stop), logprobs=req.logprobs, prompt_logprobs=req.echo and req.logprobs is not None,
+            repetition_penalty=req.repetition_penalty, no_repeat_ngram=req.no_repeat_ngram,
+            frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty,
         )  # fmt: skip
         job = Job(req.prompt_ids, params, loop=asyncio.get_running_loop())
         try:

@@ -4,7 +4,9 @@ A request is one prompt: a string, a list of token ids, or a one-element list of
 encoded as plain text after `<|bos|>` (the way every training document starts; special-token names in it
 stay text); token ids are used exactly as sent. Supported: `max_tokens` (default 16; 0 with `echo` scores
 the prompt only), `temperature`, `top_p`, `top_k`, `seed`, `n`, `stop`, `echo`, `logprobs` (0-20 most
-likely alternatives per token, from the model's raw distribution), `stream` with `stream_options`.
+likely alternatives per token, from the model's raw distribution), `stream` with `stream_options`,
+OpenAI's `frequency_penalty` / `presence_penalty`, and nanochat's `repetition_penalty` /
+`no_repeat_ngram_size` (off unless set here: a raw completion is the model's own).
 With `echo` and `logprobs` the prompt's tokens come first in `logprobs` (a leading `<|bos|>` that the
 server added is not shown; a token-id prompt's first token has no log-probability). `suffix` and
 `best_of` > 1 are refused (400), as is a `model` other than the one served (404).
@@ -29,6 +31,8 @@ from nanochat.serve.validation import (
     _number,
     parse_json_body,
     parse_include_usage,
+    parse_openai_penalties,
+    parse_repetition,
     parse_stop,
     refuse_output_changing,
 )
@@ -54,6 +58,10 @@ class CompletionRequest:
     logprobs: int | None
     model: str | None = None
     stop: list[str] = field(default_factory=list)
+    repetition_penalty: float = 1.0
+    no_repeat_ngram: int = 0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
 
 def _one_prompt(prompt):
@@ -123,7 +131,10 @@ def parse_completion_request(body: bytes, *, tokenizer, context_len: int, vocab_
     logprobs = _int(obj, "logprobs", 0, MAX_TOP_LOGPROBS, None)
     refuse_output_changing(obj, COMPLETION_REFUSED)
     stop = parse_stop(obj)
-    return CompletionRequest(ids, text, bos_added, max_tokens, temperature, top_k or None, top_p, seed, n, bool(stream), include_usage, bool(echo), logprobs, model, stop)
+    repetition_penalty, no_repeat_ngram = parse_repetition(obj, 1.0, 0)
+    frequency_penalty, presence_penalty = parse_openai_penalties(obj)
+    return CompletionRequest(ids, text, bos_added, max_tokens, temperature, top_k or None, top_p, seed, n, bool(stream), include_usage, bool(echo), logprobs,
+                             model, stop, repetition_penalty, no_repeat_ngram, frequency_penalty, presence_penalty)  # fmt: skip
 
 
 def _echo_entries(req: CompletionRequest, prompt_entries: list[dict]) -> list[dict]:

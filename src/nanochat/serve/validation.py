@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from nanochat.engine.repetition import MAX_NO_REPEAT_NGRAM, MAX_REPETITION_PENALTY
+from nanochat.engine.repetition import MAX_NO_REPEAT_NGRAM, MAX_OPENAI_PENALTY, MAX_REPETITION_PENALTY
 
 MAX_BODY_BYTES = 1_000_000
 MAX_MESSAGES = 500
@@ -62,6 +62,8 @@ class ChatRequest:
     top_logprobs: int | None = None  # None: no log-probabilities; k: each token's and its k best alternatives
     repetition_penalty: float = 1.0
     no_repeat_ngram: int = 0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
 
 def _reject_constant(name: str):
@@ -157,7 +159,9 @@ def parse_chat_request(body: bytes, *, context_len: int, vocab_size: int, defaul
     """Validate a chat completion request body; raises ApiError with the first problem found.
 
     Beyond OpenAI's fields, `repetition_penalty` (1 = off, to 10) and `no_repeat_ngram_size` (0 = off,
-    or 2 to 64) set the repetition guards for this request; absent, the server's defaults apply."""
+    or 2 to 64) set the repetition guards for this request; absent, the server's defaults apply.
+    OpenAI's own `frequency_penalty` and `presence_penalty` (-2 to 2, default 0) are honoured as OpenAI
+    defines them (additive), independently of those two."""
     obj = parse_json_body(body)
     if not isinstance(obj, dict):
         raise ApiError(422, "request body must be a JSON object", code="invalid_type")
@@ -220,8 +224,9 @@ def parse_chat_request(body: bytes, *, context_len: int, vocab_size: int, defaul
         raise ApiError(422, "'top_logprobs' needs 'logprobs': true", param="top_logprobs", code="invalid_value")
     top = (top_logprobs or 0) if logprobs else None
     repetition_penalty, no_repeat_ngram = parse_repetition(obj, default_repetition_penalty, default_no_repeat_ngram)
+    frequency_penalty, presence_penalty = parse_openai_penalties(obj)
     return ChatRequest(messages, max_tokens, temperature, top_k or None, top_p, seed, n, bool(stream), include_usage, model, stop, top,
-                       repetition_penalty, no_repeat_ngram)  # fmt: skip
+                       repetition_penalty, no_repeat_ngram, frequency_penalty, presence_penalty)  # fmt: skip
 
 
 def parse_repetition(obj: dict, default_penalty: float, default_ngram: int) -> tuple[float, int]:
@@ -232,6 +237,12 @@ def parse_repetition(obj: dict, default_penalty: float, default_ngram: int) -> t
     if ngram == 1:
         raise ApiError(422, f"'no_repeat_ngram_size' must be 0 (off) or 2 to {MAX_NO_REPEAT_NGRAM}", param="no_repeat_ngram_size", code="out_of_range")
     return penalty, ngram
+
+
+def parse_openai_penalties(obj: dict) -> tuple[float, float]:
+    """OpenAI's `frequency_penalty` and `presence_penalty`: additive, -2 to 2, 0 (off) when absent."""
+    m = MAX_OPENAI_PENALTY
+    return _number(obj, "frequency_penalty", -m, m, 0.0), _number(obj, "presence_penalty", -m, m, 0.0)
 
 
 # OpenAI fields that would change the answer in ways this server cannot honour: refused, never ignored

@@ -39,6 +39,8 @@ class GenParams:
     prompt_logprobs: bool = False  # also the prompt's tokens (echo), as ("prompt_logprobs", entries) before any delta
     repetition_penalty: float = 1.0  # the repetition guards (engine/repetition.py); off unless the request sets them
     no_repeat_ngram: int = 0
+    frequency_penalty: float = 0.0  # OpenAI's additive penalties, apart from the two above
+    presence_penalty: float = 0.0
 
 
 @dataclass
@@ -127,7 +129,8 @@ class Worker(threading.Thread):
             extra["on_logits"] = lambda logits: rows.append(torch.log_softmax(logits.float(), dim=-1).cpu())
         gen = self.engine.generate(
             job.prompt_ids, num_samples=p.n, max_tokens=p.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed,
-            repetition_penalty=p.repetition_penalty, no_repeat_ngram=p.no_repeat_ngram, **extra,
+            repetition_penalty=p.repetition_penalty, no_repeat_ngram=p.no_repeat_ngram,
+            frequency_penalty=p.frequency_penalty, presence_penalty=p.presence_penalty, **extra,
         )
         try:
             for column, _masks in gen:
