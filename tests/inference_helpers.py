@@ -66,7 +66,9 @@ class ThreadServer:
 
         self.wait = wait  # False: return once the socket answers, even while /health says 503
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False))
+        from nanochat.serve.guard import uvicorn_config
+
+        self.server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -153,18 +155,20 @@ sys.path.insert(0, {tests!r})
 import torch, uvicorn
 torch.set_num_threads(1)  # what `nanochat serve` does on CPU: a core stays free for the event loop
 from inference_helpers import make_app
-app = make_app(queue_size={queue_size}, slow={slow})
-uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning", access_log=False)
+from nanochat.serve.guard import uvicorn_config
+app = make_app(queue_size={queue_size}, slow={slow}{extra})
+uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port={port}, log_level="warning", access_log=False)).run()
 """
 
 
 @contextlib.contextmanager
-def process_server(queue_size: int = 16, slow: float = 0.0):
-    """The real app in a child process (so the test's clients do not share its GIL)."""
+def process_server(queue_size: int = 16, slow: float = 0.0, **config):
+    """The real app in a child process (so the test's clients do not share its GIL); `config`: ServeConfig fields."""
     import os
 
     port = free_port()
-    code = SERVER_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)), queue_size=queue_size, slow=slow, port=port)
+    extra = "".join(f", {k}={v!r}" for k, v in config.items())
+    code = SERVER_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)), queue_size=queue_size, slow=slow, port=port, extra=extra)
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

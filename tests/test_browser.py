@@ -120,3 +120,51 @@ def test_page_behind_an_api_key(browser):
         page.wait_for_selector(".msg.assistant .tool-regenerate", timeout=30_000)
         assert page.locator(".error").count() == 0
         context.close()
+
+
+EVIL_PAGE = """<!doctype html><html><body>
+<form id="f" method="POST" action="{api}" enctype="text/plain"><input name='{{"messages": [{{"role": "user", "content": "hi"}}], "x": "' value='"}}'></form>
+<script>
+fetch("{api}", {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}},
+  body: JSON.stringify({{messages: [{{role: "user", content: "hi"}}], max_tokens: 4}})}})
+  .then(() => {{ document.title = "sent"; }}, () => {{ document.title = "failed"; }});
+</script></body></html>"""
+
+
+def test_another_sites_page_cannot_make_the_browser_use_the_model(browser):
+    """A real page on another origin (localhost:OTHER, cross-site to 127.0.0.1:PORT) sends the "simple"
+    requests a browser allows without asking: a no-cors text/plain fetch and a text/plain form post."""
+    import http.server
+
+    app = make_app()
+    with ThreadServer(app) as s:
+        api = s.url + "/v1/chat/completions"
+
+        class Evil(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = EVIL_PAGE.format(api=api).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+        import threading
+
+        threading.Thread(target=evil.serve_forever, daemon=True).start()
+        try:
+            page = browser.new_page()
+            statuses = []
+            page.on("response", lambda r: statuses.append(r.status) if r.url.startswith(api) else None)
+            page.goto(f"http://localhost:{evil.server_address[1]}/")
+            page.wait_for_function("document.title !== ''", timeout=20_000)
+            with page.expect_navigation():
+                page.evaluate("document.getElementById('f').submit()")
+            assert statuses == [403, 403], statuses  # both reached the server, both refused
+            assert app.state.metrics.completion_tokens == 0  # and the model never ran
+        finally:
+            evil.shutdown()

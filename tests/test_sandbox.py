@@ -31,7 +31,13 @@ needs_bwrap = pytest.mark.skipif(
 )
 
 
+# The escape attempts run with a larger budget than run_python's default: where no cgroup can be made the
+# budget is split into per-process shares, and 1024 MiB leaves room for the shells and grandchildren they start.
+ESCAPE_MEMORY_MB = 1024
+
+
 def run(code: str, **kw) -> ExecutionResult:
+    kw.setdefault("memory_mb", ESCAPE_MEMORY_MB)
     return run_python(textwrap.dedent(code), **kw)
 
 
@@ -42,8 +48,10 @@ def marker() -> str:
 
 
 def _process_limit() -> int:
-    """RLIMIT_NPROC in the sandbox: the allowance, plus the caller's own tasks when it is not root."""
-    return sandbox._limits(sandbox._run_uid(), 1, 64).nproc
+    """RLIMIT_NPROC in the escape attempts' sandbox: the allowance (plus, when not root, bwrap's pid 1 or the
+    caller's own tasks)."""
+    shared = sandbox.memory_containment().kind != "rlimit"
+    return sandbox._limits(sandbox._run_uid(), 1, ESCAPE_MEMORY_MB, shared=shared).nproc
 
 
 def host_processes_matching(needle: str) -> list[int]:
@@ -350,7 +358,7 @@ def test_writes_outside_the_work_dir_fail(marker, tmp_path):
 
 @needs_bwrap
 def test_huge_file_is_stopped_by_the_file_size_limit():
-    res = run("open('big', 'wb').write(b'x' * (64 << 20))")
+    res = run("f = open('big', 'wb')\nfor _ in range(64):\n    f.write(b'x' * (1 << 20))")
     assert not res.success and "File too large" in res.error
 
 
@@ -629,6 +637,223 @@ def test_memory_bomb_is_reported():
 def test_mmap_bomb_is_refused():
     res = run("import mmap\nm = mmap.mmap(-1, 4 << 30)\nprint('mapped')")
     assert not res.success and "mapped" not in res.stdout and res.memory_exceeded
+
+
+def _mem_available() -> int:
+    """The host's MemAvailable in bytes."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no MemAvailable in /proc/meminfo")
+
+
+FORKING_HOG = """
+import os, time
+kids = []
+for _ in range(32):
+    try:
+        pid = os.fork()
+    except OSError:  # past the process limit: keep trying, as an attacker would
+        continue
+    if pid == 0:
+        block = b"\\x01" * (200 << 20)  # 200 MiB, every page written
+        time.sleep(3)
+        os._exit(0)
+    kids.append(pid)
+for pid in kids:
+    os.waitpid(pid, 0)
+print(len(kids), "children")
+"""
+
+
+# the same attacker, adapted to whatever per-process limit it meets: every process takes all it can and holds it
+GREEDY_FORKING_HOG = """
+import os, time
+def grab():
+    held = []
+    try:
+        while True:
+            held.append(b"\\x01" * (1 << 20))
+    except MemoryError:
+        return held
+kids = []
+for _ in range(32):
+    try:
+        pid = os.fork()
+    except OSError:
+        continue
+    if pid == 0:
+        held = grab()
+        time.sleep(3)
+        os._exit(0)
+    kids.append(pid)
+held = grab()
+for pid in kids:
+    os.waitpid(pid, 0)
+print(len(kids), "children")
+"""
+
+
+def _run_resident_bytes() -> int | None:
+    """Resident anonymous + shared memory of the sandbox's processes (as root: those of the throwaway uids a run
+    gets, 2**30 and up); None when not root (the run's processes then have our uid)."""
+    if os.geteuid() != 0:
+        return None
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if not (1 << 30) <= os.stat(f"/proc/{pid}").st_uid < (1 << 31):
+                continue
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+            total += sum(int(fields[k].split()[0]) * 1024 for k in ("RssAnon", "RssShmem") if k in fields)
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def _measure_run(code: str, **kw) -> tuple[int, int | None, ExecutionResult]:
+    """Run `code`, sampling every 5 ms: (how far the host's MemAvailable fell below its value at the start, the
+    peak resident memory of the run's own processes or None, the result)."""
+    drops, resident, done = [], [], threading.Event()
+    before = _mem_available()
+
+    def sample():
+        while not done.is_set():
+            drops.append(before - _mem_available())
+            own = _run_resident_bytes()
+            if own is not None:
+                resident.append(own)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        res = run_python(code, **kw)
+    finally:
+        done.set()
+        sampler.join()
+    return max(drops + [0]), (max(resident + [0]) if os.geteuid() == 0 else None), res
+
+
+@needs_bwrap
+@pytest.mark.parametrize("code", [FORKING_HOG, GREEDY_FORKING_HOG], ids=["200-MiB-each", "all-they-can"])
+def test_forked_children_share_one_memory_budget(code):
+    # 32 children touching 200 MiB each under memory_mb=256: without one budget for the whole run this took
+    # 5.4 GB of the host. Two measures, both sampled during the run: the resident memory of the run's own
+    # processes (exact, as root), and the drop of the host's MemAvailable. The latter also moves with every
+    # other program on the machine (by hundreds of MB on a shared one), so a drop over the bound is measured
+    # again, up to five times, before it counts.
+    bound = 300e6
+    drops = []
+    for _ in range(5):
+        drop, resident, res = _measure_run(code, memory_mb=256, timeout=20)
+        drops.append(drop)
+        if code is FORKING_HOG or sandbox.memory_containment().kind != "rlimit":
+            # a child's MemoryError (rlimits) or the cgroup's out-of-memory kill: the run is reported as over budget
+            assert res.memory_exceeded and not res.success and "memory limit of 256 MiB exceeded" in res.error, res
+        assert resident is None or resident <= 256 << 20, f"the run's processes held {resident / 1e6:.0f} MB"
+        if drop <= bound:
+            break
+    shown = f"{resident / 1e6:.0f} MB resident" if resident is not None else "resident not measured (not root)"
+    print(f"[{sandbox.memory_containment().kind}] {res.stdout.strip()}; {shown}; MemAvailable drop {[round(d / 1e6) for d in drops]} MB")
+    assert min(drops) <= bound, f"host MemAvailable dropped by {[round(d / 1e6) for d in drops]} MB"
+
+
+@needs_bwrap
+def test_the_budget_still_fits_an_ordinary_program():
+    # the split (where no cgroup can be made) must leave a single process of a HumanEval-sized run room to work
+    res = run_python("x = bytearray(24 << 20)\ny = list(range(10 ** 6))\nprint(len(x) + len(y))", memory_mb=256)
+    assert res.success and res.stdout == f"{(24 << 20) + 10 ** 6}\n", res
+
+
+@pytest.mark.parametrize("memory_mb", [64, 100, 128, 256, 300, 512, 1000, 1024, 4096, 1 << 20])
+def test_split_budget_never_adds_up_to_more_than_memory_mb(memory_mb):
+    # without a cgroup: every process at its address-space limit, plus every tmpfs full, fits the budget
+    lim = sandbox._limits(0, 5, memory_mb, shared=False)
+    total = lim.allowance * lim.address_space + lim.tmp_bytes + lim.work_bytes + lim.shm_bytes
+    assert total <= memory_mb * 1024 * 1024
+    assert lim.nproc == lim.allowance >= 1 and lim.address_space >= 40 << 20  # still room for an interpreter
+    # with a cgroup, the cgroup holds the total: each process may use all of it, and 32 processes may run
+    shared = sandbox._limits(0, 5, memory_mb, shared=True)
+    assert shared.memory_bytes == memory_mb << 20 and shared.address_space == memory_mb << 20 and shared.nproc == 32
+
+
+@needs_bwrap
+def test_stdin_is_a_read_only_pipe():
+    res = run(
+        """
+        import os, stat, sys
+        print(stat.S_ISFIFO(os.fstat(0).st_mode), sys.stdin.read())
+        try:
+            os.write(0, b"overwrite the host's file")
+            print("wrote")
+        except OSError as e:
+            print("refused", e.errno)
+        """,
+        stdin="the input",
+    )
+    assert res.success and res.stdout == "True the input\nrefused 9\n", res  # EBADF: a read end
+
+
+@needs_bwrap
+def test_large_stdin_arrives_whole_and_an_unread_one_does_not_hang():
+    data = "".join(f"{i}\n" for i in range(400_000))  # ~2.6 MB: many times a pipe's buffer
+    res = run("import sys, hashlib\nprint(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())", stdin=data)
+    import hashlib
+
+    assert res.success and res.stdout.strip() == hashlib.sha256(data.encode()).hexdigest()
+    t0 = time.monotonic()
+    res = run("print('ignored my input')", stdin=data, timeout=10)
+    assert res.success and res.stdout == "ignored my input\n" and time.monotonic() - t0 < 8
+
+
+# the cgroup v2 path, checked against a stand-in cgroup folder (this kind of machine may have no delegated
+# cgroup v2 with the memory controller; the kernel side is then exercised wherever one exists)
+
+
+def test_own_cgroup_folder_is_found_from_proc(tmp_path):
+    (tmp_path / "cgroup").write_text("12:pids:/x\n0::/user.slice/user-1000.slice/app.scope\n")
+    (tmp_path / "mountinfo").write_text(
+        "24 30 0:22 / /sys rw,nosuid - sysfs sysfs rw\n"
+        "31 24 0:27 / /sys/fs/cgroup rw,nosuid,nodev - cgroup2 cgroup2 rw,nsdelegate\n"
+    )
+    found = sandbox._own_cgroup_dir(str(tmp_path / "cgroup"), str(tmp_path / "mountinfo"))
+    assert found == "/sys/fs/cgroup/user.slice/user-1000.slice/app.scope"
+    (tmp_path / "mountinfo").write_text("31 24 0:27 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n")  # no cgroup2 mounted
+    assert sandbox._own_cgroup_dir(str(tmp_path / "cgroup"), str(tmp_path / "mountinfo")) is None
+
+
+def test_a_folder_without_the_controllers_is_not_used(tmp_path):
+    assert "not a cgroup v2 folder" in sandbox._cgroup_parent_problem(str(tmp_path))
+    (tmp_path / "cgroup.subtree_control").write_text("cpu pids\n")
+    assert "memory controller" in sandbox._cgroup_parent_problem(str(tmp_path))
+
+
+def test_a_wrong_cgroup_setting_is_an_error_not_a_silent_fallback(monkeypatch, tmp_path):
+    monkeypatch.setenv(sandbox.CGROUP_ENV, str(tmp_path))
+    monkeypatch.setattr(sandbox, "_containment", [])
+    with pytest.raises(NanochatError, match=f"{sandbox.CGROUP_ENV}=.*unset {sandbox.CGROUP_ENV}"):
+        sandbox.memory_containment()
+    monkeypatch.setattr(sandbox, "_containment", [])  # probe again for the tests that follow
+
+
+def test_run_cgroup_gets_the_whole_budget_and_joins_before_the_launcher_runs(tmp_path):
+    lim = sandbox._limits(0, 5, 256, shared=True)
+    group = sandbox._CgroupRun(str(tmp_path), lim)
+    folder = Path(group.path)
+    assert folder.parent == tmp_path
+    assert (folder / "memory.max").read_text() == str(256 * 1024 * 1024)
+    assert (folder / "pids.max").read_text() == str(32 + sandbox.LAUNCHER_TASKS)
+    assert not group.oom_killed()
+    (folder / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n")
+    assert group.oom_killed()
+    # the launcher prefix moves the very process that then runs the command into the cgroup
+    argv = group.launcher(sys.executable) + [sys.executable, "-c", "import os; print(os.getpid())"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and (folder / "cgroup.procs").read_text() == done.stdout.strip()
 
 
 @pytest.mark.parametrize("stream", ["stdout", "stderr"])

@@ -255,7 +255,7 @@ def test_malformed_completion_requests_never_5xx(server):
     statuses = {}
     with httpx.Client(base_url=server.url, timeout=60) as c:
         for body in cases:
-            r = c.post("/v1/completions", content=json.dumps(body).encode())
+            r = c.post("/v1/completions", content=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
             statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
             assert r.status_code < 500, (body, r.text[:300])
             if r.status_code >= 400:

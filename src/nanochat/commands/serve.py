@@ -28,6 +28,7 @@ def serve(
     insecure: bool = typer.Option(False, "--insecure", help="Allow binding a non-loopback address without an API key."),
     log_requests: bool = typer.Option(False, "--log-requests", help="Log every conversation and answer (off by default)."),
     served_model_name: Optional[str] = typer.Option(None, help="The model name clients must send (default: nanochat-SOURCE-TAG-stepN); `nanochat` is always accepted too."),
+    allow_origin: Optional[str] = typer.Option(None, help="Comma-separated sites (https://app.example.com) whose pages may call the API; '*': any. Default: only the server's own page."),
 ) -> None:
     """Serve the chat page at / and an OpenAI-compatible API at /v1 (chat completions, completions, models)."""
     import contextlib
@@ -39,6 +40,7 @@ def serve(
     from nanochat.engine.loading import newest_chat_source
     from nanochat.serve.app import check_bind
     from nanochat.serve.bind import reserve
+    from nanochat.serve.guard import parse_allow_origin
 
     checks.port(port)
     checks.one_of("source", source, SOURCES)
@@ -54,17 +56,18 @@ def serve(
         raise UsageError(f"{e}: fix --repetition-penalty / --no-repeat-ngram") from None
     check_device_name(device)
     check_bind(host, api_key, insecure)
+    origins = parse_allow_origin(allow_origin)
     # a busy port fails here, before anything is loaded; uvicorn later serves on this very socket
     with contextlib.closing(reserve(host, port)) as sock:
         # fail now, with one line, if there is nothing to load; the weights load in the background
         src = source or newest_chat_source()
         require_checkpoint(src, model_tag, step)
         _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size, max_tokens, device, allowed_hosts, log_requests, served_model_name,
-               repetition_penalty=repetition_penalty, no_repeat_ngram=no_repeat_ngram)  # fmt: skip
+               repetition_penalty=repetition_penalty, no_repeat_ngram=no_repeat_ngram, allow_origins=origins)  # fmt: skip
 
 
 def _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size, max_tokens, device, allowed_hosts, log_requests, served_model_name=None,
-           repetition_penalty: float = CHAT_REPETITION_PENALTY, no_repeat_ngram: int = CHAT_NO_REPEAT_NGRAM) -> None:  # fmt: skip
+           repetition_penalty: float = CHAT_REPETITION_PENALTY, no_repeat_ngram: int = CHAT_NO_REPEAT_NGRAM, allow_origins=None) -> None:  # fmt: skip
     """Resolve the checkpoint, build the app (the weights load in its background) and run uvicorn on `sock`."""
     import logging
 
@@ -79,6 +82,7 @@ def _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size,
     from nanochat.engine.loading import load_chat_model
     from nanochat.serve.app import ServeConfig, create_app
     from nanochat.serve.bind import bind_error
+    from nanochat.serve.guard import uvicorn_config
 
     dev = detect_device(device)
     n = workers or (torch.cuda.device_count() if dev == "cuda" else 1)
@@ -98,6 +102,7 @@ def _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size,
         default_max_tokens=max_tokens,
         repetition_penalty=repetition_penalty,
         no_repeat_ngram=no_repeat_ngram,
+        allow_origins=allow_origins,
     )
     if dev == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # a core stays free for the HTTP side
@@ -117,7 +122,7 @@ def _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size,
     app = create_app(config, load)
     shown = f"[{host}]" if ":" in host else host
     print0(f"serving {config.model_name} on http://{shown}:{port}/ ({n} worker{'s' if n > 1 else ''} on {dev}); API at /v1")
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=True, timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level="info", access_log=True, timeout_graceful_shutdown=5))
     try:
         server.run(sockets=[sock])
     except OSError as e:  # uvicorn could not serve on the socket after all

@@ -17,10 +17,11 @@ OpenAI ones. Chat completions default the guards to the server's `--repetition-p
 `--no-repeat-ngram` (on, as in `nanochat chat`: a small model loops); text completions default them to
 off, so a raw completion is the model's own. Log-probabilities are always the model's, before any penalty.
 
-Safety, in the order a request meets it (`Guard`): the Host header must be allowed (DNS rebinding),
+Safety, in the order a request meets it: `guard.ConnectionGuard` (deadlines on every connection, a
+well-formed Host, no cross-site browser requests unless --allow-origin), then `Guard`: the Host header must be allowed (DNS rebinding),
 the API key must match when one is set (Bearer, or HTTP Basic with the key as password so that a
 browser can open the page; constant-time compare; /health is exempt), a body over 1 MB is refused
-with 413. Then `validation.parse_chat_request` turns any malformed body into a 400/413/422 JSON error, and a
+with 413, a POST body that is not `application/json` with 415. Then `validation.parse_chat_request` turns any malformed body into a 400/413/422 JSON error, and a
 `model` other than the served name (or the generic `nanochat`) gets 404. Every answer carries `usage`.
 Generation runs on worker threads (`workers.WorkerPool`); when its bounded queue is full the answer
 is 503 with Retry-After. A client that disconnects cancels its job, which stops at the next token.
@@ -55,6 +56,7 @@ from nanochat.common.errors import NanochatError, UsageError
 from nanochat.engine.prompt import render_chat_prompt
 from nanochat.engine.repetition import CHAT_NO_REPEAT_NGRAM, CHAT_REPETITION_PENALTY
 from nanochat.serve import completions as completions_api
+from nanochat.serve import guard
 from nanochat.serve.outputs import chat_logprobs
 from nanochat.serve.validation import MAX_BODY_BYTES, ApiError, check_model, parse_chat_request
 from nanochat.serve.workers import GenParams, Job, QueueFull, WorkerPool
@@ -63,7 +65,7 @@ log = logging.getLogger("nanochat.serve")
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 BODY_TIMEOUT_S = 30.0
-DRAIN_LIMIT = 64 * 1024 * 1024  # read (and drop) an oversized body up to this, so the client sees the 413
+DRAIN_LIMIT = guard.DRAIN_BYTES  # read (and drop) an oversized body up to this, so the client sees the 413
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
     "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
@@ -86,6 +88,7 @@ class ServeConfig:
     retry_after_s: int = 1
     repetition_penalty: float = CHAT_REPETITION_PENALTY  # a request's repetition_penalty / no_repeat_ngram_size win
     no_repeat_ngram: int = CHAT_NO_REPEAT_NGRAM
+    allow_origins: frozenset[str] | None = None  # --allow-origin: other sites whose pages may call the API
 
     def host_allow_list(self) -> set[str] | None:
         """Allowed Host names (lower case, no port), or None for no check."""
@@ -260,30 +263,16 @@ class Guard:
                 return ApiError(400, "invalid Content-Length header", code="invalid_request")
             if int(length) > MAX_BODY_BYTES:
                 return ApiError(413, f"request body is {int(length)} bytes; the limit is {MAX_BODY_BYTES}", code="body_too_large")
+        if scope.get("method") == "POST" and scope.get("path") in guard.JSON_ROUTES and not guard.is_json_content_type(headers.get("content-type")):
+            return ApiError(415, "the body must be JSON: send 'Content-Type: application/json'", code="unsupported_media_type")
         return None
 
 
 def _host_name(host: str) -> str:
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    if host.count(":") == 1:
-        return host.split(":", 1)[0]
-    return host
+    return guard.parse_host(host) or ""  # a malformed Host never gets here: ConnectionGuard answers 400
 
 
-async def _drain(receive, scope) -> None:
-    """Read and drop a request body we refuse (up to DRAIN_LIMIT), so the client can read our answer."""
-    if scope.get("method") in ("GET", "HEAD"):
-        return
-    seen = 0
-    while seen <= DRAIN_LIMIT:
-        message = await receive()
-        if message["type"] != "http.request":
-            return
-        seen += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return
+_drain = guard.drain  # a refused request's body: read and dropped for a moment at most, never waited for
 
 
 async def _read_body(request: Request) -> bytes:
@@ -487,6 +476,7 @@ def create_app(config: ServeConfig, load: Callable[[], list]) -> Starlette:
     app.state.nanochat = state
     app.state.metrics = metrics
     app.add_middleware(Guard, config=config, metrics=metrics)
+    app.add_middleware(guard.ConnectionGuard, allow_origins=config.allow_origins)  # outermost: it sees every request first
     return app
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from nanochat.serve.fields import check_fields
 from nanochat.serve.outputs import completion_logprobs
 from nanochat.serve.validation import (
     MAX_N,
@@ -82,6 +83,7 @@ def parse_completion_request(body: bytes, *, tokenizer, context_len: int, vocab_
     obj = parse_json_body(body)
     if not isinstance(obj, dict):
         raise ApiError(422, "request body must be a JSON object", code="invalid_type")
+    check_fields(obj, "completions")
     model = obj.get("model")
     if model is not None and not isinstance(model, str):
         raise ApiError(422, "'model' must be a string", param="model", code="invalid_type")

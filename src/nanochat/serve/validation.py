@@ -2,7 +2,8 @@
 
 Every way a body can be wrong maps to one `ApiError` with an HTTP status and an OpenAI-style error:
 400 when the body is not JSON (or not UTF-8, or nested absurdly deep) or asks for something that would change
-the answer and is not supported (`tools`, `response_format`, ...: refused, never silently ignored), 404 for a
+the answer and is not supported (`tools`, `response_format`, ...: refused, never silently ignored) or is not a
+field OpenAI documents for the endpoint (serve/fields.py), 404 for a
 `model` other than the one served (`check_model`), 413 when it is too big
 (bytes, messages, characters), 422 when it is JSON of the wrong shape or a value is out of range.
 Nothing here can raise anything else, whatever the bytes: the malformed-request suite checks that.
@@ -162,9 +163,12 @@ def parse_chat_request(body: bytes, *, context_len: int, vocab_size: int, defaul
     or 2 to 64) set the repetition guards for this request; absent, the server's defaults apply.
     OpenAI's own `frequency_penalty` and `presence_penalty` (-2 to 2, default 0) are honoured as OpenAI
     defines them (additive), independently of those two."""
+    from nanochat.serve.fields import check_fields  # fields.py builds on this module's ApiError
+
     obj = parse_json_body(body)
     if not isinstance(obj, dict):
         raise ApiError(422, "request body must be a JSON object", code="invalid_type")
+    check_fields(obj, "chat completions")
     model = obj.get("model")
     if model is not None and not isinstance(model, str):
         raise ApiError(422, "'model' must be a string", param="model", code="invalid_type")
