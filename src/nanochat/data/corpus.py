@@ -85,6 +85,11 @@ class MemoryShard:
     def read_row_group(self, i: int) -> list[str]:
         return self._groups[i]
 
+    @property
+    def nbytes(self) -> int:
+        """The UTF-8 size of the documents (what `Corpus.fingerprint` compares)."""
+        return sum(len(d.encode("utf-8")) for g in self._groups for d in g)
+
     def close(self) -> None:
         pass
 
@@ -122,6 +127,11 @@ class ParquetShard:
     @property
     def approx_text_bytes(self) -> int:
         return self._text_bytes
+
+    @property
+    def nbytes(self) -> int:
+        """The file's size (what `Corpus.fingerprint` compares)."""
+        return self.path.stat().st_size
 
     def read_row_group(self, i: int) -> list[str]:
         import pyarrow.parquet as pq
@@ -171,6 +181,19 @@ class Corpus:
 
     def num_docs(self) -> int:
         return sum(sum(shard.row_group_sizes()) for shard in self.shards)
+
+    def fingerprint(self) -> str:
+        """Shard count, total size and a hash of the shards' names and sizes: equal on two machines when
+        they hold the same shards (compared across ranks before training; reads no data)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        total = 0
+        for shard in self.shards:
+            size = shard.nbytes
+            total += size
+            h.update(f"{shard.name}\0{size}\n".encode())
+        return f"{self.num_shards} shards, {total:,} bytes, names+sizes sha256 {h.hexdigest()[:12]}"
 
     def iter_docs(
         self, rank: int = 0, world_size: int = 1, start: dict | None = None, loop: bool = True

@@ -211,6 +211,12 @@ class Tokenizer:
         ranks = _text_to_ranks(raw.decode("ascii"), ranks_path)
         return cls(ranks, pattern=meta["pattern"], info=meta.get("info") or {})
 
+    def fingerprint(self) -> str:
+        """Vocabulary size and a hash of the merges and split pattern: equal for the same tokenizer (compared across ranks)."""
+        h = hashlib.sha256(_ranks_to_text(self.mergeable_ranks).encode("ascii"))
+        h.update(self.pattern.encode())
+        return f"{self.vocab_size} tokens, sha256 {h.hexdigest()[:12]}"
+
     # ---- sizes and ids -------------------------------------------------------------------------
 
     @property

@@ -15,6 +15,10 @@ synchronises gradients, no DDP wrapper). The steps of a run:
 Resuming is exact: weights, per-rank optimizer state, data-loader state (position and packing buffer),
 RNG states and loop state are restored, so a run cut at step k and resumed in a new process
 computes the same losses, bit for bit, as one that never stopped (same device, threads, world size).
+On another number of processes (a machine fewer, or more) the optimizer state is re-sharded and the
+data streams dealt out anew, provided processes x micro-steps is unchanged (the same total and device
+batch): the run continues with the same rows and the losses of the uninterrupted run, up to float
+summation order. Otherwise it refuses with one line saying so.
 """
 
 from __future__ import annotations
@@ -352,8 +356,9 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     import torch
 
     from nanochat.common.device import choose_dtype, peak_flops
+    from nanochat.common.dist import SameOnEveryRank, agree, check_shared_dir
     from nanochat.data.corpus import open_corpus
-    from nanochat.data.loader import MicroStepLoader
+    from nanochat.data.loader import MicroStepLoader, regroup_states
     from nanochat.data.tokenizer import get_tokenizer
     from nanochat.model.gpt import build_model
     from nanochat.optim import build_optimizer
@@ -363,10 +368,19 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.set_float32_matmul_precision("high")
     _seed_everything(cfg.seed)
-    tokenizer = get_tokenizer()
+
+    def inputs():
+        tok = get_tokenizer()
+        train, val = open_corpus(cfg.data, "train"), open_corpus(cfg.data, "val")  # fail fast, naming what to download or import
+        return (tok, train, val), {"tokenizers": tok.fingerprint(), "train shards": train.fingerprint(), "val shards": val.fingerprint()}
+
+    # every machine must hold the same tokenizer and shards: one that differs (or lacks them) stops all before step 0
+    tokenizer, train_corpus, val_corpus = agree(
+        "the tokenizer and data", inputs,
+        fix=f"give every machine the same tokenizer and {cfg.data!r} shards (`nanochat tokenize-train`, `nanochat data download` "
+            "with the same options on each) or one shared NANOCHAT_HOME",
+    )  # fmt: skip
     vocab = tokenizer.vocab_size
-    train_corpus = open_corpus(cfg.data, "train")  # fails fast, naming what to download or import
-    val_corpus = open_corpus(cfg.data, "val")
     gpt_config = model_config(cfg, vocab)
     dtype = choose_dtype(device_type).dtype
     model = build_model(gpt_config, device, init=True, dtype=dtype, seed=cfg.seed)
@@ -379,6 +393,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
         scalar_lr=plan.scalar_lr, weight_decay=plan.weight_decay,
     )  # fmt: skip
     run_dir = ck.checkpoint_dir("base", cfg.tag)
+    check_shared_dir(run_dir)  # every rank writes into the checkpoint folder rank 0 creates
 
     # ---- resume
     start_step, loop_state, loader_state = 0, {}, None
@@ -389,13 +404,25 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
             raise NanochatError(
                 f"{info.path} holds a different model ({meta.get('model_config')}); pass --resume never, or another --model-tag"
             )
-        if meta.get("world_size", 1) != world:
-            raise NanochatError(
-                f"{info.path} was saved by {meta.get('world_size')} processes and this run has {world}: the optimizer state is "
-                f"sharded per process; resume with --nproc {meta.get('world_size')}, or start afresh with --resume never"
-            )
+        saved_world = meta.get("world_size", 1)
         model.load_state_dict(ck.load_weights(info.path, device), strict=True)
-        opt_state, rank_state = ck.load_rank_state(info.path, rank, device)
+        if saved_world == world:
+            opt_state, rank_state = ck.load_rank_state(info.path, rank, device)
+        else:  # another process count: gather every rank's optimizer shards and data streams, split them anew
+            opt_states, rank_states = ck.load_all_rank_states(info.path, device)
+            saved_accum = len(rank_states[0]["loader"]["shards"])
+            if saved_world * saved_accum != world * plan.grad_accum_steps:
+                raise SameOnEveryRank(
+                    f"{info.path} read its data as {saved_world * saved_accum} streams ({saved_world} processes x {saved_accum} micro-steps) "
+                    f"and this run would read {world * plan.grad_accum_steps} ({world} x {plan.grad_accum_steps}); resume with "
+                    f"--total-batch-size {meta.get('total_batch_size')} --device-batch-size {meta.get('device_batch_size')} as it had, "
+                    f"or on {saved_world} processes in all (--nproc x --nnodes), or start afresh with --resume never"
+                )
+            regrouped = regroup_states([s["loader"] for s in rank_states], rank, world, plan.grad_accum_steps)
+            opt_state = optimizer.reshard_state(opt_states)
+            # RNG: a rank the checkpoint had continues its own stream, a new one rank 0's (pretraining draws none after init)
+            rank_state = {"loader": regrouped, "rng": rank_states[rank if rank < saved_world else 0]["rng"]}
+            print0(f"re-sharding the optimizer state and data streams of {saved_world} processes for {world}")
         optimizer.load_state_dict(opt_state)
         if cfg.restore_loader:
             loader_state = rank_state["loader"]

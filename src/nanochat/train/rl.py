@@ -20,7 +20,8 @@ The algorithm is the reference's "GRPO", which is really REINFORCE with a group 
 
 Which question a rank trains on at a step, and the sampling seed of every rollout batch
 (`hash((step, example_idx, sampling_step)) & 0x7FFFFFFF`, as the reference), are functions of the step
-alone, so a resumed run repeats exactly what an uninterrupted one would have done.
+alone, so a resumed run repeats exactly what an uninterrupted one would have done — on the number of
+processes that saved the checkpoint (the problems are split by rank; another count is refused).
 
 Tasks (`task`): `gsm8k` (the default) and `demo-arith`, small-number arithmetic word problems with the
 calculator (tasks.arith; disjoint train and test splits), which a CPU-sized model can learn.
@@ -344,6 +345,7 @@ def run_rl(cfg: RLConfig) -> dict:
 def _train(cfg: RLConfig, info) -> dict:
     import torch
 
+    from nanochat.common.dist import SameOnEveryRank, agree, check_shared_dir
     from nanochat.engine.engine import Engine
     from nanochat.optim import build_optimizer
 
@@ -357,10 +359,17 @@ def _train(cfg: RLConfig, info) -> dict:
     # ---- the starting checkpoint, or the rl checkpoint to resume
     src = ck.resolve_checkpoint(cfg.source, cfg.model_tag, cfg.step)
     tag = src.tag
+    check_shared_dir(ck.checkpoint_dir("rl", tag))  # every rank writes into the checkpoint folder rank 0 creates
     resume_at = _resume_step(cfg, tag)
     if resume_at is not None:
         model, tokenizer, meta = load_model("rl", tag, resume_at, device=device)
         started_from = meta.get("started_from", {})
+        if meta.get("world_size", 1) != world:  # each rank's share of the problems follows from the process count
+            raise SameOnEveryRank(
+                f"rl/{tag} step {resume_at} was saved by {meta.get('world_size', 1)} processes and this run has {world}: an RL run resumes "
+                f"on as many processes as saved it (the problems are split per process); run {meta.get('world_size', 1)} processes in all "
+                "(--nproc x --nnodes), or start afresh with --resume never"
+            )
     else:
         model, tokenizer, meta = load_model(cfg.source, src.tag, src.step, device=device)
         started_from = {"source": cfg.source, "model_tag": src.tag, "step": src.step}
@@ -369,7 +378,12 @@ def _train(cfg: RLConfig, info) -> dict:
     model_config = meta["model_config"]
     engine = Engine(model, tokenizer)
 
-    train_task, eval_task, train_label, eval_label = load_rl_tasks(cfg.task, cfg.train_split, rank)
+    def tasks():
+        loaded = load_rl_tasks(cfg.task, cfg.train_split, rank)
+        return loaded, {"task sets": f"{len(loaded[0]):,} training problems ({loaded[2]}), {len(loaded[1]):,} held out ({loaded[3]})"}
+
+    # the same problems on every machine: one that fell back to other data stops all before step 0
+    train_task, eval_task, train_label, eval_label = agree("the RL problems", tasks, fix="give every machine the same task data (or one shared NANOCHAT_HOME) and network access alike")
     task_label = "demo-arith" if cfg.task == "demo-arith" else "gsm8k"
     # problems whose prompt leaves no room to answer in the context cannot be trained on: leave them out
     usable = [i for i in range(len(train_task)) if len(tokenizer.render_for_completion(train_task[i]["messages"])) < engine.sequence_len]

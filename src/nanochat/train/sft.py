@@ -7,7 +7,8 @@ The steps of a run:
 2. the mixture (`train.sft_data.sft_mixture`: web = SmolTalk + MMLU + GSM8K, demo = packaged
    chats, identity, spelling and non-test multiple-choice splits), printed set by set;
 3. optimizer (Muon + AdamW, no weight decay), optionally warm-started from the base run's per-rank
-   optimizer state (`--load-optimizer`: moments kept, learning rates reset to this run's);
+   optimizer state (`--load-optimizer`: moments kept, learning rates reset to this run's; re-sharded
+   when the base run had another number of processes);
 4. the loop: val bpb on the held-out conversations every `eval_every` steps (assistant tokens only),
    one optimizer step of `grad_accum_steps` packed micro-batches (`SFTPacker`), checkpoints to
    `checkpoints/sft/<tag>/` every `save_every` steps, at the end and on SIGTERM/SIGINT.
@@ -19,7 +20,9 @@ warmdown over the last `warmdown_ratio` to `final_lr_frac`; all × `init_lr_frac
 (all-reduce MAX), so a rank that finishes its share first never leaves the others hanging.
 
 Resuming (`--resume auto`) restores weights, optimizer, packer state (cursor and buffer), RNG and
-loop state from the newest sft checkpoint of the tag.
+loop state from the newest sft checkpoint of the tag, on the number of processes that saved it (each
+rank's packer holds its own share of the mixture, which cannot be dealt out anew; another count is
+refused with one line).
 """
 
 from __future__ import annotations
@@ -171,6 +174,9 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
     from nanochat.common.device import peak_flops
     from nanochat.model.config import GPTConfig
     from nanochat.optim import build_optimizer
+    import hashlib
+
+    from nanochat.common.dist import SameOnEveryRank, agree, check_shared_dir
     from nanochat.train.sft_data import SFTPacker, sft_mixture
 
     master = rank == 0
@@ -202,9 +208,15 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
     if cfg.source == "sft" and tag == base.tag:
         raise UsageError(f"--source sft continues from sft/{base.tag}: pass --out-tag with a new name for this run's checkpoints")
     run_dir = ck.checkpoint_dir("sft", tag)
+    check_shared_dir(run_dir)  # every rank writes into the checkpoint folder rank 0 creates
 
-    # ---- data
-    train_set, val_set, parts = sft_mixture(cfg.data, seed=cfg.seed, mmlu_epochs=cfg.mmlu_epochs, gsm8k_epochs=cfg.gsm8k_epochs)
+    # ---- data (the same mixture on every machine: one that fell back to other task data stops all before step 0)
+    def mixture():
+        train, val, p = sft_mixture(cfg.data, seed=cfg.seed, mmlu_epochs=cfg.mmlu_epochs, gsm8k_epochs=cfg.gsm8k_epochs)
+        digest = hashlib.sha256(repr([(x.name, x.train, x.val, x.source) for x in p]).encode()).hexdigest()[:12]
+        return (train, val, p), {"mixtures": f"{len(train):,} train and {len(val):,} val conversations (parts sha256 {digest})"}
+
+    train_set, val_set, parts = agree("the SFT data", mixture, fix="give every machine the same task data (or one shared NANOCHAT_HOME) and network access alike")
 
     # ---- resume, or warm-start the optimizer from the base run
     start_step, loop_state, packer_state = 0, {}, None
@@ -221,6 +233,12 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
         meta = ck.load_meta(path)
         if meta.get("model_config") != gpt_config.to_dict():
             raise NanochatError(f"{path} holds a different model than {base.path}; pass --resume never or another --out-tag")
+        saved_world = meta.get("world_size", 1)
+        if saved_world != world:  # each rank's place in the mixture (its cursor and buffer) cannot be dealt out anew
+            raise SameOnEveryRank(
+                f"{path} was saved by {saved_world} processes and this run has {world}: an SFT run resumes on as many processes as saved it "
+                f"(its data order is split per process); run {saved_world} processes in all (--nproc x --nnodes), or start afresh with --resume never"
+            )
         model.load_state_dict(ck.load_weights(path, device), strict=True)
         opt_state, rank_state = ck.load_rank_state(path, rank, device)
         optimizer.load_state_dict(opt_state)
@@ -230,14 +248,14 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
         start_step = resume_step
         print0(f"resuming sft/{tag} from step {start_step} ({path})")
     elif cfg.load_optimizer and cfg.source == "base":
-        if base_meta.get("world_size", 1) != world:
-            warn0(f"--load-optimizer: {base.path} was saved by {base_meta.get('world_size')} processes, this run has {world}; starting with a fresh optimizer")
-        else:
+        if base_meta.get("world_size", 1) == world:
             base_opt, _ = ck.load_rank_state(base.path, rank, device)
-            fresh = optimizer.state_dict()
-            fresh["state"] = base_opt["state"]  # the moments; this run's param groups (LRs, no weight decay)
-            optimizer.load_state_dict(fresh)
-            print0(f"optimizer warm-started from {base.path} (moments kept, learning rates reset)")
+        else:  # the base run had another number of processes: its moments re-sharded for this one
+            base_opt = optimizer.reshard_state(ck.load_all_rank_states(base.path, device)[0])
+        fresh = optimizer.state_dict()
+        fresh["state"] = base_opt["state"]  # the moments; this run's param groups (LRs, no weight decay)
+        optimizer.load_state_dict(fresh)
+        print0(f"optimizer warm-started from {base.path} (moments kept, learning rates reset)")
 
     # ---- length: N steps, or one epoch (estimated for the plan line; the epoch end decides)
     n = cfg.num_iterations
