@@ -62,7 +62,7 @@ class PretrainConfig:
     n_kv_head: int | None = None
     window_pattern: str = "SSSL"
     smear: bool = True
-    backout: bool = True
+    backout: bool = False
     attn_gate: bool = False
     max_seq_len: int = 2048
     device_batch_size: int = 32
