@@ -265,7 +265,7 @@ def test_malformed_completion_requests_never_5xx(server):
 
 
 def test_choice_output_holds_back_a_possible_stop_and_cuts_at_one():
-    from nanochat.serve.outputs import ChoiceOutput
+    from nanochat.engine.choice_output import ChoiceOutput
 
     tok = tiny_tokenizer()
 
