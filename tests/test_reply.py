@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.inference_helpers import display_text, one_torch_thread, tiny_engine, tiny_tokenizer
+from tests.inference_helpers import display_text, tiny_engine, tiny_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_torch_thread()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ScriptedEngine:

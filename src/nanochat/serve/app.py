@@ -18,7 +18,7 @@ OpenAI ones. Chat completions default the guards to the server's `--repetition-p
 off, so a raw completion is the model's own. Log-probabilities are always the model's, before any penalty.
 
 Safety, in the order a request meets it: `guard.ConnectionGuard` (deadlines on every connection, a
-well-formed Host, no cross-site browser requests unless --allow-origin), then `Guard`: the Host header must be allowed (DNS rebinding),
+well-formed Host, no cross-site browser requests unless --allow-origin), then `access.Guard`: the Host header must be allowed (DNS rebinding),
 the API key must match when one is set (Bearer, or HTTP Basic with the key as password so that a
 browser can open the page; constant-time compare; /health is exempt), a body over 1 MB is refused
 with 413, a POST body that is not `application/json` with 415. Then `validation.parse_chat_request` turns any malformed body into a 400/413/422 JSON error, and a
@@ -60,7 +60,7 @@ from nanochat.engine.reply import ReplyParams
 from nanochat.serve import chat_api, guard
 from nanochat.serve import completions as completions_api
 from nanochat.serve.access import Guard, error_response
-from nanochat.serve.config import ServeConfig, check_bind, is_loopback  # noqa: F401  (check_bind, is_loopback: the serve command's and tests' names)
+from nanochat.serve.config import ServeConfig, check_bind  # noqa: F401  (check_bind: imported from here by the serve command)
 from nanochat.serve.metrics import Metrics
 from nanochat.serve.responses import SSEResponse, collect_unless_gone, read_body
 from nanochat.serve.validation import ApiError, check_model, parse_chat_request
