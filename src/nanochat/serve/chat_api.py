@@ -5,11 +5,10 @@ With `log_requests` the reply is logged (the request is logged by the route)."""
 
 from __future__ import annotations
 
-import json
 import logging
 
 from nanochat.serve.outputs import chat_logprobs
-from nanochat.serve.responses import Collected, sse_data, sse_error
+from nanochat.serve.responses import Collected, sse_data, sse_stream
 from nanochat.serve.validation import ChatRequest
 from nanochat.serve.workers import Job
 
@@ -30,28 +29,23 @@ def _logprobs(req: ChatRequest, entries: list[dict]) -> dict | None:
 async def sse_chunks(job: Job, rid: str, created: int, model: str, req: ChatRequest, log_requests: bool):
     for i in range(req.n):
         yield _chunk(rid, created, model, [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
-    reply = [] if log_requests else None
-    while True:
-        ev = await job.events.get()
-        kind = ev[0]
-        if kind == "delta":
-            if reply is not None and ev[1] == 0:
+    reply: list[str] = []
+
+    def render(ev: tuple) -> list[bytes]:
+        if ev[0] == "delta":
+            if log_requests and ev[1] == 0:
                 reply.append(ev[2])
-            yield _chunk(rid, created, model, [{"index": ev[1], "delta": {"content": ev[2]}, "logprobs": _logprobs(req, ev[3]), "finish_reason": None}])
-        elif kind == "finish":
-            yield _chunk(rid, created, model, [{"index": ev[1], "delta": {}, "logprobs": None, "finish_reason": ev[2]}])
-        elif kind == "done":
-            if req.include_usage:
-                yield _chunk(rid, created, model, [], usage=ev[1])
-            if reply is not None:
+            return [_chunk(rid, created, model, [{"index": ev[1], "delta": {"content": ev[2]}, "logprobs": _logprobs(req, ev[3]), "finish_reason": None}])]
+        if ev[0] == "finish":
+            return [_chunk(rid, created, model, [{"index": ev[1], "delta": {}, "logprobs": None, "finish_reason": ev[2]}])]
+        if ev[0] == "done":
+            if log_requests:
                 log.info("reply %s: %s", rid, "".join(reply))
-            yield b"data: [DONE]\n\n"
-            return
-        elif kind == "error":
-            yield sse_error(ev[1])
-            return
-        else:  # cancelled
-            return
+            return [_chunk(rid, created, model, [], usage=ev[1])] if req.include_usage else []
+        return []
+
+    async for chunk in sse_stream(job, render):
+        yield chunk
 
 
 def chat_body(rid: str, created: int, model: str, req: ChatRequest, got: Collected, log_requests: bool) -> dict:

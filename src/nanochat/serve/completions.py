@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from nanochat.serve.fields import check_fields
 from nanochat.serve.outputs import completion_logprobs
-from nanochat.serve.responses import Collected, sse_data, sse_error
+from nanochat.serve.responses import Collected, sse_data, sse_stream
 from nanochat.serve.validation import (
     MAX_N,
     MAX_TOP_LOGPROBS,
@@ -174,31 +174,24 @@ async def sse_chunks(job, rid: str, created: int, model: str, req: CompletionReq
     """Server-sent events: the echoed prompt first (when asked), then text as it becomes final, a finish
     chunk per choice, the usage (with include_usage) and `data: [DONE]`."""
     shift = len(req.prompt_text) if req.echo else 0
-    echo_sent = False
-    while True:
-        ev = await job.events.get()
-        kind = ev[0]
-        if req.echo and not echo_sent and kind in ("prompt_logprobs", "delta", "finish", "done"):
-            echo_sent = True  # the worker sends the prompt's log-probabilities first, when they were asked for
-            prompt_entries = ev[1] if kind == "prompt_logprobs" else []
+    echo_pending = req.echo
+
+    def render(ev: tuple) -> list[bytes]:
+        nonlocal echo_pending
+        out = []
+        if echo_pending:  # the worker sends the prompt's log-probabilities first, when they were asked for
+            echo_pending = False
+            prompt_entries = ev[1] if ev[0] == "prompt_logprobs" else []
             lp = completion_logprobs(_echo_entries(req, prompt_entries)) if req.logprobs is not None else None
-            for i in range(req.n):
-                yield _chunk(rid, created, model, [{"index": i, "text": req.prompt_text, "logprobs": lp, "finish_reason": None}])
-        if kind == "prompt_logprobs":
-            continue
-        if kind == "delta":
-            entries = ev[3] if len(ev) > 3 else []
-            lp = completion_logprobs(entries, shift=shift) if req.logprobs is not None else None
-            yield _chunk(rid, created, model, [{"index": ev[1], "text": ev[2], "logprobs": lp, "finish_reason": None}])
-        elif kind == "finish":
-            yield _chunk(rid, created, model, [{"index": ev[1], "text": "", "logprobs": None, "finish_reason": ev[2]}])
-        elif kind == "done":
-            if req.include_usage:
-                yield _chunk(rid, created, model, [], usage=ev[1])
-            yield b"data: [DONE]\n\n"
-            return
-        elif kind == "error":
-            yield sse_error(ev[1])
-            return
-        else:  # cancelled
-            return
+            out += [_chunk(rid, created, model, [{"index": i, "text": req.prompt_text, "logprobs": lp, "finish_reason": None}]) for i in range(req.n)]
+        if ev[0] == "delta":
+            lp = completion_logprobs(ev[3], shift=shift) if req.logprobs is not None else None
+            out.append(_chunk(rid, created, model, [{"index": ev[1], "text": ev[2], "logprobs": lp, "finish_reason": None}]))
+        elif ev[0] == "finish":
+            out.append(_chunk(rid, created, model, [{"index": ev[1], "text": "", "logprobs": None, "finish_reason": ev[2]}]))
+        elif ev[0] == "done" and req.include_usage:
+            out.append(_chunk(rid, created, model, [], usage=ev[1]))
+        return out
+
+    async for chunk in sse_stream(job, render):
+        yield chunk

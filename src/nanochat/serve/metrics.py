@@ -52,19 +52,20 @@ class Metrics:
                 out.append(f'nanochat_request_duration_seconds_bucket{{route="{route}",le="+Inf"}} {h[-1]}')
                 out.append(f'nanochat_request_duration_seconds_sum{{route="{route}"}} {h[-2]:.6f}')
                 out.append(f'nanochat_request_duration_seconds_count{{route="{route}"}} {h[-1]}')
-            head("nanochat_completion_tokens_total", "counter", "Tokens generated.")
-            out.append(f"nanochat_completion_tokens_total {self.completion_tokens}")
-            head("nanochat_prompt_tokens_total", "counter", "Prompt tokens of accepted requests.")
-            out.append(f"nanochat_prompt_tokens_total {self.prompt_tokens}")
-            head("nanochat_rejected_busy_total", "counter", "Requests refused with 503 because the queue was full.")
-            out.append(f"nanochat_rejected_busy_total {self.rejected_busy}")
+            counters = [
+                ("nanochat_completion_tokens_total", "Tokens generated.", self.completion_tokens),
+                ("nanochat_prompt_tokens_total", "Prompt tokens of accepted requests.", self.prompt_tokens),
+                ("nanochat_rejected_busy_total", "Requests refused with 503 because the queue was full.", self.rejected_busy),
+            ]
         pool = state.pool
-        head("nanochat_ready", "gauge", "1 when the model is loaded and serving.")
-        out.append(f"nanochat_ready {1 if state.status == 'ready' else 0}")
-        head("nanochat_workers", "gauge", "Engine workers.")
-        out.append(f"nanochat_workers {len(pool.workers) if pool else 0}")
-        head("nanochat_workers_busy", "gauge", "Engine workers generating now.")
-        out.append(f"nanochat_workers_busy {pool.busy if pool else 0}")
-        head("nanochat_queue_waiting", "gauge", "Requests waiting for a worker.")
-        out.append(f"nanochat_queue_waiting {pool.waiting if pool else 0}")
+        gauges = [
+            ("nanochat_ready", "1 when the model is loaded and serving.", 1 if state.status == "ready" else 0),
+            ("nanochat_workers", "Engine workers.", len(pool.workers) if pool else 0),
+            ("nanochat_workers_busy", "Engine workers generating now.", pool.busy if pool else 0),
+            ("nanochat_queue_waiting", "Requests waiting for a worker.", pool.waiting if pool else 0),
+        ]
+        for kind, rows in (("counter", counters), ("gauge", gauges)):
+            for name, help_, value in rows:
+                head(name, kind, help_)
+                out.append(f"{name} {value}")
         return "\n".join(out) + "\n"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from typing import Callable
 
 from starlette.requests import ClientDisconnect, Request
 
@@ -26,6 +27,24 @@ def sse_data(obj) -> bytes:
 def sse_error(message: str) -> bytes:
     """The events that end a stream whose generation failed: an OpenAI error envelope, then [DONE]."""
     return sse_data(ApiError(500, message, code="generation_failed").body()) + b"data: [DONE]\n\n"
+
+
+async def sse_stream(job: Job, render: Callable[[tuple], list[bytes]]):
+    """A job's server-sent events: `render(event)` gives the chunks of each event (an API's own shapes), then
+    `data: [DONE]` after the "done" event; a failed generation ends with an error envelope, a cancelled one
+    (the client left) with nothing more."""
+    while True:
+        ev = await job.events.get()
+        if ev[0] == "error":
+            yield sse_error(ev[1])
+            return
+        if ev[0] == "cancelled":
+            return
+        for chunk in render(ev):
+            yield chunk
+        if ev[0] == "done":
+            yield b"data: [DONE]\n\n"
+            return
 
 
 async def read_body(request: Request) -> bytes:
