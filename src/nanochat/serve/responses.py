@@ -1,6 +1,7 @@
-"""HTTP plumbing shared by the generation routes: reading a request body within its size and time limits,
-streaming a job's server-sent events (`SSEResponse`), and waiting for a job's result unless the client
-leaves first (which cancels the job)."""
+"""HTTP plumbing shared by the generation routes: reading a request body within its size and time limits
+(`read_body`), a job's server-sent events (`sse_stream` under each API's shapes, sent by `SSEResponse`,
+which cancels the job when the client leaves), and a job's whole output unless the client leaves first
+(`collect_unless_gone`)."""
 
 from __future__ import annotations
 
