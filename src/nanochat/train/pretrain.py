@@ -47,6 +47,7 @@ from nanochat.train.loop import (
     greedy_samples,
     peak_memory,
     sync_step_stats,
+    wandb_run,
 )
 from nanochat.train.scaling import B_REF, REF_DEPTH, ModelFacts, ScalingOptions, TrainPlan, plan_rows, plan_training
 
@@ -322,17 +323,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _wandb(cfg: PretrainConfig, rank: int, config: dict):
-    if cfg.run == "dummy" or rank != 0:
-        return None
-    try:
-        import wandb
-    except ImportError:
-        warn0(f"--run {cfg.run} asks for wandb, which is not installed (pip install wandb); logging to metrics.jsonl only")
-        return None
-    return wandb.init(project="nanochat", name=cfg.run, config=config)
-
-
 def _core_metric(model, tokenizer, device: str, max_per_task: int) -> tuple[float, str] | None:
     """CORE (or CORE-offline) of the model, when the eval stage is installed; every rank takes part."""
     try:
@@ -473,7 +463,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     train_model = torch.compile(model, dynamic=False) if compile_model else model
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if info else None, enabled=master)
     user_config = {k: v for k, v in asdict(cfg).items() if k not in ("restore_loader", "restore_rng", "dry_run_world_size")}
-    wb = _wandb(cfg, rank, {**user_config, **plan.to_dict()})
+    wb = wandb_run(cfg.run, rank, "nanochat", {**user_config, **plan.to_dict()})
     stop = StopSignal().install()
     clock = StepClock(total=loop_state.get("total_training_time", 0.0))
     progress = Progress(n, start_step, enabled=master)
