@@ -348,7 +348,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     from nanochat.common.device import choose_dtype, peak_flops
     from nanochat.common.dist import SameOnEveryRank, agree, check_shared_dir
     from nanochat.data.corpus import open_corpus
-    from nanochat.data.loader import MicroStepLoader, regroup_states
+    from nanochat.data.loader import MicroStepLoader, buffer_for, regroup_states
     from nanochat.data.tokenizer import get_tokenizer
     from nanochat.model.gpt import build_model
     from nanochat.optim import build_optimizer
@@ -458,7 +458,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     # ---- data, compile, logs
     threads = max(1, min(cfg.tokenizer_threads, os.cpu_count() or 1))
     loader = MicroStepLoader(train_corpus, tokenizer, cfg.device_batch_size, cfg.max_seq_len, rank=rank, world_size=world,
-                             accum=plan.grad_accum_steps, device=device, threads=threads, state=loader_state)  # fmt: skip
+                             accum=plan.grad_accum_steps, device=device, threads=threads, buffer_size=buffer_for(train_corpus), state=loader_state)  # fmt: skip
     token_bytes = torch.tensor(tokenizer.token_bytes(), dtype=torch.int64, device=device)
     train_model = torch.compile(model, dynamic=False) if compile_model else model
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if info else None, enabled=master)
