@@ -50,11 +50,11 @@ def nanochat_home(tmp_path_factory, monkeypatch) -> Path:
     return home
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 300, input: str | None = None):
-    """Run `python -m nanochat ARGS` in a fresh process; returns CompletedProcess (text)."""
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300, input: str | None = None, cwd=None):
+    """Run `python -m nanochat ARGS` in a fresh process (in folder `cwd`, default ours); returns CompletedProcess (text)."""
     import subprocess
 
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    return subprocess.run([sys.executable, "-m", "nanochat", *args], capture_output=True, text=True, env=full_env, timeout=timeout, input=input)
+    return subprocess.run([sys.executable, "-m", "nanochat", *args], capture_output=True, text=True, env=full_env, timeout=timeout, input=input, cwd=cwd)
