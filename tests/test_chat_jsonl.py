@@ -117,7 +117,7 @@ def test_epochs_and_files_alone_in_the_sft_mixture(tmp_path):
     # three epochs of the file's train side on top of the demo mixture; its val side once
     assert len(mixed_train) == len(demo_train) + 3 * len(alone_train) and len(mixed_val) == len(demo_val) + len(alone_val)
     assert parts[-1].name == "conv ×3" and parts[-1].train == 3 * len(alone_train)
-    for spec, match in ((f"{conv}:0", "at least 1"), (str(tmp_path / "nope.jsonl"), "does not exist"), ("nosuchset", "no such conversation set")):
+    for spec, match in ((f"{conv}:0", "at least 1"), (str(tmp_path / "nope.jsonl"), "does not exist"), ("nosuchset", "'nosuchset' is not a conversation set")):
         with pytest.raises(NanochatError, match=match):
             sft_mixture("demo", add=(spec,))
 

@@ -33,7 +33,7 @@ from typing import Iterable, Iterator
 
 from nanochat.common import paths
 from nanochat.common.atomic import fresh_temp_dir, publish_dir
-from nanochat.common.errors import NanochatError
+from nanochat.common.errors import NanochatError, UsageError
 from nanochat.data.chat_format import ConversationError, normalize
 
 MAX_REPORTED = 5
@@ -190,9 +190,9 @@ def resolve_chat_source(spec: str, option: str = "--add") -> ChatSource:
         return ChatSource(imported, target, epochs)
     if chat_file_kind(p) is not None:
         raise NanochatError(f"{option} {spec}: {target} does not exist; give the path of a .jsonl file of conversations")
-    mixtures = "web (SmolTalk, MMLU, GSM8K; online) or demo (packaged, offline), " if option == "--data" else ""
-    raise NanochatError(f"{option} {spec}: no such conversation set; use {mixtures}a .jsonl/.parquet file of conversations, or the name of "
-                        "a set imported with `nanochat data import FILE --kind chat --name NAME`")  # fmt: skip
+    what, mixtures = ("an SFT mixture", "web (SmolTalk, MMLU, GSM8K; online) or demo (packaged, offline), ") if option == "--data" else ("a conversation set", "")
+    raise UsageError(f"{option} {spec!r} is not {what}; use {mixtures}a .jsonl/.parquet file of conversations, or the name of "
+                     "a set imported with `nanochat data import FILE --kind chat --name NAME`")  # fmt: skip
 
 
 @dataclass
