@@ -189,3 +189,19 @@ def test_speedrun_plan_names_your_data_and_epochs(tmp_path, nanochat_home):
     r = run_cli("speedrun", "--tiny", "--data", "mytext", "--sft-data", str(conv))
     assert r.returncode == 1 and "conv.jsonl:17: expected an object with a 'messages' array" in r.stderr
     assert not (nanochat_home / "speedrun" / "state.json").exists() and not (nanochat_home / "tokenizer").exists()
+
+
+def test_tokenize_eval_measures_your_imported_text(tmp_path, nanochat_home):
+    from tests.train_helpers import install_tokenizer
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for i in range(4):
+        (texts / f"n{i}.txt").write_text(f"Note {i}: the quick brown fox jumps over the lazy dog.\n")
+    assert run_cli("data", "import", str(texts), "--name", "notes", "--val-fraction", "0.5").returncode == 0
+    install_tokenizer(nanochat_home)
+    r = run_cli("tokenize-eval", "--data", "notes")
+    assert r.returncode == 0, r.stderr
+    # two of the four notes are the validation split: 52 bytes each once the final newline is stripped, joined by "\n\n"
+    row = next(line for line in r.stdout.splitlines() if "notes val" in line)
+    assert re.search(r"notes val\s+│\s+106\s+│", row), row
