@@ -78,11 +78,11 @@ def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 300, input: str | None = None):
-    """Run `python -m nanochat ARGS` in a fresh process; returns CompletedProcess (text)."""
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300, input: str | None = None, cwd=None):
+    """Run `python -m nanochat ARGS` in a fresh process (in folder `cwd`, default ours); returns CompletedProcess (text)."""
     import subprocess
 
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    return subprocess.run([sys.executable, "-m", "nanochat", *args], capture_output=True, text=True, env=full_env, timeout=timeout, input=input)
+    return subprocess.run([sys.executable, "-m", "nanochat", *args], capture_output=True, text=True, env=full_env, timeout=timeout, input=input, cwd=cwd)

@@ -16,7 +16,7 @@ Messages: `[{"role": "system"|"developer"|"user"|"assistant", "content": str | [
 or a dict with such a list under "messages". A leading system (or developer: OpenAI's newer name for
 it) message is merged into the first user message as `system + "\\n\\n" + user`. After it, roles
 strictly alternate user, assistant, ... Malformed conversations raise ConversationError (a
-NanochatError) that names the message.
+NanochatError) that names the message (counted from 1).
 
 This is the one chat template: `render_turn` lays out one turn's tokens and mask, and both training
 (`render_conversation`) and inference (`render_for_completion` here, and engine/prompt.py's lenient,
@@ -55,21 +55,21 @@ def _parts(content: Any, i: int, role: str) -> list[tuple[str, str]]:
     """(type, text) parts of one message's content, validated."""
     if isinstance(content, str):
         if not content:
-            raise ConversationError(f"message {i} ({role}) has empty content")
+            raise ConversationError(f"message {i + 1} ({role}) has empty content")
         return [("text", content)]
     if not isinstance(content, (list, tuple)) or not content:
-        raise ConversationError(f"message {i} ({role}) content must be a non-empty string or a non-empty list of parts")
+        raise ConversationError(f"message {i + 1} ({role}) content must be a non-empty string or a non-empty list of parts")
     parts = []
     for j, part in enumerate(content):
         if not isinstance(part, dict) or not isinstance(part.get("text"), str):
-            raise ConversationError(f"message {i} part {j} must be {{'type': ..., 'text': str}}")
+            raise ConversationError(f"message {i + 1} part {j + 1} must be {{'type': ..., 'text': str}}")
         kind = part.get("type", "text")
         if kind not in PART_TYPES:
-            raise ConversationError(f"message {i} part {j} has unknown type {kind!r} (use one of {', '.join(PART_TYPES)})")
+            raise ConversationError(f"message {i + 1} part {j + 1} has unknown type {kind!r} (use one of {', '.join(PART_TYPES)})")
         if role != "assistant" and kind != "text":
-            raise ConversationError(f"message {i} ({role}) may only hold text parts; {kind!r} parts belong to the assistant")
+            raise ConversationError(f"message {i + 1} ({role}) may only hold text parts; {kind!r} parts belong to the assistant")
         if not part["text"] and kind != "python_output":  # a tool may legitimately print nothing
-            raise ConversationError(f"message {i} part {j} ({kind}) has empty text")
+            raise ConversationError(f"message {i + 1} part {j + 1} ({kind}) has empty text")
         parts.append((kind, part["text"]))
     return parts
 
@@ -81,21 +81,21 @@ def normalize(conversation: Any) -> list[tuple[str, list[tuple[str, str]]]]:
     system: str | None = None
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
-            raise ConversationError(f"message {i} must be a dict with `role` and `content`")
+            raise ConversationError(f"message {i + 1} must be a dict with `role` and `content`")
         role = msg.get("role")
         if role not in ROLES:
-            raise ConversationError(f"message {i} has unknown role {role!r} (use one of {', '.join(ROLES)})")
+            raise ConversationError(f"message {i + 1} has unknown role {role!r} (use one of {', '.join(ROLES)})")
         if "content" not in msg:
-            raise ConversationError(f"message {i} ({role}) has no content")
+            raise ConversationError(f"message {i + 1} ({role}) has no content")
         parts = _parts(msg["content"], i, role)
         if role in SYSTEM_ROLES:
             if i != 0:
-                raise ConversationError(f"message {i}: a {role} message may only come first")
+                raise ConversationError(f"message {i + 1}: a {role} message may only come first")
             system = "".join(t for _, t in parts)
             continue
         expected = "user" if len(out) % 2 == 0 else "assistant"
         if role != expected:
-            raise ConversationError(f"message {i} is {role!r} but {expected!r} was expected: roles must alternate user, assistant, ...")
+            raise ConversationError(f"message {i + 1} is {role!r} but {expected!r} was expected: roles must alternate user, assistant, ...")
         if role == "user":
             text = "".join(t for _, t in parts)
             if system is not None and not out:
