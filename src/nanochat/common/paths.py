@@ -8,6 +8,7 @@ NANOCHAT_HOME wins; otherwise the platformdirs user cache folder for `nanochat`
     checkpoints/{base,sft,rl}/<tag>/step_XXXXXX/
     eval/                    eval bundles and results
     report/                  report sections, report.md and plots
+    cache/compile/           torch.compile's Inductor and Triton caches (reused by the next run)
 """
 
 from __future__ import annotations
@@ -50,3 +51,7 @@ def report_dir() -> Path:
 def resources_dir() -> Path:
     """Data packaged with nanochat (demo corpus, task sets, tokenizer files)."""
     return Path(__file__).resolve().parent.parent / "resources"
+
+
+def compile_cache_dir() -> Path:
+    return home() / "cache" / "compile"

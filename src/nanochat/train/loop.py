@@ -241,12 +241,14 @@ def greedy_samples(model, tokenizer, prompts: list[str] = SAMPLE_PROMPTS, max_to
 
 
 class StepClock:
-    """Wall time per step; the first `warmup` steps (compilation) are left out of the training time."""
+    """Wall time per step; the first `warmup` steps (compilation) are left out of the training time, and the first
+    step's own time is kept apart (`first_step_s`: what compiling costs this run)."""
 
     def __init__(self, warmup: int = 10, total: float = 0.0) -> None:
         self.warmup = warmup
         self.total = total
         self.timed_steps = 0
+        self.first_step_s: float | None = None  # this process's first step: compilation (and warm-up) included
         self._t0 = 0.0
 
     def start(self, device_type: str) -> None:
@@ -256,6 +258,8 @@ class StepClock:
     def stop(self, device_type: str, step_index: int) -> float:
         _sync(device_type)
         dt = time.perf_counter() - self._t0
+        if self.first_step_s is None:
+            self.first_step_s = dt
         if step_index >= self.warmup:
             self.total += dt
             self.timed_steps += 1

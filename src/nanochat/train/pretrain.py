@@ -345,6 +345,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
 def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device: str) -> dict:
     import torch
 
+    from nanochat.common.compile_cache import use_compile_cache
     from nanochat.common.device import choose_dtype, peak_flops
     from nanochat.common.dist import SameOnEveryRank, agree, check_shared_dir
     from nanochat.data.corpus import open_corpus
@@ -442,10 +443,12 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
                 if cfg.eval_every > 0 else None)  # fmt: skip
     val_tokens = val_text.tokens if val_text is not None else max(1, eval_tokens // cfg.max_seq_len) * cfg.max_seq_len
     compile_model = cfg.compile if cfg.compile is not None else device_type == "cuda"
+    compile_cache = use_compile_cache() if compile_model or device_type == "cuda" else None  # before the first compile
     core_every = cfg.core_metric_every if cfg.core_metric_every is not None else (2000 if device_type == "cuda" else -1)
     rows = plan_rows(facts, opts, plan) + [
         ("schedule", f"warmup {cfg.warmup_steps}, {cfg.warmdown_shape} warmdown {cfg.warmdown_ratio:g} → {cfg.final_lr_frac:g}× LR; Muon momentum 0.85→0.97→0.90; WD cosine to 0"),
         ("device", f"{device} × {world} ({str(dtype).removeprefix('torch.')}{', compiled' if compile_model else ''}; attention {model.attn_backend})"),
+        *([("compile cache", compile_cache.describe())] if compile_cache else []),
         ("peak FLOP/s (MFU)", f"{peak * world:.3g}" if peak else "unknown (MFU not shown)"),
         ("data", f"{cfg.data} (train); " + (f"val bpb every {cfg.eval_every} steps on {val_tokens:,} tokens"
                                               if cfg.eval_every > 0 else "val bpb off")),
@@ -604,7 +607,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
         "total_batch_size": plan.total_batch_size, "world_size": world, "device": device_type,
         "min_val_bpb": min_val if math.isfinite(min_val) else None, "final_val_bpb": val_bpb, "val_bpb_tokens": val_tokens, "total_time_s": time.time() - t_run, "training_time_s": clock.total,
         "mfu_pct": (100 * flops_per_step * clock.timed_steps / clock.total / (peak * world)) if (peak and clock.total) else None,
-        "stopped_by": stop.signame if stopped_by_signal else None,
+        "stopped_by": stop.signame if stopped_by_signal else None, "first_step_s": clock.first_step_s,
     }  # fmt: skip
     peak_mem = peak_memory(device_type)
     if peak_mem:
@@ -615,7 +618,8 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
         else:
             bpb_note = f"val bpb {val_bpb:.4f} on {val_tokens:,} tokens (lowest {min_val:.4f}, step {min_val_step})" if val_bpb is not None and math.isfinite(val_bpb) else "val bpb off"
             mem_note = f", {peak_mem[0]} {peak_mem[1]:.1f} GiB" if peak_mem else ""
-            print0(f"done: {step} steps, {bpb_note}, training time {format_duration(clock.total)}{mem_note}")
+            first_note = f", first step {clock.first_step_s:.1f}s{' (compile)' if compile_model else ''}" if clock.first_step_s is not None else ""
+            print0(f"done: {step} steps, {bpb_note}, training time {format_duration(clock.total)}{first_note}{mem_note}")
             if core_series:
                 summary["core"] = core_series[-1][1]
             record_report("pretrain", _report_data(summary, step, min_val_step), {"train_loss": train_series, "val_bpb": val_series, **({"core": core_series} if core_series else {})}, title="Base model training")

@@ -333,6 +333,10 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
     eval_tokens = cfg.eval_tokens if cfg.eval_tokens > 0 else (40 * 2**19 if device_type == "cuda" else 20 * dbs * seq * world)
     eval_steps = max(1, eval_tokens // (dbs * seq * world))
     compile_model = cfg.compile if cfg.compile is not None else device_type == "cuda"
+    if compile_model or device_type == "cuda":
+        from nanochat.common.compile_cache import use_compile_cache
+
+        use_compile_cache()  # before the first compile: kernels compiled by pretraining (or an earlier SFT) are reused
     peak = peak_flops(device_type)
 
     if master:
@@ -478,7 +482,9 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
             print0(f"{stop.signame}: saved step {step} and stopped; `nanochat sft ... --resume auto` continues")
         else:
             bpb_note = f"chat val bpb {val_bpb:.4f} on {val_tokens:,} assistant tokens" if _finite(val_bpb) is not None and val_tokens else "val bpb off"
-            print0(f"done: {step} steps, {bpb_note}, training time {format_duration(clock.total)}; chat with `nanochat chat --source sft`")
+            print0(f"done: {step} steps, {bpb_note}, training time {format_duration(clock.total)}"
+                   + (f", first step {clock.first_step_s:.1f}s{' (compile)' if compile_model else ''}" if clock.first_step_s is not None else "")
+                   + "; chat with `nanochat chat --source sft`")
             record_report("sft", _report_data(summary, step), {"train_loss": train_series, "val_bpb": val_series} | ({"chatcore": cc_series} if cc_series else {}))
     return summary
 
