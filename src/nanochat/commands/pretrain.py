@@ -65,6 +65,7 @@ def pretrain(
     rdzv_id: RdzvId = None,
     seed: int = typer.Option(42, help="Seed of the initialisation (the data order is fixed by the corpus)."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model; default: on CUDA only."),
+    activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing/--no-activation-checkpointing", help="Recompute each block in the backward pass: ~1/3 more compute, activations of about one block (for depths that fit no batch otherwise)."),
     max_bad_steps: int = typer.Option(5, help="Stop after this many non-finite-loss steps in a row (each is skipped)."),
     tokenizer_threads: int = typer.Option(4, help="Threads tokenising training text in the background."),
     fp8: bool = typer.Option(False, "--fp8", help="FP8 matmuls (H100+); not available in this version."),
@@ -91,7 +92,7 @@ def pretrain(
         embedding_lr=embedding_lr, unembedding_lr=unembedding_lr, matrix_lr=matrix_lr, scalar_lr=scalar_lr, weight_decay=weight_decay,
         warmup_steps=warmup_steps, warmdown_ratio=warmdown_ratio, final_lr_frac=final_lr_frac, warmdown_shape=warmdown_shape, eval_every=eval_every,
         eval_tokens=eval_tokens, sample_every=sample_every, core_metric_every=core_metric_every, core_metric_max_per_task=core_metric_max_per_task, save_every=save_every, keep_last=keep_last, resume=resume,
-        model_tag=model_tag, device=device, seed=seed, compile=compile, max_bad_steps=max_bad_steps,
+        model_tag=model_tag, device=device, seed=seed, compile=compile, activation_checkpointing=activation_checkpointing, max_bad_steps=max_bad_steps,
         tokenizer_threads=tokenizer_threads, run=run, dry_run=dry_run,
         restore_loader="loader" not in skip, restore_rng="rng" not in skip,
     )  # fmt: skip

@@ -36,6 +36,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from nanochat.common.errors import NanochatError
 from nanochat.model import attention as attn_lib
@@ -143,6 +144,9 @@ class GPT(nn.Module):
         self.windows = config.window_sizes()
         self.compute_dtype = torch.float32
         self.attn_backend = "sdpa"
+        # recompute each block in the backward pass instead of keeping its activations (training only): about a
+        # third more compute for activation memory of one block plus one d-wide tensor per layer
+        self.activation_checkpointing = False
         n_pos = ROTARY_POSITIONS_FACTOR * config.sequence_len
         self.register_buffer("cos", torch.empty(n_pos, config.head_dim // 2), persistent=False)
         self.register_buffer("sin", torch.empty(n_pos, config.head_dim // 2), persistent=False)
@@ -228,7 +232,10 @@ class GPT(nn.Module):
         for i, block in enumerate(self.h):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             ve = self.value_embeds[str(i)](idx).to(dt) if str(i) in self.value_embeds else None
-            x = block(x, ve, cos, sin, self.windows[i], self.attn_backend, kv_cache, positions, masks)
+            if self.activation_checkpointing and kv_cache is None and torch.is_grad_enabled():
+                x = checkpoint(block, x, ve, cos, sin, self.windows[i], self.attn_backend, use_reentrant=False)
+            else:
+                x = block(x, ve, cos, sin, self.windows[i], self.attn_backend, kv_cache, positions, masks)
             if i == self.backout_layer:
                 mid = x
         if kv_cache is not None:

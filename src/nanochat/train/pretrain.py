@@ -92,6 +92,7 @@ class PretrainConfig:
     device: str = "auto"
     seed: int = 42
     compile: bool | None = None  # None = on CUDA only
+    activation_checkpointing: bool = False  # recompute blocks in the backward pass (depths that fit no batch otherwise)
     max_bad_steps: int = 5
     tokenizer_threads: int = 4
     run: str = "dummy"  # wandb run name; "dummy" = no wandb
@@ -204,10 +205,13 @@ def scaling_options(cfg: PretrainConfig, world_size: int) -> ScalingOptions:
 
 def memory_estimate(facts: ModelFacts, cfg: PretrainConfig, vocab_size: int, dtype_bytes: int) -> tuple[float, float]:
     """(state bytes, activation bytes), rough: fp32 weights + grads + ~2 optimizer moments; activations
-    of ~20 d-wide tensors per layer per token in the compute dtype plus three fp32 copies of the logits."""
+    of ~20 d-wide tensors per layer per token in the compute dtype plus three fp32 copies of the logits.
+    With activation checkpointing a layer keeps only its input (1 d-wide tensor), and one block's 20 are live
+    while it is recomputed."""
     tokens = cfg.device_batch_size * cfg.max_seq_len
     state = facts.total_params * 4 * 4
-    acts = tokens * (facts.depth * facts.model_dim * 20 * dtype_bytes + vocab_size * 4 * 3)
+    per_token_layers = facts.depth + 20 if cfg.activation_checkpointing else facts.depth * 20
+    acts = tokens * (per_token_layers * facts.model_dim * dtype_bytes + vocab_size * 4 * 3)
     return float(state), float(acts)
 
 
@@ -375,6 +379,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     gpt_config = model_config(cfg, vocab)
     dtype = choose_dtype(device_type).dtype
     model = build_model(gpt_config, device, init=True, dtype=dtype, seed=cfg.seed)
+    model.activation_checkpointing = cfg.activation_checkpointing
     facts = model_facts(cfg, model, vocab)
     opts = scaling_options(cfg, world)
     plan: TrainPlan = plan_training(opts, facts, power_law_batch=device_type == "cuda")
@@ -447,7 +452,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     core_every = cfg.core_metric_every if cfg.core_metric_every is not None else (2000 if device_type == "cuda" else -1)
     rows = plan_rows(facts, opts, plan) + [
         ("schedule", f"warmup {cfg.warmup_steps}, {cfg.warmdown_shape} warmdown {cfg.warmdown_ratio:g} → {cfg.final_lr_frac:g}× LR; Muon momentum 0.85→0.97→0.90; WD cosine to 0"),
-        ("device", f"{device} × {world} ({str(dtype).removeprefix('torch.')}{', compiled' if compile_model else ''}; attention {model.attn_backend})"),
+        ("device", f"{device} × {world} ({str(dtype).removeprefix('torch.')}{', compiled' if compile_model else ''}{', activation checkpointing' if cfg.activation_checkpointing else ''}; attention {model.attn_backend})"),
         *([("compile cache", compile_cache.describe())] if compile_cache else []),
         ("peak FLOP/s (MFU)", f"{peak * world:.3g}" if peak else "unknown (MFU not shown)"),
         ("data", f"{cfg.data} (train); " + (f"val bpb every {cfg.eval_every} steps on {val_tokens:,} tokens"
