@@ -29,3 +29,24 @@ def test_the_total_batch_is_kept_divisible():
 def test_a_model_that_fits_no_row_is_refused_with_the_fixes():
     with pytest.raises(NanochatError, match="--activation-checkpointing"):
         choose_device_batch(256, 70 * GiB, 2.4 * GiB, 80 * GiB)
+
+
+def test_auto_resolves_by_hand_on_a_fake_gpu_and_to_the_default_elsewhere():
+    from nanochat.train.pretrain import AUTO_ROWS, PretrainConfig, memory_estimate, resolve_device_batch
+    from nanochat.train.scaling import ModelFacts  # noqa: F401  (the facts' type)
+    from types import SimpleNamespace
+
+    cfg = PretrainConfig(depth=12, device_batch_size=AUTO_ROWS, max_seq_len=2048, total_batch_size=524288, resume="never")
+    facts = SimpleNamespace(total_params=10**8, depth=12, model_dim=768, scaling_params=10**8, ref_scaling_params=10**8,
+                            flops_per_token=6 * 10**8)
+    off_gpu, why = resolve_device_batch(cfg, facts, 32768, 1, "cpu")
+    assert off_gpu.device_batch_size == 32 and "no GPU" in why
+    # measured 1 GiB a row, 1.6 GB of state, a 40 GiB card: 0.85 x 40 GiB - state leaves room for 32 rows, and 32
+    # divides the 256 rows of a 524,288-token step
+    state = memory_estimate(facts, cfg, 32768, 2)[0]
+    got, why = resolve_device_batch(cfg, facts, 32768, 1, "cuda", row_bytes=GiB, device_bytes=(32.5 * GiB + state) / 0.85)
+    assert got.device_batch_size == 32 and "(measured)" in why
+    got, _ = resolve_device_batch(cfg, facts, 32768, 1, "cuda", row_bytes=GiB, device_bytes=(31.5 * GiB + state) / 0.85)
+    assert got.device_batch_size == 16  # 31 rows fit: the largest divisor of 256 below is 16
+    explicit, why = resolve_device_batch(PretrainConfig(device_batch_size=8), facts, 32768, 1, "cuda", row_bytes=GiB, device_bytes=GiB)
+    assert explicit.device_batch_size == 8 and why == "--device-batch-size"

@@ -100,7 +100,7 @@ ROWS = [
     ("pretrain --num-iterations 5.5", 2, "Invalid value for '--num-iterations'", None, None),
     ("pretrain --depth 0", 2, "--depth 0 is out of range; use 1 or more", None, None),
     ("pretrain --max-seq-len 0", 2, "--max-seq-len 0 is too short", None, None),
-    ("pretrain --device-batch-size -1", 2, "--device-batch-size -1 is out of range", None, None),
+    ("pretrain --device-batch-size -1", 2, "--device-batch-size '-1' must be auto or a positive number of rows", None, None),
     ("pretrain --total-batch-size 0", 2, "--total-batch-size '0' must be auto or a positive number", None, None),
     ("pretrain --embedding-lr -0.1", 2, "--embedding-lr -0.1 is out of range", None, None),
     ("pretrain --weight-decay -1", 2, "--weight-decay -1 is out of range", None, None),

@@ -12,13 +12,14 @@ P = "Schedule and optimizer"
 E = "Evaluation and checkpoints"
 
 
-def _batch(value: str) -> int:
+def _auto_or_count(value: str, flag: str, unit: str) -> int:
+    """`auto` (-1) or a positive whole number."""
     from nanochat.common.errors import UsageError
 
     if value == "auto":
         return -1
     if not value.isdigit() or int(value) < 1:
-        raise UsageError(f"--total-batch-size {value!r} must be auto or a positive number of tokens")
+        raise UsageError(f"{flag} {value!r} must be auto or a positive number of {unit}")
     return int(value)
 
 
@@ -28,7 +29,7 @@ def pretrain(
     num_iterations: int = typer.Option(-1, help="Optimizer steps (wins over --target-flops and --target-param-data-ratio); -1 derives them."),
     target_flops: float = typer.Option(-1.0, help="Train for this many FLOPs (-1: off)."),
     target_param_data_ratio: float = typer.Option(12.0, help="Tokens = ratio × scaling parameters (when no steps or FLOPs are given)."),
-    device_batch_size: int = typer.Option(32, help="Rows of --max-seq-len tokens per process per micro-step."),
+    device_batch_size: str = typer.Option("32", help="Rows of --max-seq-len tokens per process per micro-step, or auto: the most that fit the GPU (measured before step 0; the total batch is kept)."),
     total_batch_size: str = typer.Option("auto", help="Tokens per optimizer step, or auto (power law in depth on CUDA; one micro-batch per process elsewhere)."),
     max_seq_len: int = typer.Option(2048, help="Context length."),
     aspect_ratio: int = typer.Option(64, help="Width ≈ depth × aspect ratio (rounded up to the head dim)."),
@@ -87,7 +88,8 @@ def pretrain(
     cfg = PretrainConfig(
         depth=depth, data=data, aspect_ratio=aspect_ratio, head_dim=head_dim, n_kv_head=n_kv_head, window_pattern=window_pattern,
         smear=smear, backout=backout, attn_gate=attn_gate,
-        max_seq_len=max_seq_len, device_batch_size=device_batch_size, total_batch_size=_batch(total_batch_size),
+        max_seq_len=max_seq_len, device_batch_size=_auto_or_count(device_batch_size, "--device-batch-size", "rows"),
+        total_batch_size=_auto_or_count(total_batch_size, "--total-batch-size", "tokens"),
         num_iterations=num_iterations, target_flops=target_flops, target_param_data_ratio=target_param_data_ratio,
         embedding_lr=embedding_lr, unembedding_lr=unembedding_lr, matrix_lr=matrix_lr, scalar_lr=scalar_lr, weight_decay=weight_decay,
         warmup_steps=warmup_steps, warmdown_ratio=warmdown_ratio, final_lr_frac=final_lr_frac, warmdown_shape=warmdown_shape, eval_every=eval_every,

@@ -33,10 +33,12 @@ NPROC = typer.Option(None, help=NPROC_HELP)
 
 def _pretrain_options(kind: str, extra: list[str], data: str, device: str) -> tuple[dict, frozenset[str]]:
     """Parse the passed-through flags with pretrain's own parser: (every PretrainConfig value, the fields given)."""
-    import click
-    from click.core import ParameterSource
+    try:
+        from typer._click.exceptions import ClickException  # newer typer carries its own copy of click
+    except ImportError:  # older typer runs on click itself
+        from click.exceptions import ClickException
 
-    from nanochat.commands.pretrain import _batch, pretrain
+    from nanochat.commands.pretrain import _auto_or_count, pretrain
     from nanochat.common.errors import UsageError
 
     one = typer.Typer(context_settings=HELP)
@@ -44,15 +46,18 @@ def _pretrain_options(kind: str, extra: list[str], data: str, device: str) -> tu
     cmd = typer.main.get_command(one)
     try:
         ctx = cmd.make_context("nanochat pretrain", [*extra, "--data", data, "--device", device])
-    except click.ClickException as e:
+    except ClickException as e:
         raise UsageError(f"{e.format_message()} (an option that is neither the sweep's nor pretrain's; see `nanochat sweep {kind} -h` and `nanochat pretrain -h`)") from None
-    given = frozenset(k for k in ctx.params if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE) - {"data", "device"}
+    given = frozenset(k for k in ctx.params if ctx.get_parameter_source(k).name == "COMMANDLINE") - {"data", "device"}
     if ctx.params.get("fp8"):
         from nanochat.common.errors import NanochatError
 
         raise NanochatError("--fp8 is not available in this version of nanochat; train in bf16 (drop --fp8)")
     options = {k: v for k, v in ctx.params.items() if k not in ("nproc", "fp8", "skip_restore")}
-    options["total_batch_size"] = _batch(options["total_batch_size"])
+    options["total_batch_size"] = _auto_or_count(options["total_batch_size"], "--total-batch-size", "tokens")
+    options["device_batch_size"] = _auto_or_count(options["device_batch_size"], "--device-batch-size", "rows")
+    if options["device_batch_size"] < 0:  # every run of a sweep must read the same rows per step, whatever fits
+        raise UsageError("--device-batch-size auto is not available in a sweep; give a number of rows (default 32)")
     return options, given
 
 

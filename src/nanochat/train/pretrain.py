@@ -66,7 +66,7 @@ class PretrainConfig:
     backout: bool = False
     attn_gate: bool = False
     max_seq_len: int = 2048
-    device_batch_size: int = 32
+    device_batch_size: int = 32  # AUTO_ROWS (-1): the most rows that fit the GPU (train/batch_choice.py)
     total_batch_size: int = -1  # -1 = auto
     num_iterations: int = -1
     target_flops: float = -1.0
@@ -114,7 +114,7 @@ class PretrainConfig:
         checks.count("depth", self.depth)
         if self.max_seq_len < 8:
             raise UsageError(f"--max-seq-len {self.max_seq_len} is too short; use at least 8")
-        checks.count("device_batch_size", self.device_batch_size)
+        checks.count("device_batch_size", self.device_batch_size, minus_one="auto")
         checks.count("total_batch_size", self.total_batch_size, minus_one="auto")
         checks.count("num_iterations", self.num_iterations, minus_one="derive them from --target-flops or --target-param-data-ratio")
         checks.number("target_flops", self.target_flops, low=0, low_open=True, minus_one="off")
@@ -215,6 +215,35 @@ def memory_estimate(facts: ModelFacts, cfg: PretrainConfig, vocab_size: int, dty
     return float(state), float(acts)
 
 
+AUTO_ROWS = -1  # --device-batch-size auto
+
+
+def resolve_device_batch(cfg: PretrainConfig, facts: ModelFacts, vocab: int, world: int, device_type: str,
+                         row_bytes: float | None = None, device_bytes: float | None = None) -> tuple[PretrainConfig, str]:
+    """`cfg` with a concrete device batch, and why. `auto`: the resumed checkpoint's rows (its data streams depend on
+    them); off the GPU the default; on it the most rows that fit (batch_choice), from `row_bytes` measured on the
+    device or, for a dry run, the estimate."""
+    from dataclasses import replace
+
+    from nanochat.train.batch_choice import DEFAULT_ROWS, choose_device_batch
+
+    if cfg.device_batch_size != AUTO_ROWS:
+        return cfg, "--device-batch-size"
+    if cfg.resume != "never":
+        info = ck.find_latest("base", cfg.tag) if cfg.resume == "auto" else None
+        saved = ck.load_meta(info.path).get("device_batch_size") if info is not None else None
+        if saved:
+            return replace(cfg, device_batch_size=int(saved)), "auto: the rows of the checkpoint being resumed"
+    if device_type != "cuda" or device_bytes is None:
+        return replace(cfg, device_batch_size=DEFAULT_ROWS), f"auto: {DEFAULT_ROWS} (no GPU memory to measure)"
+    one = replace(cfg, device_batch_size=1)
+    total = plan_training(scaling_options(one, world), facts, power_law_batch=True).total_batch_size
+    state, acts_one = memory_estimate(facts, one, vocab, 2)
+    measured = row_bytes is not None
+    choice = choose_device_batch(total // (cfg.max_seq_len * world), state, row_bytes if measured else acts_one, device_bytes)
+    return replace(cfg, device_batch_size=choice.device_batch_size), "auto: " + choice.reason.replace("(measured)", "(measured)" if measured else "(estimated)")
+
+
 def _resolve_resume(cfg: PretrainConfig, rank: int, world_size: int, device: str) -> ck.CheckpointInfo | None:
     """The checkpoint to resume from (rank 0 decides; the others follow its choice)."""
     import torch
@@ -274,11 +303,14 @@ def dry_run(cfg: PretrainConfig) -> dict:
     with torch.device("meta"):
         model = GPT(model_config(cfg, vocab))
     facts = model_facts(cfg, model, vocab)
+    dev_bytes = torch.cuda.get_device_properties(0).total_memory if device_type == "cuda" and torch.cuda.is_available() else None
+    cfg, batch_why = resolve_device_batch(cfg, facts, vocab, world, device_type, device_bytes=dev_bytes)
     opts = scaling_options(cfg, world)
     plan = plan_training(opts, facts, power_law_batch=device_type == "cuda")
     state, acts = memory_estimate(facts, cfg, vocab, 2 if device_type == "cuda" else 4)
     rows = plan_rows(facts, opts, plan) + [
         ("device (planned)", f"{device_type} × {world}"),
+        ("device batch", f"{cfg.device_batch_size} rows ({batch_why})"),
         ("memory per device (rough)", f"{state / 2**30:.2f} GiB weights+grads+optimizer, {acts / 2**30:.2f} GiB activations"),
         ("tokenizer", tok_line),
         ("data", _data_summary(cfg.data)),
@@ -291,6 +323,30 @@ def dry_run(cfg: PretrainConfig) -> dict:
 
 # ------------------------------------------------------------------------------------------------
 # the run
+
+
+def _device_batch_on_device(cfg: PretrainConfig, model, facts: ModelFacts, vocab: int, world: int, device_type: str, device: str):
+    """resolve_device_batch with one row's activations measured on this GPU; every process takes the smallest choice."""
+    import torch
+
+    if cfg.device_batch_size != AUTO_ROWS:
+        return cfg, "--device-batch-size"
+    row_bytes = dev_bytes = None
+    if device_type == "cuda":
+        from nanochat.train.batch_choice import measure_row_bytes
+
+        row_bytes = measure_row_bytes(model, cfg.max_seq_len, device)
+        dev_bytes = torch.cuda.get_device_properties(device).total_memory
+    cfg, why = resolve_device_batch(cfg, facts, vocab, world, device_type, row_bytes, dev_bytes)
+    if world > 1:
+        import dataclasses
+
+        import torch.distributed as dist
+
+        rows = torch.tensor([cfg.device_batch_size], device=device)
+        dist.all_reduce(rows, op=dist.ReduceOp.MIN)
+        cfg = dataclasses.replace(cfg, device_batch_size=int(rows.item()))
+    return cfg, why
 
 
 def _finite(x: float | None) -> float | None:
@@ -381,6 +437,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     model = build_model(gpt_config, device, init=True, dtype=dtype, seed=cfg.seed)
     model.activation_checkpointing = cfg.activation_checkpointing
     facts = model_facts(cfg, model, vocab)
+    cfg, batch_why = _device_batch_on_device(cfg, model, facts, vocab, world, device_type, device)
     opts = scaling_options(cfg, world)
     plan: TrainPlan = plan_training(opts, facts, power_law_batch=device_type == "cuda")
     n = plan.num_iterations
@@ -454,6 +511,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
         ("schedule", f"warmup {cfg.warmup_steps}, {cfg.warmdown_shape} warmdown {cfg.warmdown_ratio:g} → {cfg.final_lr_frac:g}× LR; Muon momentum 0.85→0.97→0.90; WD cosine to 0"),
         ("device", f"{device} × {world} ({str(dtype).removeprefix('torch.')}{', compiled' if compile_model else ''}{', activation checkpointing' if cfg.activation_checkpointing else ''}; attention {model.attn_backend})"),
         *([("compile cache", compile_cache.describe())] if compile_cache else []),
+        ("device batch", f"{cfg.device_batch_size} rows ({batch_why})"),
         ("peak FLOP/s (MFU)", f"{peak * world:.3g}" if peak else "unknown (MFU not shown)"),
         ("data", f"{cfg.data} (train); " + (f"val bpb every {cfg.eval_every} steps on {val_tokens:,} tokens"
                                               if cfg.eval_every > 0 else "val bpb off")),
