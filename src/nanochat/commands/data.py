@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from nanochat.commands import _ranges as ranges
+
 from nanochat.commands._common import NanochatCommand, NanochatGroup, examples
 from nanochat.commands.prepare_evals import prepare_evals
 
@@ -20,11 +22,11 @@ app = typer.Typer(
 @app.command(cls=NanochatCommand, epilog=examples("nanochat data download --shards 8", "nanochat data download --for-depth 20 --workers 8"))
 def download(
     shards: Optional[int] = typer.Option(None, help="How many training shards to fetch (plus the validation shard)."),
-    for_depth: Optional[int] = typer.Option(None, help="Fetch as many shards as a run at this depth needs."),
-    workers: int = typer.Option(4, help="Parallel downloads."),
+    for_depth: Optional[int] = typer.Option(None, callback=ranges.count(), help="Fetch as many shards as a run at this depth needs."),
+    workers: int = typer.Option(4, callback=ranges.count(), help="Parallel downloads."),
     dataset: str = typer.Option("climbmix", help="climbmix or fineweb-edu."),
-    ratio: float = typer.Option(12.0, help="With --for-depth: training tokens per scaling parameter."),
-    retries: int = typer.Option(5, help="Attempts per shard (waits 1, 2, 4, ... s between them)."),
+    ratio: float = typer.Option(12.0, callback=ranges.rate(), help="With --for-depth: training tokens per scaling parameter."),
+    retries: int = typer.Option(5, callback=ranges.count(), help="Attempts per shard (waits 1, 2, 4, ... s between them)."),
 ) -> None:
     """Download pretraining shards (resumable, verified, retried)."""
     import os
@@ -41,9 +43,6 @@ def download(
     ds = WEB_DATASETS[dataset]
     if shards is not None and not 1 <= shards <= ds.num_shards - 1:
         raise UsageError(f"--shards {shards} is out of range; {ds.name} has {ds.num_shards - 1} training shards, ask for 1 to {ds.num_shards - 1}")
-    for name, value in (("for_depth", for_depth), ("workers", workers), ("retries", retries)):
-        checks.count(name, value)
-    checks.number("ratio", ratio, low=0, low_open=True)
     if for_depth is not None:
         est = shards_for_depth(for_depth, ratio)
         shards = min(est["shards"], ds.num_shards - 1)
@@ -69,13 +68,12 @@ def import_(
     sources: list[str] = typer.Argument(..., help="Files or folders: txt, md, jsonl, parquet, gz/zst."),
     name: str = typer.Option(..., help="Name of the new data set (use it as --data NAME)."),
     text_field: str = typer.Option("text", help="JSONL field / parquet column holding the text."),
-    max_doc_chars: int = typer.Option(20_000, help="Cut longer text files into documents at blank lines (0: never)."),
-    val_fraction: float = typer.Option(0.01, help="Share of documents kept for validation (at least one)."),
-    seed: int = typer.Option(42, help="Shuffle seed."),
+    max_doc_chars: int = typer.Option(20_000, callback=ranges.count(low=0), help="Cut longer text files into documents at blank lines (0: never)."),
+    val_fraction: float = typer.Option(0.01, callback=ranges.number(low=0, high=0.5, low_open=True), help="Share of documents kept for validation (at least one)."),
+    seed: int = typer.Option(42, callback=ranges.count(low=0), help="Shuffle seed."),
     force: bool = typer.Option(False, "--force", help="Replace an existing data set of that name."),
 ) -> None:
     """Import your own text into parquet shards."""
-    from nanochat.common import checks
     from nanochat.common.errors import NanochatError, UsageError
     from nanochat.common.logging import print0, table
     from nanochat.data.importer import import_dataset, validate_name
@@ -84,8 +82,6 @@ def import_(
         validate_name(name)
     except NanochatError as e:  # a name that cannot be a data set is bad usage
         raise UsageError(str(e)) from None
-    checks.count("max_doc_chars", max_doc_chars, low=0)
-    checks.number("val_fraction", val_fraction, low=0, high=0.5, low_open=True)
 
     r = import_dataset(sources, name, text_field=text_field, max_doc_chars=max_doc_chars, val_fraction=val_fraction, seed=seed, force=force)
     print0(
@@ -103,14 +99,13 @@ def import_(
 
 
 @app.command("list", cls=NanochatCommand, epilog=examples("nanochat data list", "nanochat data list --depth 20"))
-def list_(depth: Optional[int] = typer.Option(None, help="Show how many epochs a run at this depth would take.")) -> None:
+def list_(depth: Optional[int] = typer.Option(None, callback=ranges.count(), help="Show how many epochs a run at this depth would take.")) -> None:
     """List local data sets and their sizes."""
-    from nanochat.common import checks, paths
+    from nanochat.common import paths
     from nanochat.common.logging import print0, table
     from nanochat.data.catalog import list_datasets
     from nanochat.data.download import shards_for_depth
 
-    checks.count("depth", depth)
     need = shards_for_depth(depth)["chars"] if depth is not None else None
     infos = list_datasets()
     rows = []

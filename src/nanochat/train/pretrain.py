@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from nanochat.common import checkpoint as ck
 from nanochat.common.errors import NanochatError, UsageError
 from nanochat.common.logging import console, print0, table, warn0
+from nanochat.common.memory import check_fits, over_budget
 from nanochat.optim import schedules
 from nanochat.eval.bpb import TextBpb, corpus_docs
 from nanochat.train.loop import (
@@ -210,6 +211,21 @@ def memory_estimate(facts: ModelFacts, cfg: PretrainConfig, vocab_size: int, dty
     return float(state), float(acts)
 
 
+MEMORY_HINTS = "lower --device-batch-size (the total batch stays, with more gradient accumulation), --max-seq-len or --depth"
+
+
+def planned_memory(cfg: PretrainConfig, vocab_size: int, device_type: str, facts: ModelFacts | None = None) -> tuple[float, float]:
+    """`memory_estimate` for this run, from a model built on the meta device when no `facts` are given."""
+    if facts is None:
+        import torch
+
+        from nanochat.model.gpt import GPT
+
+        with torch.device("meta"):
+            facts = model_facts(cfg, GPT(model_config(cfg, vocab_size)), vocab_size)
+    return memory_estimate(facts, cfg, vocab_size, 2 if device_type == "cuda" else 4)
+
+
 def _resolve_resume(cfg: PretrainConfig, rank: int, world_size: int, device: str) -> ck.CheckpointInfo | None:
     """The checkpoint to resume from (rank 0 decides; the others follow its choice)."""
     import torch
@@ -219,6 +235,11 @@ def _resolve_resume(cfg: PretrainConfig, rank: int, world_size: int, device: str
         if cfg.resume == "auto":
             info = ck.find_latest("base", cfg.tag)
             step = info.step if info else -1
+            if info is None and ck.list_steps("base", cfg.tag):  # never start over silently beside a run that was there
+                raise NanochatError(
+                    f"--resume auto: every checkpoint in {ck.checkpoint_dir('base', cfg.tag)} is damaged (see the warnings); "
+                    "pass --resume never to start over, or --resume STEP for one of them"
+                )
         elif cfg.resume != "never":
             step = ck.resolve_checkpoint("base", cfg.tag, int(cfg.resume)).step
     if world_size > 1:
@@ -271,7 +292,7 @@ def dry_run(cfg: PretrainConfig) -> dict:
     facts = model_facts(cfg, model, vocab)
     opts = scaling_options(cfg, world)
     plan = plan_training(opts, facts, power_law_batch=device_type == "cuda")
-    state, acts = memory_estimate(facts, cfg, vocab, 2 if device_type == "cuda" else 4)
+    state, acts = planned_memory(cfg, vocab, device_type, facts)
     rows = plan_rows(facts, opts, plan) + [
         ("device (planned)", f"{device_type} × {world}"),
         ("memory per device (rough)", f"{state / 2**30:.2f} GiB weights+grads+optimizer, {acts / 2**30:.2f} GiB activations"),
@@ -280,6 +301,9 @@ def dry_run(cfg: PretrainConfig) -> dict:
         ("checkpoints", str(ck.checkpoint_dir("base", cfg.tag))),
     ]
     console().print(table(f"nanochat pretrain --dry-run (depth {cfg.depth})", rows))
+    too_big = over_budget(state, acts, device_type, MEMORY_HINTS)
+    if too_big:  # a plan is still shown; the run itself would refuse
+        warn0(f"a real run would stop here: {too_big}")
     print0("dry run: nothing trained")
     return {"plan": plan.to_dict(), "facts": asdict(facts)}
 
@@ -381,6 +405,9 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
             "with the same options on each) or one shared NANOCHAT_HOME",
     )  # fmt: skip
     vocab = tokenizer.vocab_size
+    check_fits(*planned_memory(cfg, vocab, device_type), device, MEMORY_HINTS)  # before a model too big is allocated
+    if master:
+        ck.check_writable(ck.checkpoint_dir("base", cfg.tag))  # before training, not at the first save
     gpt_config = model_config(cfg, vocab)
     dtype = choose_dtype(device_type).dtype
     model = build_model(gpt_config, device, init=True, dtype=dtype, seed=cfg.seed)
@@ -436,8 +463,9 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
         if start_step >= n:
             print0(f"step {start_step} already completes a run of {n} iterations; nothing to train (raise --num-iterations to go on)")
             return {"final_step": start_step, "iterations": n, "min_val_bpb": loop_state.get("min_val_bpb"), "model_tag": cfg.tag}
-    elif cfg.resume == "never" and ck.list_steps("base", cfg.tag):
+    elif cfg.resume == "never" and ck.latest_valid(run_dir, report=None) is not None:
         # a fresh run mixing its checkpoints with an older run's would let --resume auto pick the wrong one later
+        # (damaged ones only: --resume auto refused them, and they are skipped whatever happens)
         raise NanochatError(
             f"--resume never, but {run_dir} holds checkpoints of an earlier run; pass another --model-tag, "
             f"delete that folder, or use --resume auto to continue it"
