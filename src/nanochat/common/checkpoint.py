@@ -430,6 +430,9 @@ def list_tags(source: str) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
 
 
+SKIPPED = "; skipping it and using an older one"
+
+
 def latest_valid(directory: Path, report: Callable[[str], None] | None = warn0) -> tuple[int, Path] | None:
     """The newest step folder under `directory` that passes its manifest; failures are reported."""
     for step, p in sorted(_step_dirs(Path(directory)), key=lambda x: -x[0]):
@@ -437,7 +440,7 @@ def latest_valid(directory: Path, report: Callable[[str], None] | None = warn0) 
             verify_checkpoint(p)
         except CorruptCheckpoint as e:
             if report:
-                report(f"{e}; skipping it and using an older one")
+                report(f"{e}{SKIPPED}")
             continue
         return step, p
     return None
@@ -461,6 +464,18 @@ def find_latest(source: str, tag: str | None = None, report: Callable[[str], Non
         if found is not None:
             return CheckpointInfo(found[1], source, t, found[0])
     return None
+
+
+def latest_or_why(source: str, tag: str | None = None) -> tuple[CheckpointInfo | None, str | None]:
+    """`find_latest` with its warnings held back: shown when an older checkpoint is used instead of a damaged
+    one; when none is valid, (None, what is wrong with the newest) for the caller's one-line error."""
+    skipped: list[str] = []
+    info = find_latest(source, tag, report=skipped.append)
+    if info is not None:
+        for message in skipped:
+            warn0(message)
+        return info, None
+    return None, skipped[0].removesuffix(SKIPPED) if skipped else None
 
 
 _TRAIN = {"base": "nanochat pretrain", "sft": "nanochat sft", "rl": "nanochat rl"}
@@ -509,11 +524,11 @@ def resolve_checkpoint(source: str, tag: str | None = None, step: int | None = N
     """What a consumer loads: the given step (verified), or the newest valid one; errors say how to fix."""
     require_checkpoint(source, tag, step)
     if step is None:
-        info = find_latest(source, tag)
+        info, why = latest_or_why(source, tag)
         if info is None:
             where = checkpoint_dir(source, tag) if tag else paths.checkpoints_dir(source)
-            raise NanochatError(f"no valid {source} checkpoint under {where}: every step folder fails its manifest check (see the warnings); "
-                                f"train one with `{_TRAIN[source]}` or pass --step with an intact one")  # fmt: skip
+            raise NanochatError(f"no valid {source} checkpoint under {where}: every step folder is damaged (the newest: {why}); "
+                                f"train one with `{_TRAIN[source]}`")  # fmt: skip
         return info
     if tag is None:
         tag = next(t for t in list_tags(source) if step in list_steps(source, t))

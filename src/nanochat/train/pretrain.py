@@ -233,12 +233,12 @@ def _resolve_resume(cfg: PretrainConfig, rank: int, world_size: int, device: str
     step = -1
     if rank == 0:
         if cfg.resume == "auto":
-            info = ck.find_latest("base", cfg.tag)
+            info, why = ck.latest_or_why("base", cfg.tag)
             step = info.step if info else -1
-            if info is None and ck.list_steps("base", cfg.tag):  # never start over silently beside a run that was there
+            if why is not None:  # every checkpoint there is damaged: never start over from step 0 silently
                 raise NanochatError(
-                    f"--resume auto: every checkpoint in {ck.checkpoint_dir('base', cfg.tag)} is damaged (see the warnings); "
-                    "pass --resume never to start over, or --resume STEP for one of them"
+                    f"--resume auto: every checkpoint in {ck.checkpoint_dir('base', cfg.tag)} is damaged (the newest: {why}); "
+                    "pass --resume never to start over"
                 )
         elif cfg.resume != "never":
             step = ck.resolve_checkpoint("base", cfg.tag, int(cfg.resume)).step
