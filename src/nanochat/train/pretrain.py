@@ -470,6 +470,8 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
             f"--resume never, but {run_dir} holds checkpoints of an earlier run; pass another --model-tag, "
             f"delete that folder, or use --resume auto to continue it"
         )
+    elif cfg.resume == "never" and ck.list_steps("base", cfg.tag):
+        warn0(f"--resume never: starting over beside damaged step folders in {run_dir}; they are skipped (delete them when you no longer need them)")
 
     # ---- print every derived value
     peak = peak_flops(device_type)
