@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 
 from nanochat.commands import _ranges as ranges
-
 from nanochat.commands._common import DEVICE_HELP
 from nanochat.engine.repetition import CHAT_NO_REPEAT_NGRAM, CHAT_REPETITION_PENALTY, check_repetition_settings
 

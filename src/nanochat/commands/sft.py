@@ -7,7 +7,6 @@ from typing import Optional
 import typer
 
 from nanochat.commands import _ranges as ranges
-
 from nanochat.commands._common import DEVICE_HELP, NPROC_HELP, NNodes, NodeRank, RdzvEndpoint, RdzvId, node_options
 
 P = "Schedule and optimizer (None: inherit from the base checkpoint)"

@@ -8,7 +8,9 @@ an unknown option or a value of the wrong type (click's own errors, also printed
 out of range or outside a fixed set of choices (`--source chat`, `--data` of sft), flags that conflict.
 `NanochatError` (exit 1) when the command line is fine but the state is not: a missing checkpoint,
 tag or step, a data set that is not there (also a `--data NAME` that may name an imported set), no
-tokenizer, a busy port, no network. `nanochat.common.checks` holds the shared range checks.
+tokenizer, a busy port, no network. `nanochat.common.checks` holds the shared range checks (commands
+attach them to their options with `commands/_ranges.py`). A file-system error no command caught
+(read-only, full disk, permissions) is turned into the one line by the CLI, see `os_error_line`.
 """
 
 from __future__ import annotations

@@ -465,7 +465,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
             return {"final_step": start_step, "iterations": n, "min_val_bpb": loop_state.get("min_val_bpb"), "model_tag": cfg.tag}
     elif cfg.resume == "never" and ck.latest_valid(run_dir, report=None) is not None:
         # a fresh run mixing its checkpoints with an older run's would let --resume auto pick the wrong one later
-        # (damaged ones only: --resume auto refused them, and they are skipped whatever happens)
+        # (beside damaged ones only, starting over is allowed: it is what --resume auto's refusal asks for)
         raise NanochatError(
             f"--resume never, but {run_dir} holds checkpoints of an earlier run; pass another --model-tag, "
             f"delete that folder, or use --resume auto to continue it"
