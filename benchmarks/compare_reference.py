@@ -234,12 +234,16 @@ def stage_train_ours(args) -> None:
     _run(cmd, _ours_env(args.work), args.work / f"ours_train_{args.tag}.log")
 
 
-def stage_score(args) -> None:
-    rows = args.work / "valrows.npy"
-    ref_scores = args.work / "scores_ref.json"
-    if not ref_scores.exists() and (args.work / "ref" / "base_checkpoints" / "d_cmp").exists():
+def stage_score_ref_only(args) -> None:
+    """Scores the reference's checkpoints (in a subprocess running its code) unless its scores exist."""
+    if not (args.work / "scores_ref.json").exists() and (args.work / "ref" / "base_checkpoints" / "d_cmp").exists():
         cmd = [sys.executable, str(HERE), "--ref", str(args.ref), "--data", str(args.data), "--work", str(args.work), "_score-ref"]
         _run(cmd, _ref_env(args), args.work / "ref_score.log")
+
+
+def stage_score(args) -> None:
+    rows = args.work / "valrows.npy"
+    stage_score_ref_only(args)
     ours_scores = args.work / f"scores_ours_{args.tag}.json"
     if not ours_scores.exists():
         scores = score_ours(args.work, args.tag, rows, args.score_batch)
@@ -352,7 +356,7 @@ def stage_table(args) -> None:
 
 
 STAGES = {"tokenizer": stage_tokenizer, "valrows": stage_valrows, "train-ref": stage_train_ref, "train-ours": stage_train_ours,
-          "score": stage_score, "table": stage_table, "_score-ref": stage_score_ref}  # fmt: skip
+          "score": stage_score, "score-ref": stage_score_ref_only, "table": stage_table, "_score-ref": stage_score_ref}  # fmt: skip
 
 
 def main() -> None:

@@ -1,5 +1,7 @@
 """Test setup shared by the whole suite: the source tree on the path (also for subprocesses),
-two CPU threads, an empty NANOCHAT_HOME per test, and GPU tests skipped without CUDA."""
+two CPU threads, an empty NANOCHAT_HOME per test, and GPU tests skipped without CUDA. For the server
+tests: `one_torch_thread` (module-wide), and `server` / `client`, the real app over a tiny engine on a
+uvicorn in a thread and the official openai client for it, shared by a module's tests."""
 
 from __future__ import annotations
 
@@ -50,11 +52,37 @@ def nanochat_home(tmp_path_factory, monkeypatch) -> Path:
     return home
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 300, input: str | None = None):
-    """Run `python -m nanochat ARGS` in a fresh process; returns CompletedProcess (text)."""
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (see inference_helpers.one_torch_thread)."""
+    from tests.inference_helpers import one_torch_thread as body
+
+    yield from body()
+
+
+@pytest.fixture(scope="module")
+def server(one_torch_thread):
+    """uvicorn in a thread on 127.0.0.1 over `make_app()` (one tiny engine); `.app` is the app."""
+    from tests.inference_helpers import ThreadServer, make_app
+
+    app = make_app()
+    with ThreadServer(app) as s:
+        s.app = app
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """The official openai client for `server`."""
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300, input: str | None = None, cwd=None):
+    """Run `python -m nanochat ARGS` in a fresh process (in folder `cwd`, default ours); returns CompletedProcess (text)."""
     import subprocess
 
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    return subprocess.run([sys.executable, "-m", "nanochat", *args], capture_output=True, text=True, env=full_env, timeout=timeout, input=input)
+    return subprocess.run([sys.executable, "-m", "nanochat", *args], capture_output=True, text=True, env=full_env, timeout=timeout, input=input, cwd=cwd)

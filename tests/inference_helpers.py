@@ -215,3 +215,84 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# /health timed from a child process (so that the test's own sockets, threads and GIL do not count against
+# the server), until a line arrives on its stdin
+POLLER = r"""
+import json, sys, threading, time, httpx
+url, lat, stop = sys.argv[1], [], threading.Event()
+threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+with httpx.Client(timeout=10) as c:
+    c.get(url)
+    print("ready", flush=True)
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        try:
+            assert c.get(url).status_code == 200
+        except httpx.TimeoutException:  # a stalled server: one poll as slow as the timeout
+            pass
+        lat.append(time.perf_counter() - t0)
+        time.sleep(0.005)
+print(json.dumps(lat))
+"""
+
+
+class HealthPoller:
+    """Polls /health from a child process while the block runs; `latencies` (sorted) afterwards."""
+
+    def __init__(self, url: str):
+        self.url = url + "/health"
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", POLLER, self.url], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+        return self
+
+    def __exit__(self, *exc):
+        import json
+
+        out, _ = self.proc.communicate("stop\n", timeout=60)
+        self.latencies = sorted(json.loads(out))
+
+    @property
+    def p99(self) -> float:
+        return self.latencies[int(0.99 * (len(self.latencies) - 1))]
+
+    def summary(self) -> str:
+        slowest = [round(x * 1000, 1) for x in self.latencies[-5:]]
+        return f"p99 {self.p99 * 1000:.1f} ms over {len(self.latencies)} polls (slowest {slowest} ms)"
+
+
+class HealthRace:
+    """/health of the server under test and of an idle control server (the same app, in its own process,
+    started here), polled side by side over the same window. The control server meets the same busy
+    machine (other work, the test's own clients) but does no work of its own, so its latencies are what
+    "responsive" means on this machine right now. `check` wants the server's p99 within `ratio` x the
+    control's (or `floor_s`), and its slowest poll within `max_ratio` x the control's slowest (or
+    `max_floor_s`): a poller waits out a stall, so a stalled event loop costs one slow poll, not 1% of them,
+    and only the maximum sees it (generation on the event loop stalls /health for seconds)."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def __enter__(self):
+        self._stack = contextlib.ExitStack()
+        control = self._stack.enter_context(process_server())
+        self.server = self._stack.enter_context(HealthPoller(self.url))
+        self.control = self._stack.enter_context(HealthPoller(control))
+        return self
+
+    def __exit__(self, *exc):
+        self._stack.close()
+
+    def summary(self) -> str:
+        return f"/health {self.server.summary()}; idle control server {self.control.summary()}"
+
+    def check(self, floor_s: float, ratio: float, max_floor_s: float = 1.0, max_ratio: float = 5.0, min_polls: int = 50) -> None:
+        server, control = self.server.latencies, self.control.latencies
+        assert min(len(server), len(control)) >= min_polls, self.summary()
+        limit = max(floor_s, ratio * self.control.p99)
+        assert self.server.p99 <= limit, f"{self.summary()}: p99 over the limit of {limit * 1000:.0f} ms"
+        limit = max(max_floor_s, max_ratio * control[-1])
+        assert server[-1] <= limit, f"{self.summary()}: slowest poll over the limit of {limit * 1000:.0f} ms"

@@ -110,3 +110,58 @@ def test_empty_tool_output_is_allowed(tok):
     ids, mask = tok.render_conversation(conv)
     out_start = ids.index(tok.special_id("<|output_start|>"))
     assert ids[out_start + 1] == tok.special_id("<|output_end|>") and mask[out_start : out_start + 2] == [0, 0]
+
+
+# ---- inference prompts are the training rendering's prefix ----
+
+LONGER = CONVERSATION + [
+    {"role": "user", "content": "And 3+4?"},
+    {"role": "assistant", "content": [{"type": "python", "text": "3+4"}, {"type": "python_output", "text": "7"}, {"type": "text", "text": "7."}]},
+]
+
+
+@pytest.mark.parametrize("conversation", [CONVERSATION, LONGER, CONVERSATION[1:]], ids=["system+tool", "longer", "no-system"])
+def test_inference_prompt_is_the_training_rendering_up_to_each_assistant_start(tok, conversation):
+    from nanochat.engine.prompt import render_chat_prompt
+
+    ids, mask = tok.render_conversation(conversation, max_tokens=10_000)
+    starts = [p for p, t in enumerate(ids) if t == tok.special_id("<|assistant_start|>")]
+    users = [k for k, m in enumerate(conversation) if m["role"] == "user"]
+    assert len(starts) == len(users)
+    for start, k in zip(starts, users):
+        history = conversation[: k + 1]  # up to and including a user message: the model answers next
+        prompt = render_chat_prompt(tok, history, 10_000)
+        assert prompt == ids[: start + 1] == tok.render_for_completion(history)
+        assert mask[start] == 0 and mask[start + 1] == 1  # training learns exactly what comes after the prompt
+    # a conversation that ends in an assistant message continues it: everything but its <|assistant_end|>
+    assert render_chat_prompt(tok, conversation, 10_000) == ids[:-1] and ids[-1] == tok.special_id("<|assistant_end|>")
+
+
+def test_lenient_inference_input_renders_as_its_strict_training_equivalent(tok):
+    from nanochat.engine.prompt import render_chat_prompt
+
+    loose = [
+        {"role": "user", "content": "Hi"},
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "What is 12*7? Tha"}, {"type": "text", "text": "nks"}]},
+    ]
+    strict = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi\n\nWhat is 12*7? Thanks"}]
+    ids, _ = tok.render_conversation(strict)
+    assert tok.encode("Thanks") != tok.encode("Tha") + tok.encode("nks")  # text parts are one text, not pieces
+    assert render_chat_prompt(tok, loose, 10_000) == ids + [tok.special_id("<|assistant_start|>")]
+
+
+def test_developer_is_a_system_message_in_training_too(tok):
+    as_developer = [{"role": "developer", "content": "Be brief."}, *CONVERSATION[1:]]
+    assert tok.render_conversation(as_developer) == tok.render_conversation(CONVERSATION)
+    with pytest.raises(ConversationError, match="developer message may only come first"):
+        tok.render_conversation([CONVERSATION[1], {"role": "developer", "content": "late"}])
+
+
+def test_roles_are_defined_once():
+    from nanochat.data import chat_format
+    from nanochat.engine import prompt
+    from nanochat.serve import validation
+
+    assert prompt.ROLES is chat_format.ROLES and validation.ROLES is chat_format.ROLES
+    assert set(chat_format.ROLES) == {"system", "developer", "user", "assistant"}

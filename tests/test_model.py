@@ -98,7 +98,7 @@ def test_param_counts_by_group_hand_computed():
     assert counts["lm_head"] == 128 * 32
     assert counts["value_embeds"] == 2 * 128 * 16
     assert counts["matrices"] == 3 * per_layer + 2 * (2 * 12)  # + two ve_gates (2 kv heads x 12 channels)
-    assert counts["scalars"] == 6 + 24 + 1 + 1  # resid + x0 lambdas; smear gate (24 channels), smear and backout lambdas
+    assert counts["scalars"] == 6 + 24 + 1  # resid + x0 lambdas; smear gate (24 channels), smear lambda (backout is off by default)
     assert counts["total"] == sum(p.numel() for p in m.parameters())
     # flops: 6 x (matrices + lm_head) + 12 * heads * head_dim * window per layer (windows 8, 32, 32 at T=32)
     assert m.flops_per_token() == 6 * (counts["matrices"] + counts["lm_head"]) + 12 * 4 * 8 * (8 + 32 + 32)
@@ -248,7 +248,7 @@ def test_backout_subtracts_the_mid_residual_by_hand():
     """Backout takes backout_lambda x (the residual after block n_layer // 2) off before the final norm. Three
     layers: blocks 0 and 1 are identities (zero output projections), block 2's MLP writes a vector that is not
     parallel to x0, so the subtraction changes the direction the head reads; checked against a hand computation."""
-    c = GPTConfig(sequence_len=8, vocab_size=64, n_layer=3, n_head=1, n_kv_head=1, n_embd=24, smear=False)
+    c = GPTConfig(sequence_len=8, vocab_size=64, n_layer=3, n_head=1, n_kv_head=1, n_embd=24, smear=False, backout=True)
     m = build_model(c, "cpu", seed=0)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -274,7 +274,7 @@ def test_backout_subtracts_the_mid_residual_by_hand():
 
 
 def test_old_checkpoint_configs_load_without_smear_and_backout():
-    d = tiny_config().to_dict()
+    d = tiny_config(backout=True).to_dict()
     assert d["smear"] is True and d["backout"] is True
     old = {k: v for k, v in d.items() if k not in ("smear", "backout")}
     c = GPTConfig.from_dict(old)

@@ -29,7 +29,7 @@ def test_adamw_groups_match_torch_adamw_over_10_steps():
     adam_groups = [g for g in opt.param_groups if g["kind"] == "adamw"]
     assert [g["name"] for g in adam_groups] == ["lm_head", "wte", "value_embeds", "resid_lambdas", "x0_lambdas", "smear"]
     smear = adam_groups[-1]["params"]
-    assert [p.shape for p in smear] == [(1, 24), (1,), (1,)]  # smear gate, smear lambda, backout lambda
+    assert [p.shape for p in smear] == [(1, 24), (1,)]  # smear gate, smear lambda (no backout lambda: off by default)
     s = (64 / 768) ** -0.5  # width scaling of the embedding/head LRs
     expected = {"lm_head": (0.008 * s, (0.8, 0.96), 0.01), "wte": (0.3 * s, (0.8, 0.995), 0.001),
                 "value_embeds": (0.15 * s, (0.8, 0.995), 0.01), "resid_lambdas": (0.005, (0.8, 0.95), 0.05),

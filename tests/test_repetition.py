@@ -340,7 +340,7 @@ def test_serve_takes_openai_penalties_apart_from_the_guards_on_both_endpoints():
 
     chat_guards, _ = eng.generate_batch(text_prompt, max_tokens=24, temperature=0.0, repetition_penalty=CHAT_REPETITION_PENALTY, no_repeat_ngram=CHAT_NO_REPEAT_NGRAM)
     assert raw != pres and raw != chat_guards  # so the checks below tell the three apart
-    from nanochat.serve.outputs import TokenNames
+    from nanochat.engine.choice_output import TokenNames
 
     names = TokenNames(tok)
     assert r_raw.json()["choices"][0]["logprobs"]["tokens"] == [names(t)[0] for t in raw[0]]  # text completions: no guards unless asked

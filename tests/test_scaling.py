@@ -24,7 +24,7 @@ def dims(depth: int) -> dict:
     ve_layers = sum(1 for i in range(depth) if i % 2 == (depth - 1) % 2)
     matrices = depth * 12 * dim * dim + ve_layers * heads * 12  # q,k,v,proj (4d²) + MLP (8d²) + ve gates
     lm_head = VOCAB * dim
-    scalars = 2 * depth + 24 + 2  # resid/x0 lambdas, smear gate (24) + smear lambda, backout lambda
+    scalars = 2 * depth + 24 + 1  # resid/x0 lambdas, smear gate (24) + smear lambda (backout off by default)
     total = VOCAB * dim + lm_head + ve_layers * VOCAB * dim + matrices + scalars
     # FLOPs/token: 6 × matmul params + 12·h·q·window per layer; SSSL with S = T/4 and the last layer full
     pattern = [("SSSL"[i % 4]) for i in range(depth)]

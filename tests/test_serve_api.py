@@ -13,23 +13,10 @@ import httpx
 import openai
 import pytest
 
-from tests.inference_helpers import ThreadServer, display_text, make_app, one_torch_thread, tiny_engine, wait_ready
+from tests.inference_helpers import ThreadServer, display_text, make_app, tiny_engine, wait_ready
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_torch_thread()
-
-
-@pytest.fixture(scope="module")
-def server():
-    with ThreadServer(make_app()) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 MSG = [{"role": "user", "content": "Hello world!"}]

@@ -4,38 +4,18 @@ while /health stays fast, and a client that goes away frees its worker within tw
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import pytest
 
-from tests.inference_helpers import ThreadServer, make_app, one_torch_thread, process_server
+from tests.inference_helpers import HealthRace, ThreadServer, make_app, process_server
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_torch_thread()
-
+RATIO = 3.0
 BODY = {"messages": [{"role": "user", "content": "Hello world! How are you?"}], "max_tokens": 40, "temperature": 1.0, "stream": True}
-
-
-POLLER = r"""
-import json, sys, threading, time, httpx
-url, lat, stop = sys.argv[1], [], threading.Event()
-threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
-with httpx.Client(timeout=10) as c:
-    c.get(url)
-    print("ready", flush=True)
-    while not stop.is_set():
-        t0 = time.perf_counter()
-        assert c.get(url).status_code == 200
-        lat.append(time.perf_counter() - t0)
-        time.sleep(0.002)
-print(json.dumps(lat))
-"""
 
 
 def stream_one(url: str, results: list, i: int) -> None:
@@ -55,31 +35,33 @@ def test_32_streaming_clients_while_health_stays_fast():
     with process_server(queue_size=6) as url:
         httpx.post(url + "/v1/chat/completions", json={**BODY, "stream": False, "max_tokens": 2}, timeout=60)  # warm up
         results: list = [None] * 32
-        # /health is timed from a separate process, so that this process's 32 client threads
-        # (and their GIL) do not count against the server
-        poller = subprocess.Popen([sys.executable, "-c", POLLER, url + "/health"], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
-        assert poller.stdout.readline().strip() == "ready"
-        threads = [threading.Thread(target=stream_one, args=(url, results, i)) for i in range(32)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=180)
-        out, _ = poller.communicate("stop\n", timeout=30)
-        latencies = json.loads(out)
+        idle = health_histogram(url)
+        with HealthRace(url) as race:
+            threads = [threading.Thread(target=stream_one, args=(url, results, i)) for i in range(32)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=180)
         ok = [r for r in results if r and r[0] == 200]
         busy = [r for r in results if r and r[0] == 503]
         assert len(ok) + len(busy) == 32, [r for r in results if not r or r[0] not in (200, 503)]
         assert len(ok) >= 7  # one running + six queued at least
         assert all(r[1] == "data: [DONE]" and r[2] >= 3 for r in ok)
         assert all(r[1] is not None and r[2]["error"]["code"] == "server_busy" for r in busy)
-        # server side (the app's own histogram): /health handled within 25 ms at least 97% of the time
-        # (what remains above that is the OS descheduling the event loop on a busy machine)
-        metrics = httpx.get(url + "/metrics").text.splitlines()
-        buckets = {line.split('le="')[1].split('"')[0]: float(line.split()[-1]) for line in metrics if line.startswith('nanochat_request_duration_seconds_bucket{route="/health"')}
-        assert buckets["0.025"] >= 0.97 * buckets["+Inf"], buckets
-        latencies.sort()
-        p99 = latencies[int(0.99 * (len(latencies) - 1))]
-        assert len(latencies) >= 50 and p99 < 0.1, f"/health p99 {p99 * 1000:.0f} ms over {len(latencies)} polls; slowest {[round(x * 1000) for x in latencies[-5:]]} ms"
+        print(f"\n{len(ok)} streamed, {len(busy)} refused; {race.summary()}")
+        # seen by a client: /health while 32 clients stream is about as fast as an idle server's at the same time
+        race.check(floor_s=0.1, ratio=RATIO)
+        # server side (the app's own histogram): under load, /health is handled within 25 ms about as often as
+        # before the load (what misses it on a busy machine is the OS descheduling the event loop, idle or not)
+        loaded = {le: n - idle[le] for le, n in health_histogram(url).items()}
+        idle_share, loaded_share = idle["0.025"] / idle["+Inf"], loaded["0.025"] / loaded["+Inf"]
+        assert loaded_share >= min(0.97, idle_share - 0.03), (idle, loaded)
+
+
+def health_histogram(url: str) -> dict[str, float]:
+    """The server's cumulative /health latency buckets: {le: count}."""
+    metrics = httpx.get(url + "/metrics").text.splitlines()
+    return {line.split('le="')[1].split('"')[0]: float(line.split()[-1]) for line in metrics if line.startswith('nanochat_request_duration_seconds_bucket{route="/health"')}
 
 
 def test_disconnect_stops_generation_and_frees_the_worker():

@@ -15,12 +15,7 @@ import random
 import httpx
 import pytest
 
-from tests.inference_helpers import ThreadServer, make_app, one_torch_thread
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_torch_thread()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 GOOD = {"model": "nanochat", "messages": [{"role": "user", "content": "Hello world!"}], "max_tokens": 2, "temperature": 0.0}
 
@@ -127,12 +122,6 @@ def cases() -> list[tuple[str, str, dict]]:
             body = {**GOOD, **body, "max_tokens": rng.choice([1, 2, 3, -5, "x", None])}
         out.append(("POST", url, {"json": body}))
     return out
-
-
-@pytest.fixture(scope="module")
-def server():
-    with ThreadServer(make_app()) as s:
-        yield s
 
 
 def test_malformed_requests_never_5xx(server):

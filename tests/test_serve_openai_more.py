@@ -13,26 +13,13 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from tests.inference_helpers import ThreadServer, make_app, one_torch_thread, tiny_engine, tiny_model, tiny_tokenizer  # noqa: E402
+from tests.inference_helpers import ThreadServer, tiny_engine, tiny_model, tiny_tokenizer  # noqa: E402
 from tests.test_serve_malformed import BAD_VALUES  # noqa: E402
 
 MODEL = "nanochat-test"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_torch_thread()
-
-
-@pytest.fixture(scope="module")
-def server():
-    with ThreadServer(make_app()) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @lru_cache(maxsize=1)
@@ -265,7 +252,7 @@ def test_malformed_completion_requests_never_5xx(server):
 
 
 def test_choice_output_holds_back_a_possible_stop_and_cuts_at_one():
-    from nanochat.serve.outputs import ChoiceOutput
+    from nanochat.engine.choice_output import ChoiceOutput
 
     tok = tiny_tokenizer()
 

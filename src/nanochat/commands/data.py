@@ -62,17 +62,21 @@ def download(
 app.command("prepare-evals", cls=NanochatCommand, epilog=examples("nanochat data prepare-evals", "nanochat data prepare-evals --offline"))(prepare_evals)
 
 
-@app.command("import", cls=NanochatCommand, epilog=examples("nanochat data import ~/books --name books", "nanochat data import notes.jsonl.gz --name notes --text-field body"))
+@app.command("import", cls=NanochatCommand, epilog=examples("nanochat data import ~/books --name books", "nanochat data import notes.jsonl.gz --name notes --text-field body",
+                                                            "nanochat data import chats.jsonl --kind chat --name mychats"))
 def import_(
-    sources: list[str] = typer.Argument(..., help="Files or folders: txt, md, jsonl, parquet, gz/zst."),
+    sources: list[str] = typer.Argument(..., help="Files or folders: txt, md, jsonl, parquet, gz/zst (--kind chat: jsonl or parquet conversations)."),
     name: str = typer.Option(..., help="Name of the new data set (use it as --data NAME)."),
+    kind: str = typer.Option("text", help="text (pretraining documents) or chat (conversations in the OpenAI messages format, for sft --data/--add NAME)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="--kind chat: leave out bad lines (counted) instead of stopping at the first."),
     text_field: str = typer.Option("text", help="JSONL field / parquet column holding the text."),
     max_doc_chars: int = typer.Option(20_000, callback=ranges.count(low=0), help="Cut longer text files into documents at blank lines (0: never)."),
     val_fraction: float = typer.Option(0.01, callback=ranges.number(low=0, high=0.5, low_open=True), help="Share of documents kept for validation (at least one)."),
     seed: int = typer.Option(42, callback=ranges.count(low=0), help="Shuffle seed."),
     force: bool = typer.Option(False, "--force", help="Replace an existing data set of that name."),
 ) -> None:
-    """Import your own text into parquet shards."""
+    """Import your own text into parquet shards, or your own conversations (--kind chat) for SFT."""
+    from nanochat.common import checks
     from nanochat.common.errors import NanochatError, UsageError
     from nanochat.common.logging import print0, table
     from nanochat.data.importer import import_dataset, validate_name
@@ -81,6 +85,9 @@ def import_(
         validate_name(name)
     except NanochatError as e:  # a name that cannot be a data set is bad usage
         raise UsageError(str(e)) from None
+    checks.one_of("kind", kind, ("text", "chat"))
+    if kind == "chat":
+        return _import_chat(sources, name, skip_bad, force)
 
     r = import_dataset(sources, name, text_field=text_field, max_doc_chars=max_doc_chars, val_fraction=val_fraction, seed=seed, force=force)
     print0(
@@ -95,6 +102,18 @@ def import_(
             ],
         )
     )
+
+
+def _import_chat(sources: list[str], name: str, skip_bad: bool, force: bool) -> None:
+    from nanochat.common.logging import print0, table, warn0
+    from nanochat.data.chat_jsonl import import_chat
+
+    r = import_chat(sources, name, skip_bad=skip_bad, force=force)
+    if r.skipped:
+        warn0(f"{len(r.skipped):,} bad line(s) skipped (--skip-bad); the first: {r.skipped[0]}")
+    rows = [("files read", f"{r.files:,}"), ("conversations", f"{r.conversations:,} (each checked)"), ("folder", str(r.directory)),
+            ("use it", f"nanochat sft --data {name}, or on top of a mixture: nanochat sft --data demo --add {name}")]  # fmt: skip
+    print0(table(f"Imported conversations {name!r}", rows))
 
 
 @app.command("list", cls=NanochatCommand, epilog=examples("nanochat data list", "nanochat data list --depth 20"))

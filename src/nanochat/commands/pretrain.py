@@ -37,7 +37,7 @@ def pretrain(
     n_kv_head: Optional[int] = typer.Option(None, help="Key/value heads (GQA); default: as many as query heads."),
     window_pattern: str = typer.Option("SSSL", help="Sliding-window pattern over layers (S short, L long; the last layer is always L)."),
     smear: bool = typer.Option(True, "--smear/--no-smear", help="Gate the previous token's embedding into each position."),
-    backout: bool = typer.Option(True, "--backout/--no-backout", help="Subtract a learned share of the mid-depth residual before the head."),
+    backout: bool = typer.Option(False, "--backout/--no-backout", help="Subtract a learned share of the mid-depth residual before the head (off by default: it cost bpb at d12)."),
     attn_gate: bool = typer.Option(False, "--attn-gate/--no-attn-gate", help="Scale each attention head's output by a learned, input-dependent gate."),
     embedding_lr: float = typer.Option(0.3, help="AdamW LR of the token embedding (before × √(B/B_ref)).", rich_help_panel=P),
     unembedding_lr: float = typer.Option(0.008, help="AdamW LR of the output head (before scaling).", rich_help_panel=P),

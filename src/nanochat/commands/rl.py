@@ -37,6 +37,7 @@ def rl(
     save_every: int = typer.Option(60, help="Checkpoint every N steps (and at the end, and on SIGTERM/SIGINT); -1: only then.", rich_help_panel=E),
     keep_last: Optional[int] = typer.Option(None, help="Keep only the newest K RL checkpoints of this tag.", rich_help_panel=E),
     resume: str = typer.Option("auto", help="auto (newest valid RL checkpoint of the tag, if any), never, or a step number.", rich_help_panel=E),
+    run: str = typer.Option("dummy", help="wandb run name (needs wandb installed); dummy = no wandb.", rich_help_panel=E),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     nproc: Optional[int] = typer.Option(None, help=NPROC_HELP),
     nnodes: NNodes = None,
@@ -57,7 +58,7 @@ def rl(
         device_batch_size=device_batch_size, examples_per_step=examples_per_step, num_samples=num_samples, max_new_tokens=max_new_tokens,
         temperature=temperature, top_k=top_k, embedding_lr=embedding_lr, unembedding_lr=unembedding_lr, matrix_lr=matrix_lr,
         scalar_lr=scalar_lr, init_lr_frac=init_lr_frac, eval_every=eval_every, eval_examples=eval_examples, save_every=save_every,
-        keep_last=keep_last, resume=resume, device=device,
+        keep_last=keep_last, resume=resume, device=device, run=run,
     )  # fmt: skip
     # options, then the starting checkpoint's folder: both before any process starts or anything loads
     cfg.validate()

@@ -20,6 +20,8 @@ def speedrun(
     with_rl: bool = typer.Option(False, "--with-rl", hidden=True, help="Accepted for old scripts: RL is a default stage now."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     nproc: Optional[int] = typer.Option(None, help=NPROC_HELP),
+    data: Optional[str] = typer.Option(None, help="Your own text for the tokenizer, pretraining and base eval: an imported data set (nanochat data import) or a folder of shards."),
+    sft_data: list[str] = typer.Option([], "--sft-data", help="Your conversations mixed into SFT: FILE.jsonl, FILE.jsonl:3 (three epochs) or an imported chat set; repeatable."),
     tiny: bool = typer.Option(False, "--tiny", hidden=True, help="Tests: an even smaller demo (vocab 512, depth 2, 64-token rows)."),
 ) -> None:
     """Run every stage in order, from tokenizer to report card; a rerun continues where it stopped."""
@@ -35,4 +37,4 @@ def speedrun(
         if name != "rl":
             raise UsageError(f"--skip {name!r}: only rl can be left out (the other stages feed each other); use --skip rl")
     run(depth=depth, demo=demo, tiny=tiny, with_rl="rl" not in skip, from_stage=from_stage, dry_run=dry_run, device=device, nproc=nproc,
-        ratio=target_param_data_ratio)
+        ratio=target_param_data_ratio, data=data, sft_add=tuple(sft_data))

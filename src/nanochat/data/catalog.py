@@ -14,7 +14,7 @@ from nanochat.data.download import PARTIAL_SUFFIX
 @dataclass
 class DatasetInfo:
     name: str
-    kind: str  # packaged, web, imported
+    kind: str  # packaged, web, imported, chat (conversations for sft --data/--add)
     train_shards: int
     has_val: bool
     docs: int | None
@@ -49,7 +49,7 @@ def _folder_info(d: Path) -> DatasetInfo | None:
     files = shard_files(d)
     partial = list(d.glob("*" + PARTIAL_SUFFIX))
     if not files and not partial:
-        return None
+        return _chat_info(d)
     web = WEB_DATASETS.get(d.name)
     val_name = _val_name(d, files, web) if files else None
     docs, approx_chars, bad = 0, 0, 0
@@ -81,6 +81,28 @@ def _folder_info(d: Path) -> DatasetInfo | None:
     size = sum(f.stat().st_size for f in files + partial)
     train_shards = len(files) - (1 if has_val else 0)
     return DatasetInfo(d.name, "web" if web else "imported", train_shards, has_val, docs, size, chars if files else None, exact, "; ".join(notes))
+
+
+def _chat_info(d: Path) -> DatasetInfo | None:
+    """A conversation set of `nanochat data import --kind chat` (counted by lines: one conversation each)."""
+    from nanochat.data.chat_jsonl import CHAT_FILE
+
+    f = d / CHAT_FILE
+    if not f.is_file():
+        return None
+    with open(f, "rb") as fh:
+        n = sum(1 for line in fh if line.strip())
+    return DatasetInfo(d.name, "chat", 0, False, n, f.stat().st_size, None, True, note=f"conversations: use it as sft --data {d.name} or --add {d.name}")
+
+
+def dataset_info(data: str) -> DatasetInfo | None:
+    """One data set's info: demo, an imported name or a folder of shards (None when there is none such)."""
+    from nanochat.data.corpus import _local_folder
+
+    if data == "demo":
+        return _demo_info()
+    folder = _local_folder(data)
+    return _folder_info(folder) if folder is not None else None
 
 
 def list_datasets() -> list[DatasetInfo]:

@@ -32,6 +32,7 @@ from typing import Iterator
 
 from nanochat.common import paths
 from nanochat.common.errors import NanochatError
+from nanochat.data.chat_jsonl import CHAT_FILE
 
 SPLITS = ("train", "val")
 TEXT_COLUMN = "text"
@@ -329,6 +330,8 @@ def parquet_corpus(directory: Path, split: str, name: str, web: WebDataset | Non
     files = shard_files(directory)
     if web is not None:
         hint = f"download shards with `nanochat data download{'' if web.name == WEB_DEFAULT else ' --dataset ' + web.name}` (or use --data demo, which needs no network)"
+    elif (directory / CHAT_FILE).is_file():  # a set of `data import --kind chat`
+        hint = f"it holds conversations, for `nanochat sft --data {directory.name}`; pretraining reads text: import some with `nanochat data import SOURCE --name NAME`"
     else:
         hint = "import text with `nanochat data import SOURCE --name NAME`"
     if not files:

@@ -11,6 +11,9 @@ alone at a low temperature tends to loop.
 Ctrl-C while an answer streams stops that answer (what was written so far stays in the history);
 Ctrl-C (or Ctrl-D) at the prompt exits. With `verbose`, each answer ends with its tokens and tokens/s.
 
+An answer is an `engine.reply.Reply`, the same chat path the server runs (prompt rendering, the
+calculator tool, the end-of-turn stop, streaming text that never splits a character).
+
 `score_prompt_set(engine, ...)` is `nanochat chat --score-prompts`: it answers a fixed prompt set
 (eval/demo_prompts.py) greedily, prints each answer with its checks and records the report section.
 """
@@ -21,8 +24,8 @@ import time
 from typing import Callable, TextIO
 
 from nanochat.engine.prompt import render_chat_prompt
+from nanochat.engine.reply import Reply, ReplyParams
 from nanochat.engine.repetition import CHAT_NO_REPEAT_NGRAM, CHAT_REPETITION_PENALTY, check_repetition_settings
-from nanochat.engine.streaming import StreamDecoder
 
 HELP = """commands:
   /help                 this help
@@ -61,36 +64,29 @@ class ChatSession:
         ctx = self.engine.sequence_len
         max_new = max(1, min(self.max_tokens, ctx // 2))
         prompt = render_chat_prompt(self.engine.tokenizer, self.messages, ctx - max_new)
-        tok = self.engine.tokenizer
-        terminal = {tok.bos_id, tok.special_id("<|assistant_end|>")}
-        decoder = StreamDecoder(tok)
         seed = None if self.seed is None else self.seed + self._turn
         self._turn += 1
-        n, t0 = 0, time.perf_counter()
-        gen = self.engine.generate(prompt, num_samples=1, max_tokens=max_new, temperature=self.temperature, top_k=self.top_k, seed=seed,
-                                   repetition_penalty=self.repetition_penalty, no_repeat_ngram=self.no_repeat_ngram)  # fmt: skip
+        params = ReplyParams(max_new, self.temperature, self.top_k, None, seed, repetition_penalty=self.repetition_penalty, no_repeat_ngram=self.no_repeat_ngram)
+        reply = Reply(self.engine, prompt, params)
+        t0 = time.perf_counter()
         stopped = False
         try:
-            for column, _ in gen:
-                n += 1
-                if column[0] in terminal:
-                    break
-                out.write(decoder.push(column[0]))
-                out.flush()
+            for event in reply.events():
+                _write_delta(out, event)
         except KeyboardInterrupt:
             stopped = True
-        finally:
-            gen.close()
-        out.write(decoder.flush())
+        for event in reply.close():  # what an interrupted answer still held (half a character)
+            _write_delta(out, event)
         dt = time.perf_counter() - t0
         out.write("\n")
         if stopped:
             out.write("[stopped]\n")
         if self.verbose:
+            n = reply.counts[0]
             out.write(f"[{n} tokens in {dt:.2f} s, {n / max(dt, 1e-9):.1f} tokens/s]\n")
         out.flush()
-        self.messages.append({"role": "assistant", "content": decoder.text})
-        return decoder.text
+        self.messages.append({"role": "assistant", "content": reply.texts[0]})
+        return reply.texts[0]
 
     def command(self, line: str, out: TextIO) -> bool:
         """Run a slash command; False means exit."""
@@ -161,6 +157,12 @@ class ChatSession:
                 out.write("\n[stopped]\n")
                 if self.messages and self.messages[-1]["role"] == "user":
                     self.messages.pop()
+
+
+def _write_delta(out: TextIO, event: tuple) -> None:
+    if event[0] == "delta":
+        out.write(event[2])
+        out.flush()
 
 
 def score_prompt_set(engine, label: str, prompts: str = "demo", max_new_tokens: int | None = None, record: bool = True) -> list:

@@ -148,6 +148,43 @@ class Engine:
         """Logits (B, 1, V) of the last position (or (B, T, V) with last_only=False), appending to `cache`."""
         return self.model(idx, kv_cache=cache, last_only=last_only)
 
+    def _prefill(self, prompts: list[list[int]], num_samples: int, longest: int, max_tokens: int):
+        """Run the prompts through the model into a decode cache: (the last position's logits per row, a
+        function from one token per row to the next logits)."""
+        rows = len(prompts) * num_samples
+        dev = self.device
+        static = self._static_step(rows, longest + max_tokens) if self.decode != "eager" else None
+        cache_src = None  # a prefilled cache to copy into the decode cache, when they differ
+        if len(prompts) == 1:
+            prompt = torch.tensor([prompts[0]], dtype=torch.long, device=dev)
+            if num_samples == 1 and static is None:
+                cache = self._new_cache(1, longest + max_tokens)
+                logits = self._forward(prompt, cache)[:, -1, :]
+            else:  # prefill once (batch 1), then copy the cache to every sample's row
+                pre = self._new_cache(1, longest)
+                logits = self._forward(prompt, pre)[:, -1, :].expand(rows, -1)
+                if static is None:
+                    cache = self._new_cache(rows, longest + max_tokens)
+                cache_src = pre
+        else:  # different prompts: one right-padded prefill, then each row continues from its own length
+            row_prompts = [p for p in prompts for _ in range(num_samples)]
+            lengths = torch.tensor([len(p) for p in row_prompts], dtype=torch.long)
+            padded = torch.full((rows, longest), self.ids["bos"], dtype=torch.long)
+            for i, p in enumerate(row_prompts):
+                padded[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+            cache = self._new_cache(rows, longest + (0 if static is not None else max_tokens))
+            out = self._forward(padded.to(dev), cache, last_only=False)  # each row's last position differs
+            logits = out[torch.arange(rows, device=dev), (lengths - 1).to(dev)]
+            cache.set_lengths(lengths)
+        if static is not None:  # static shapes: the prefill goes into the reusable (graph) cache
+            static.load(cache_src if cache_src is not None else cache)
+            step_fn = static.step
+        else:
+            if cache_src is not None and cache is not cache_src:
+                cache.copy_from(cache_src)
+            step_fn = lambda ids: self._forward(ids.unsqueeze(1), cache)[:, -1, :]  # noqa: E731
+        return logits, step_fn
+
     @torch.inference_mode()
     def generate(
         self,
@@ -185,38 +222,7 @@ class Engine:
             return
         rows = len(prompts) * num_samples
         dev = self.device
-
-        static = self._static_step(rows, longest + max_tokens) if self.decode != "eager" else None
-        cache_src = None  # a prefilled cache to copy into the decode cache, when they differ
-        if len(prompts) == 1:
-            prompt = torch.tensor([prompts[0]], dtype=torch.long, device=dev)
-            if num_samples == 1 and static is None:
-                cache = self._new_cache(1, longest + max_tokens)
-                logits = self._forward(prompt, cache)[:, -1, :]
-            else:  # prefill once (batch 1), then copy the cache to every sample's row
-                pre = self._new_cache(1, longest)
-                logits = self._forward(prompt, pre)[:, -1, :].expand(rows, -1)
-                if static is None:
-                    cache = self._new_cache(rows, longest + max_tokens)
-                cache_src = pre
-        else:  # different prompts: one right-padded prefill, then each row continues from its own length
-            row_prompts = [p for p in prompts for _ in range(num_samples)]
-            lengths = torch.tensor([len(p) for p in row_prompts], dtype=torch.long)
-            padded = torch.full((rows, longest), self.ids["bos"], dtype=torch.long)
-            for i, p in enumerate(row_prompts):
-                padded[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-            cache = self._new_cache(rows, longest + (0 if static is not None else max_tokens))
-            out = self._forward(padded.to(dev), cache, last_only=False)  # each row's last position differs
-            logits = out[torch.arange(rows, device=dev), (lengths - 1).to(dev)]
-            cache.set_lengths(lengths)
-        if static is not None:  # static shapes: the prefill goes into the reusable (graph) cache
-            static.load(cache_src if cache_src is not None else cache)
-            step_fn = static.step
-        else:
-            if cache_src is not None and cache is not cache_src:
-                cache.copy_from(cache_src)
-            step_fn = lambda ids: self._forward(ids.unsqueeze(1), cache)[:, -1, :]  # noqa: E731
-        del cache_src
+        logits, step_fn = self._prefill(prompts, num_samples, longest, max_tokens)
 
         generator = make_generator(seed, dev) if temperature > 0 else None
         tok = self.tokenizer

@@ -25,6 +25,8 @@ cache slots, padding included.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -309,6 +311,8 @@ class NanochatGPTForCausalLM(NanochatGPTPreTrainedModel, GenerationMixin):
         if input_ids is None or inputs_embeds is not None:
             raise ValueError("this model needs input_ids (its value embeddings are looked up by token id); inputs_embeds is not supported")
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        if past_key_values is None:  # transformers >= 5.2x hands the cache over as `cache`
+            past_key_values = kwargs.pop("cache", None)
         if use_cache and past_key_values is None:
             from transformers.cache_utils import DynamicCache
 
@@ -326,7 +330,10 @@ class NanochatGPTForCausalLM(NanochatGPTPreTrainedModel, GenerationMixin):
         return out if return_dict is not False else out.to_tuple()
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, **kwargs):
-        inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
+        cache = kwargs.pop("cache", None) if past_key_values is None else past_key_values
+        # the keyword was renamed from past_key_values to cache in transformers 5.2x
+        name = "cache" if "cache" in inspect.signature(super().prepare_inputs_for_generation).parameters else "past_key_values"
+        inputs = super().prepare_inputs_for_generation(input_ids, **{name: cache}, **kwargs)
         new = inputs.get("input_ids")
         if new is not None and new.shape[1] < input_ids.shape[1]:
             # the smear gate reads the token just before the ones this step feeds

@@ -11,8 +11,9 @@ x[t] += smear_lambda * sigmoid(smear_gate(x[t, :24])) * x[t-1] (t >= 1; smear_la
 opens as it learns). It hands every position a cheap bigram feature. With a KV cache the previous token of a row
 is read from the cache's token slots, so decode and prefill give what the full forward gives.
 Per block (pre-norm): x = resid_lambdas[i]*x + x0_lambdas[i]*x0, then x += attn(norm(x)), x += mlp(norm(x)).
-Backout: the residual after block n_layer // 2 is kept and backout_lambda (0.2 at init) times it is subtracted
-before the final norm, taking low-level features out of what the head reads.
+Backout (config.backout, off by default): the residual after block n_layer // 2 is kept and backout_lambda (0.2 at
+init) times it is subtracted before the final norm. The reference has it on; on an H200 at d12 (160 steps) it
+raised our val bpb from 0.6454 to 0.6911, so it is off here (benchmarks/README.md).
 - norm is a parameter-free RMSNorm; no biases anywhere; token embedding and lm_head are untied.
 - attention: separate q/k/v/proj matrices, RoPE (base 100,000) then QK RMSNorm then q, k scaled by 1.2,
   grouped-query heads, a per-layer sliding window (config.window_sizes()).

@@ -11,17 +11,17 @@ With `echo` and `logprobs` the prompt's tokens come first in `logprobs` (a leadi
 server added is not shown; a token-id prompt's first token has no log-probability). `suffix` and
 `best_of` > 1 are refused (400), as is a `model` other than the one served (404).
 
-`parse_completion_request` validates a body; `collect` and `sse_chunks` turn a worker job's events into
-the response body or its server-sent events.
+`parse_completion_request` validates a body; `completion_body` and `sse_chunks` turn a worker job's events
+(collected by serve/responses.py) into the response body or its server-sent events.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from nanochat.serve.fields import check_fields
 from nanochat.serve.outputs import completion_logprobs
+from nanochat.serve.responses import Collected, sse_data, sse_stream
 from nanochat.serve.validation import (
     MAX_N,
     MAX_TOP_LOGPROBS,
@@ -148,38 +148,6 @@ def _echo_entries(req: CompletionRequest, prompt_entries: list[dict]) -> list[di
     return [{**e, "offset": e["offset"] - start} for e in shown]
 
 
-@dataclass
-class Collected:
-    texts: list[list[str]]
-    entries: list[list[dict]]
-    finish: list[str | None]
-    prompt_entries: list[dict]
-    usage: dict | None = None
-    error: str | None = None
-
-
-async def collect(job, n: int) -> Collected:
-    """Every event of a job, until it is done or fails."""
-    out = Collected([[] for _ in range(n)], [[] for _ in range(n)], [None] * n, [])
-    while True:
-        ev = await job.events.get()
-        if ev[0] == "delta":
-            out.texts[ev[1]].append(ev[2])
-            out.entries[ev[1]].extend(ev[3] if len(ev) > 3 else ())
-        elif ev[0] == "finish":
-            out.finish[ev[1]] = ev[2]
-        elif ev[0] == "prompt_logprobs":
-            out.prompt_entries = ev[1]
-        elif ev[0] == "done":
-            out.usage = ev[1]
-            return out
-        elif ev[0] == "error":
-            out.error = ev[1]
-            return out
-        else:  # cancelled
-            return out
-
-
 def completion_body(rid: str, created: int, model: str, req: CompletionRequest, got: Collected) -> dict:
     echo_text = req.prompt_text if req.echo else ""
     choices = []
@@ -199,39 +167,31 @@ def _chunk(rid: str, created: int, model: str, choices: list, usage=None) -> byt
     obj = {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": choices}
     if usage is not None:
         obj["usage"] = usage
-    return b"data: " + json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n\n"
+    return sse_data(obj)
 
 
 async def sse_chunks(job, rid: str, created: int, model: str, req: CompletionRequest):
     """Server-sent events: the echoed prompt first (when asked), then text as it becomes final, a finish
     chunk per choice, the usage (with include_usage) and `data: [DONE]`."""
     shift = len(req.prompt_text) if req.echo else 0
-    echo_sent = False
-    while True:
-        ev = await job.events.get()
-        kind = ev[0]
-        if req.echo and not echo_sent and kind in ("prompt_logprobs", "delta", "finish", "done"):
-            echo_sent = True  # the worker sends the prompt's log-probabilities first, when they were asked for
-            prompt_entries = ev[1] if kind == "prompt_logprobs" else []
+    echo_pending = req.echo
+
+    def render(ev: tuple) -> list[bytes]:
+        nonlocal echo_pending
+        out = []
+        if echo_pending:  # the worker sends the prompt's log-probabilities first, when they were asked for
+            echo_pending = False
+            prompt_entries = ev[1] if ev[0] == "prompt_logprobs" else []
             lp = completion_logprobs(_echo_entries(req, prompt_entries)) if req.logprobs is not None else None
-            for i in range(req.n):
-                yield _chunk(rid, created, model, [{"index": i, "text": req.prompt_text, "logprobs": lp, "finish_reason": None}])
-        if kind == "prompt_logprobs":
-            continue
-        if kind == "delta":
-            entries = ev[3] if len(ev) > 3 else []
-            lp = completion_logprobs(entries, shift=shift) if req.logprobs is not None else None
-            yield _chunk(rid, created, model, [{"index": ev[1], "text": ev[2], "logprobs": lp, "finish_reason": None}])
-        elif kind == "finish":
-            yield _chunk(rid, created, model, [{"index": ev[1], "text": "", "logprobs": None, "finish_reason": ev[2]}])
-        elif kind == "done":
-            if req.include_usage:
-                yield _chunk(rid, created, model, [], usage=ev[1])
-            yield b"data: [DONE]\n\n"
-            return
-        elif kind == "error":
-            yield b"data: " + json.dumps(ApiError(500, ev[1], code="generation_failed").body()).encode() + b"\n\n"
-            yield b"data: [DONE]\n\n"
-            return
-        else:  # cancelled
-            return
+            out += [_chunk(rid, created, model, [{"index": i, "text": req.prompt_text, "logprobs": lp, "finish_reason": None}]) for i in range(req.n)]
+        if ev[0] == "delta":
+            lp = completion_logprobs(ev[3], shift=shift) if req.logprobs is not None else None
+            out.append(_chunk(rid, created, model, [{"index": ev[1], "text": ev[2], "logprobs": lp, "finish_reason": None}]))
+        elif ev[0] == "finish":
+            out.append(_chunk(rid, created, model, [{"index": ev[1], "text": "", "logprobs": None, "finish_reason": ev[2]}]))
+        elif ev[0] == "done" and req.include_usage:
+            out.append(_chunk(rid, created, model, [], usage=ev[1]))
+        return out
+
+    async for chunk in sse_stream(job, render):
+        yield chunk

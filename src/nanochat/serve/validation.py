@@ -15,6 +15,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from nanochat.data.chat_format import ROLES
 from nanochat.engine.repetition import MAX_NO_REPEAT_NGRAM, MAX_OPENAI_PENALTY, MAX_REPETITION_PENALTY
 
 MAX_BODY_BYTES = 1_000_000
@@ -26,7 +27,6 @@ MAX_NESTING = 32
 MAX_STOP = 4
 MAX_STOP_CHARS = 200
 MAX_TOP_LOGPROBS = 20
-ROLES = ("system", "developer", "user", "assistant")
 
 
 class ApiError(Exception):

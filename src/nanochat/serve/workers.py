@@ -3,10 +3,10 @@
 Generation runs in these threads, never on the event loop, so `/health` and the other routes stay
 fast while the model works. A request becomes a `Job`; `WorkerPool.submit` puts it in the queue or
 raises `QueueFull` when the queue is at its bound (the server answers 503 with Retry-After). The
-worker streams events back to the job's asyncio queue: `("delta", choice, text, logprob_entries)` as text
-becomes final (serve/outputs.py: never half a character or a possible stop sequence; the entries are empty
-unless log-probabilities were asked for), `("finish", choice, reason)`, and finally `("done", usage)` or
-`("error", message)`; with `prompt_logprobs`, `("prompt_logprobs", entries)` comes first.
+worker runs the job as an `engine.reply.Reply` (the chat path `nanochat chat` uses too) and hands its
+events to the job's asyncio queue as they come: `("delta", choice, text, logprob_entries)`,
+`("finish", choice, reason)`, and finally `("done", usage)`; with `prompt_logprobs`,
+`("prompt_logprobs", entries)` first; `("error", message)` when the engine fails.
 Setting `job.cancel` (client gone) stops the generation at the next token.
 """
 
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from nanochat.serve.outputs import ChoiceOutput, TokenNames, token_entries
+from nanochat.engine.reply import Reply, ReplyParams
 
 
 class QueueFull(Exception):
@@ -27,26 +27,9 @@ class QueueFull(Exception):
 
 
 @dataclass
-class GenParams:
-    max_tokens: int
-    temperature: float
-    top_k: int | None
-    top_p: float | None
-    seed: int | None
-    n: int = 1
-    stop: tuple[str, ...] = ()  # stop sequences: the answer ends before the first one
-    logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and its k best alternatives
-    prompt_logprobs: bool = False  # also the prompt's tokens (echo), as ("prompt_logprobs", entries) before any delta
-    repetition_penalty: float = 1.0  # the repetition guards (engine/repetition.py); off unless the request sets them
-    no_repeat_ngram: int = 0
-    frequency_penalty: float = 0.0  # OpenAI's additive penalties, apart from the two above
-    presence_penalty: float = 0.0
-
-
-@dataclass
 class Job:
     prompt_ids: list[int]
-    params: GenParams
+    params: ReplyParams
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -111,66 +94,13 @@ class Worker(threading.Thread):
                 self.pool._on_job_done(job)
 
     def _run(self, job: Job) -> None:
-        p = job.params
-        tok = self.engine.tokenizer
-        terminal = {tok.special_id("<|assistant_end|>"), tok.bos_id}
-        names = TokenNames(tok)
-        outputs = [ChoiceOutput(tok, p.stop, p.logprobs, names) for _ in range(p.n)]
-        counts = [0] * p.n
-        finished = [False] * p.n
-        steps = 0
-        if p.prompt_logprobs:
-            job.emit("prompt_logprobs", token_entries(self.engine.model, job.prompt_ids, names, p.logprobs or 0))
-        rows = []  # the latest step's log-softmax, when log-probabilities are asked for
-        extra = {}
-        if p.logprobs is not None:
-            import torch
+        def on_step(steps: int, running: int) -> None:
+            self.pool.metrics_tokens(running)
+            job.tokens_generated = steps
 
-            extra["on_logits"] = lambda logits: rows.append(torch.log_softmax(logits.float(), dim=-1).cpu())
-        gen = self.engine.generate(
-            job.prompt_ids, num_samples=p.n, max_tokens=p.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed,
-            repetition_penalty=p.repetition_penalty, no_repeat_ngram=p.no_repeat_ngram,
-            frequency_penalty=p.frequency_penalty, presence_penalty=p.presence_penalty, **extra,
-        )
-        try:
-            for column, _masks in gen:
-                if job.cancel.is_set():
-                    return
-                steps += 1
-                self.pool.metrics_tokens(finished.count(False))
-                step_rows = rows.pop() if rows else None
-                rows.clear()
-                for i, t in enumerate(column):
-                    if finished[i]:
-                        continue
-                    counts[i] += 1
-                    if t in terminal:
-                        finished[i] = True
-                        text, entries = outputs[i].finish()
-                        if text or entries:
-                            job.emit("delta", i, text, entries)
-                        job.emit("finish", i, "stop")
-                        continue
-                    text, entries, stopped = outputs[i].push(t, step_rows[i] if step_rows is not None else None)
-                    if text or entries:
-                        job.emit("delta", i, text, entries)
-                    if stopped:
-                        finished[i] = True
-                        job.emit("finish", i, "stop")
-                job.tokens_generated = steps
-                if all(finished):
-                    break
-        finally:
-            gen.close()
-        if job.cancel.is_set():
-            return
-        for i in range(p.n):
-            if not finished[i]:
-                text, entries = outputs[i].finish()
-                if text or entries:
-                    job.emit("delta", i, text, entries)
-                job.emit("finish", i, "length")
-        job.emit("done", {"prompt_tokens": len(job.prompt_ids), "completion_tokens": sum(counts), "total_tokens": len(job.prompt_ids) + sum(counts)})
+        reply = Reply(self.engine, job.prompt_ids, job.params, should_stop=job.cancel.is_set, on_step=on_step)
+        for event in reply.events():
+            job.emit(*event)
 
 
 class WorkerPool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from nanochat.common.errors import NanochatError
 from nanochat.tasks.base import Conversation, RowTask, load_rows
-from nanochat.tasks.customjson import validate_messages
+from nanochat.data.chat_jsonl import check_conversation as validate_messages
 
 OFFLINE_SUBSTITUTE = "the packaged chat sets PackagedChat('chatterbot') and PackagedChat('chitchat') from nanochat.tasks.customjson"
 

@@ -11,6 +11,9 @@ the non-finite-loss guard, val bits-per-byte and greedy samples.
   a non-finite step, and stops, together.
 - `greedy_samples`: a few greedy continuations of fixed prompts, to read during training.
 - `peak_memory`: the run's peak memory (GPU allocations on CUDA, resident set elsewhere), for the done line.
+- `wandb_run`: the wandb run `--run NAME` asks for (rank 0), or None: `--run dummy`, other ranks, or
+  wandb not installed (a warning; metrics.jsonl has everything anyway). sft and rl hand it to their
+  `MetricsLog`, which copies every record's numbers to it.
 """
 
 from __future__ import annotations
@@ -100,11 +103,13 @@ class Progress:
 
 
 class MetricsLog:
-    """Append-only JSON lines (rank 0), flushed per record."""
+    """Append-only JSON lines (rank 0), flushed per record; each record's numbers also go to `wandb`
+    (a wandb run, as `KIND/KEY`, with its step) when one is given, and closing finishes that run."""
 
-    def __init__(self, path: Path, resume_step: int | None = None, enabled: bool | None = None) -> None:
+    def __init__(self, path: Path, resume_step: int | None = None, enabled: bool | None = None, wandb=None) -> None:
         self.path = Path(path)
         self.enabled = is_rank0() if enabled is None else enabled
+        self.wandb = wandb
         self._f = None
         if not self.enabled:
             return
@@ -126,7 +131,7 @@ class MetricsLog:
                 rec = json.loads(line)
             except ValueError:  # a line cut short by a kill
                 continue
-            if rec.get("step", -1) < step or (rec.get("step") == step and rec.get("kind") == "eval"):
+            if rec.get("step", -1) < step or (rec.get("step") == step and rec.get("kind") in ("eval", "chatcore")):
                 kept.append(line)
         atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 
@@ -135,11 +140,18 @@ class MetricsLog:
             return
         self._f.write(json.dumps(record, allow_nan=True) + "\n")
         self._f.flush()
+        if self.wandb is not None:
+            kind = record.get("kind", "metrics")
+            numbers = {f"{kind}/{k}": v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "time")}
+            self.wandb.log({"step": record.get("step"), **numbers})
 
     def close(self) -> None:
         if self._f is not None:
             self._f.close()
             self._f = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -284,3 +296,17 @@ def record_report(name: str, data: dict, series: dict | None = None, title: str 
     except NanochatError as e:
         warn0(f"could not record the report section: {e}")
 
+
+
+def wandb_run(run: str, rank: int, project: str, config: dict):
+    """A started wandb run for `--run NAME` on rank 0, else None (see the module docstring)."""
+    if run == "dummy" or rank != 0:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        from nanochat.common.logging import warn0
+
+        warn0(f"--run {run} asks for wandb, which is not installed (pip install wandb); logging to metrics.jsonl only")
+        return None
+    return wandb.init(project=project, name=run, config=config)

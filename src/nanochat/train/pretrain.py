@@ -48,6 +48,7 @@ from nanochat.train.loop import (
     greedy_samples,
     peak_memory,
     sync_step_stats,
+    wandb_run,
 )
 from nanochat.train.scaling import B_REF, REF_DEPTH, ModelFacts, ScalingOptions, TrainPlan, plan_rows, plan_training
 
@@ -63,7 +64,7 @@ class PretrainConfig:
     n_kv_head: int | None = None
     window_pattern: str = "SSSL"
     smear: bool = True
-    backout: bool = True
+    backout: bool = False
     attn_gate: bool = False
     max_seq_len: int = 2048
     device_batch_size: int = 32
@@ -346,17 +347,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _wandb(cfg: PretrainConfig, rank: int, config: dict):
-    if cfg.run == "dummy" or rank != 0:
-        return None
-    try:
-        import wandb
-    except ImportError:
-        warn0(f"--run {cfg.run} asks for wandb, which is not installed (pip install wandb); logging to metrics.jsonl only")
-        return None
-    return wandb.init(project="nanochat", name=cfg.run, config=config)
-
-
 def _core_metric(model, tokenizer, device: str, max_per_task: int) -> tuple[float, str] | None:
     """CORE (or CORE-offline) of the model, when the eval stage is installed; every rank takes part."""
     try:
@@ -382,7 +372,7 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     from nanochat.common.device import choose_dtype, peak_flops
     from nanochat.common.dist import SameOnEveryRank, agree, check_shared_dir
     from nanochat.data.corpus import open_corpus
-    from nanochat.data.loader import MicroStepLoader, regroup_states
+    from nanochat.data.loader import MicroStepLoader, buffer_for, regroup_states
     from nanochat.data.tokenizer import get_tokenizer
     from nanochat.model.gpt import build_model
     from nanochat.optim import build_optimizer
@@ -498,12 +488,12 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     # ---- data, compile, logs
     threads = max(1, min(cfg.tokenizer_threads, os.cpu_count() or 1))
     loader = MicroStepLoader(train_corpus, tokenizer, cfg.device_batch_size, cfg.max_seq_len, rank=rank, world_size=world,
-                             accum=plan.grad_accum_steps, device=device, threads=threads, state=loader_state)  # fmt: skip
+                             accum=plan.grad_accum_steps, device=device, threads=threads, buffer_size=buffer_for(train_corpus), state=loader_state)  # fmt: skip
     token_bytes = torch.tensor(tokenizer.token_bytes(), dtype=torch.int64, device=device)
     train_model = torch.compile(model, dynamic=False) if compile_model else model
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if info else None, enabled=master)
     user_config = {k: v for k, v in asdict(cfg).items() if k not in ("restore_loader", "restore_rng", "dry_run_world_size")}
-    wb = _wandb(cfg, rank, {**user_config, **plan.to_dict()})
+    wb = wandb_run(cfg.run, rank, "nanochat", {**user_config, **plan.to_dict()})
     stop = StopSignal().install()
     clock = StepClock(total=loop_state.get("total_training_time", 0.0))
     progress = Progress(n, start_step, enabled=master)

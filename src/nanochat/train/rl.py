@@ -50,7 +50,7 @@ from nanochat.engine.loading import load_model
 from nanochat.common.errors import NanochatError, UsageError
 from nanochat.common.logging import print0, table, warn0
 from nanochat.optim import schedules
-from nanochat.train.loop import MetricsLog, Progress, StepClock, StopSignal, format_duration, record_report, run_distributed, sync_step_stats
+from nanochat.train.loop import MetricsLog, Progress, StepClock, StopSignal, format_duration, record_report, run_distributed, sync_step_stats, wandb_run
 
 OFFLINE_TRAIN_LABEL = "GSM8K train partition carved from the test split (1,000 problems)"
 OFFLINE_EVAL_LABEL = "GSM8K test, held-out 319 problems (disjoint from the train partition)"
@@ -86,6 +86,7 @@ class RLConfig:
     keep_last: int | None = None
     resume: str = "auto"  # auto | never | STEP
     device: str = "auto"
+    run: str = "dummy"  # wandb run name; "dummy" = no wandb
 
     def validate(self) -> None:
         """Refuse option values that make no run (bad usage, exit 2); reads no files, so commands call it first."""
@@ -432,7 +433,8 @@ def _train(cfg: RLConfig, info) -> dict:
     ]
     print0(table(f"nanochat rl: REINFORCE on {task_label}", rows))
 
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if resume_at is not None else None, enabled=master)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if resume_at is not None else None, enabled=master,
+                         wandb=wandb_run(cfg.run, rank, "nanochat-rl", asdict(cfg)))
     stop = StopSignal().install()
     clock = StepClock(warmup=1, total=loop_state.get("total_training_time", 0.0))
     progress = Progress(n, start_step, enabled=master)

@@ -47,6 +47,7 @@ from nanochat.train.loop import (
     record_report,
     run_distributed,
     sync_step_stats,
+    wandb_run,
 )
 from nanochat.train.scaling import lr_scale
 
@@ -59,7 +60,9 @@ class SFTConfig:
     source: str = "base"
     model_tag: str | None = None
     step: int | None = None
-    data: str = "web"
+    data: str = "web"  # web, demo, a conversation file or an imported chat set
+    add: tuple[str, ...] = ()  # more conversation sets, FILE[:EPOCHS] or NAME[:EPOCHS]
+    skip_bad: bool = False  # leave out bad lines of those files instead of stopping
     num_iterations: int = -1
     max_seq_len: int | None = None
     device_batch_size: int | None = None
@@ -77,6 +80,10 @@ class SFTConfig:
     gsm8k_epochs: int = 4
     eval_every: int = 200
     eval_tokens: int = -1  # -1: 40 × 2^19 on CUDA, 20 micro-batches elsewhere
+    chatcore_every: int = -1  # ChatCORE on a sample of the chat evals every N steps (and at the end); -1 off
+    chatcore_max_cat: int = -1  # problems per categorical task (-1: all), as the reference
+    chatcore_max_sample: int = 24  # problems per generative task
+    run: str = "dummy"  # wandb run name; "dummy" = no wandb
     save_every: int = -1
     keep_last: int | None = None
     resume: str = "auto"
@@ -94,8 +101,6 @@ class SFTConfig:
 
         if self.source not in ("base", "sft"):
             raise UsageError(f"--source {self.source!r}: SFT starts from base (or an earlier sft) checkpoint")
-        if self.data not in ("web", "demo"):
-            raise UsageError(f"--data {self.data!r} is not an SFT mixture; use web (SmolTalk, MMLU, GSM8K; online) or demo (packaged, offline)")
         for name in ("init_lr_frac", "warmup_ratio", "warmdown_ratio", "final_lr_frac"):
             checks.number(name, getattr(self, name), low=0, high=10.0 if name == "init_lr_frac" else 1.0)
         if self.warmup_ratio + self.warmdown_ratio > 1.0:
@@ -113,11 +118,22 @@ class SFTConfig:
             checks.count(name, getattr(self, name), low=0)
         checks.count("eval_every", self.eval_every, minus_one="off")
         checks.count("eval_tokens", self.eval_tokens, minus_one="auto")
+        checks.count("chatcore_every", self.chatcore_every, minus_one="off")
+        checks.count("chatcore_max_cat", self.chatcore_max_cat, minus_one="all")
+        checks.count("chatcore_max_sample", self.chatcore_max_sample, minus_one="all")
         checks.count("save_every", self.save_every, minus_one="only at the end")
         for tag in (self.model_tag, self.out_tag):
             if tag is not None:
                 ck.checkpoint_dir("sft", tag)  # a tag that is not a folder name is refused there
         check_device_name(self.device)
+
+    def check_data(self) -> list:
+        """Read and check every conversation file named in --data/--add (before any model loads): the
+        first bad line stops with `FILE:LINE: reason`, unless --skip-bad. Returns the files' ChatFiles."""
+        from nanochat.data.chat_jsonl import read_chat_file, resolve_chat_source
+
+        specs = ([] if self.data in ("web", "demo") else [("--data", self.data)]) + [("--add", a) for a in self.add]
+        return [read_chat_file(resolve_chat_source(spec, option).path, self.skip_bad) for option, spec in specs]
 
 
 def _inherit(cfg: SFTConfig, meta: dict) -> dict:
@@ -144,7 +160,54 @@ def _report_data(summary: dict, step: int) -> dict:
         data["results"] = {"chat_val_bpb": metric("chat val bpb", summary["chat_val_bpb_final"], summary["chat_val_tokens"], "assistant tokens", step=step,
                                                   source="held-out conversations of the SFT mixture")}  # fmt: skip
         data["series_labels"] = {"val_bpb": f"chat val bpb (bits per byte) on {summary['chat_val_tokens']:,} assistant tokens"}
+    if summary.get("chatcore_during_sft"):
+        data.setdefault("series_labels", {})["chatcore"] = "ChatCORE on a sample of the chat evals (during SFT)"
     return data
+
+
+def chatcore_tasks() -> tuple[str, ...]:
+    """ChatCORE's tasks that can run here: HumanEval needs the code sandbox, and without one it is left out
+    (with a warning; the ChatCORE recorded is then marked partial)."""
+    from nanochat.tasks import registry
+
+    names = list(registry.chatcore_names())
+    for name in [n for n in names if registry.spec(n).needs_sandbox]:
+        from nanochat.tasks.humaneval import sandbox_runner
+
+        try:
+            probe = sandbox_runner()("print(1)")
+            problem = None if probe.success else probe.error
+        except NanochatError as e:
+            problem = str(e).split(";")[0]
+        if problem:
+            warn0(f"ChatCORE during SFT leaves {name} out: {problem} (the ChatCORE recorded is partial)")
+            names.remove(name)
+    return tuple(names)
+
+
+def chatcore_sample(model, tokenizer, device, cfg: SFTConfig, tasks: tuple[str, ...], batch_size: int, max_new_tokens: int) -> dict:
+    """ChatCORE on a sample of the chat evals, as the reference's SFT does (every categorical problem unless
+    --chatcore-max-cat, the first --chatcore-max-sample generative ones): {"chatcore", "chatcore_cat", task: accuracy, ...}."""
+    from nanochat.eval.chat_eval import chatcore_partial, evaluate_chatcore
+    from nanochat.tasks import registry
+
+    cat = None if cfg.chatcore_max_cat < 0 else cfg.chatcore_max_cat
+    gen = None if cfg.chatcore_max_sample < 0 else cfg.chatcore_max_sample
+    out = evaluate_chatcore(model, tokenizer, device, cat, gen, batch_size, max_new_tokens, tasks)
+    if "chatcore" not in out:
+        out["chatcore"] = chatcore_partial(out)
+    out["partial"] = len(tasks) < len(registry.chatcore_names())
+    return out
+
+
+def _chatcore_line(series: list, tasks: tuple[str, ...]) -> str | None:
+    """The report's line of the ChatCORE points measured during SFT (None when it was off)."""
+    from nanochat.tasks.registry import chatcore_names
+
+    if not series:
+        return None
+    partial = f" (partial: over {', '.join(tasks)})" if len(tasks) < len(chatcore_names()) else ""
+    return "; ".join(f"step {s}: {v:.4f}" for s, v in series) + partial
 
 
 def _finite(x):
@@ -212,11 +275,14 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
 
     # ---- data (the same mixture on every machine: one that fell back to other task data stops all before step 0)
     def mixture():
-        train, val, p = sft_mixture(cfg.data, seed=cfg.seed, mmlu_epochs=cfg.mmlu_epochs, gsm8k_epochs=cfg.gsm8k_epochs)
+        train, val, p = sft_mixture(cfg.data, seed=cfg.seed, mmlu_epochs=cfg.mmlu_epochs, gsm8k_epochs=cfg.gsm8k_epochs, add=tuple(cfg.add), skip_bad=cfg.skip_bad)
         digest = hashlib.sha256(repr([(x.name, x.train, x.val, x.source) for x in p]).encode()).hexdigest()[:12]
         return (train, val, p), {"mixtures": f"{len(train):,} train and {len(val):,} val conversations (parts sha256 {digest})"}
 
     train_set, val_set, parts = agree("the SFT data", mixture, fix="give every machine the same task data (or one shared NANOCHAT_HOME) and network access alike")
+    eval_every = cfg.eval_every if len(val_set) else -1
+    if cfg.eval_every > 0 and not len(val_set):
+        warn0("no conversation of the mixture was held out for validation (a set this small has none): val bpb is off")
 
     # ---- resume, or warm-start the optimizer from the base run
     start_step, loop_state, packer_state = 0, {}, None
@@ -280,7 +346,9 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
             ("learning rates", ", ".join(f"{k} {v:.4g}" for k, v in lrs.items()) + f" (×{cfg.init_lr_frac:g} init_lr_frac; batch scale {scale:.3g})"),
             ("schedule", f"warmup {cfg.warmup_ratio:g}, warmdown {cfg.warmdown_ratio:g} → {cfg.final_lr_frac:g}; Muon momentum 0.85→0.95 over {schedules.SFT_MOMENTUM_WARMUP_STEPS} steps; no weight decay"),
             ("device", f"{device} × {world} ({str(model.compute_dtype).removeprefix('torch.')}{', compiled' if compile_model else ''})"),
-            ("eval", f"val bpb every {cfg.eval_every} steps on {eval_steps} batches of held-out conversations"),
+            ("eval", f"val bpb every {eval_every} steps on {eval_steps} batches of held-out conversations" if eval_every > 0 else "val bpb off"),
+            ("ChatCORE", f"every {cfg.chatcore_every} steps and at the end, on a sample (categorical: {'all' if cfg.chatcore_max_cat < 0 else cfg.chatcore_max_cat}, "
+                         f"generative: {'all' if cfg.chatcore_max_sample < 0 else cfg.chatcore_max_sample} per task)" if cfg.chatcore_every > 0 else "off"),
             ("checkpoints", f"{run_dir}"),
         ]  # fmt: skip
         print0(table(f"nanochat sft: {cfg.data}", rows))
@@ -291,8 +359,12 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
     packer = SFTPacker(train_set, tokenizer, dbs, seq, rank=rank, world_size=world, device=device, state=packer_state)
     token_bytes = torch.tensor(tokenizer.token_bytes(), dtype=torch.int64, device=device)
     train_model = torch.compile(model, dynamic=False) if compile_model else model
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if resume_step >= 0 else None, enabled=master)
     user_config = asdict(cfg) | {"inherited": hp}
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if resume_step >= 0 else None, enabled=master,
+                         wandb=wandb_run(cfg.run, rank, "nanochat-sft", user_config))
+    cc_tasks = chatcore_tasks() if cfg.chatcore_every > 0 else ()
+    cc_done_for = loop_state.get("chatcore_step", -1)  # a resumed run does not measure its checkpoint's step twice
+    cc_series: list = []
     stop = StopSignal().install()
     clock = StepClock(warmup=10 if compile_model else 0, total=loop_state.get("total_training_time", 0.0))
     progress = Progress(n, start_step, enabled=master)
@@ -313,7 +385,7 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
     def save(at_step: int) -> None:
         t0 = time.time()
         loop = {"smooth_loss": smooth, "smooth_n": smooth_n, "min_val_bpb": _finite(min_val), "val_bpb": _finite(val_bpb),
-                "val_tokens": val_tokens, "total_training_time": clock.total, "done": done}  # fmt: skip
+                "val_tokens": val_tokens, "total_training_time": clock.total, "done": done, "chatcore_step": cc_done_for}  # fmt: skip
         meta = {
             "model_config": gpt_config.to_dict(), "user_config": {**base_meta.get("user_config", {}), **{k: v for k, v in hp.items()}},
             "sft_config": user_config, "source": {"kind": cfg.source, "tag": base.tag, "step": base.step},
@@ -331,7 +403,7 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
             last = done or (not epoch_mode and step >= n)
             top = top_done_for != step
             top_done_for = step
-            if top and cfg.eval_every > 0 and (last or step % cfg.eval_every == 0) and not (resume_step >= 0 and step == start_step and val_bpb is not None):
+            if top and eval_every > 0 and (last or step % eval_every == 0) and not (resume_step >= 0 and step == start_step and val_bpb is not None):
                 model.eval()
                 res = bpb_stats(train_model, SFTPacker(val_set, tokenizer, dbs, seq, rank=rank, world_size=world, device=device), eval_steps, token_bytes)
                 model.train()
@@ -340,6 +412,14 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
                 val_series.append([step, val_bpb])
                 progress.note(f"step {step:05d} | chat val bpb {val_bpb:.4f} on {val_tokens:,} assistant tokens (lowest {min_val:.4f})")
                 metrics.write({"kind": "eval", "step": step, "val_bpb": val_bpb, "tokens": val_tokens})
+            if cfg.chatcore_every > 0 and (last or (step > 0 and step % cfg.chatcore_every == 0)) and step != cc_done_for:
+                model.eval()  # the uncompiled model: generation changes shapes every step
+                cc = chatcore_sample(model, tokenizer, device, cfg, cc_tasks, dbs, min(512, seq))
+                model.train()
+                cc_done_for = step
+                cc_series.append([step, cc["chatcore"]])
+                progress.note(f"step {step:05d} | ChatCORE {cc['chatcore']:.4f}{' (partial)' if cc['partial'] else ''} | " + ", ".join(f"{t} {cc[t]:.3f}" for t in cc_tasks))
+                metrics.write({"kind": "chatcore", "step": step, **cc})
             if last or stop_synced or (top and cfg.save_every > 0 and step % cfg.save_every == 0 and step != start_step):
                 save(step)
             if last or stop_synced:
@@ -390,6 +470,7 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
         "tokens": step * tbs, "total_batch_size": tbs, "world_size": world, "device": device_type, "init_lr_frac": cfg.init_lr_frac,
         **{k: v for k, v in lrs.items()}, "optimizer_warm_start": cfg.load_optimizer and cfg.source == "base", "chat_val_bpb_min": _finite(min_val), "chat_val_bpb_final": _finite(val_bpb), "chat_val_tokens": val_tokens, "total_time_s": clock.total,
         "wall_time_s": time.time() - t_run, "stopped_by": stop.signame if stop_synced and not done and step < n else None,
+        "chatcore_during_sft": _chatcore_line(cc_series, cc_tasks),
         "mixture": "\n".join(["| set | train | val | source |", "|---|---|---|---|"] + [f"| {p.name} | {p.train} | {p.val} | {p.source} |" for p in parts]),
     }  # fmt: skip
     if master:
@@ -398,7 +479,7 @@ def _train(cfg: SFTConfig, device_type: str, rank: int, world: int, device) -> d
         else:
             bpb_note = f"chat val bpb {val_bpb:.4f} on {val_tokens:,} assistant tokens" if _finite(val_bpb) is not None and val_tokens else "val bpb off"
             print0(f"done: {step} steps, {bpb_note}, training time {format_duration(clock.total)}; chat with `nanochat chat --source sft`")
-            record_report("sft", _report_data(summary, step), {"train_loss": train_series, "val_bpb": val_series})
+            record_report("sft", _report_data(summary, step), {"train_loss": train_series, "val_bpb": val_series} | ({"chatcore": cc_series} if cc_series else {}))
     return summary
 
 

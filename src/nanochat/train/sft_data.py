@@ -15,6 +15,9 @@
   Validation is about one conversation in 20 of each of these sets, chosen by a hash of its content
   (never in the train mixture, even where a set repeats a conversation; spread over the whole set,
   because the packaged ChatterBot file is sorted by topic).
+- your own conversations (`--data FILE.jsonl|NAME` alone, or `--add FILE.jsonl[:EPOCHS]` on top of a
+  mixture; files are read and checked by `data.chat_jsonl`): held out the same way, the train side
+  repeated EPOCHS times.
 
 `SFTPacker` turns a mixture into `(inputs, targets)` batches (REFERENCE §5.3). Rank r reads
 conversations `r, r+N, r+2N, ...` (wrapping into the next epoch), renders each with the tokenizer's
@@ -80,8 +83,8 @@ class Subset(Task):
         return self.task[self.indices[index]]
 
 
-def sft_mixture(data: str, seed: int = 42, mmlu_epochs: int = 3, gsm8k_epochs: int = 4):
-    """(train TaskMixture, val TaskMixture, [MixturePart]) for `--data web|demo`."""
+def sft_mixture(data: str, seed: int = 42, mmlu_epochs: int = 3, gsm8k_epochs: int = 4, add: tuple[str, ...] = (), skip_bad: bool = False):
+    """(train TaskMixture, val TaskMixture, [MixturePart]) for `--data web|demo|FILE|NAME` plus each `--add FILE[:EPOCHS]`."""
     from nanochat.tasks.base import TaskMixture
     from nanochat.tasks.identity import IdentityConversations
 
@@ -127,8 +130,22 @@ def sft_mixture(data: str, seed: int = 42, mmlu_epochs: int = 3, gsm8k_epochs: i
                   MixturePart("MMLU test[:5200] (val)", 0, len(mmlu_val), mmlu_val.data_source),
                   MixturePart("GSM8K test[:420] (val)", 0, len(gsm_val), gsm_val.data_source)]  # fmt: skip
     else:
-        raise NanochatError(f"--data {data!r} is not an SFT mixture; use web (SmolTalk, MMLU, GSM8K; online) or demo (packaged, offline)")
+        _user_sets([data], "--data", parts, train, val, skip_bad)
+    _user_sets(add, "--add", parts, train, val, skip_bad)
     return TaskMixture(train, seed=seed), TaskMixture(val, seed=seed), parts
+
+
+def _user_sets(specs, option: str, parts: list, train: list, val: list, skip_bad: bool) -> None:
+    """Your own conversation sets (files or imported names, `:EPOCHS` repeats), held out by content like the demo sets."""
+    from nanochat.data.chat_jsonl import resolve_chat_source
+    from nanochat.tasks.customjson import CustomJSON
+
+    for spec in specs:
+        src = resolve_chat_source(spec, option)
+        task = CustomJSON(src.path, skip_bad=skip_bad, name=src.name)
+        _held_out(task, parts, train, val, repeats=src.epochs)
+        if task.skipped:
+            parts[-1].name += f" ({len(task.skipped)} bad lines skipped)"
 
 
 class FirstExchange(Task):

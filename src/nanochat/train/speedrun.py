@@ -146,30 +146,65 @@ def _chat_eval_what(args: tuple[str, ...]) -> str:
     return "chat tasks and ChatCORE" if k == len(members) else f"chat tasks and ChatCORE (partial: {k} of {len(members)} tasks)"
 
 
+# chars per token of a BPE trained on English prose (the demo's 512 and 4,096 measured on the Austen
+# validation novel; larger sizes as the web estimate): for the plan's epoch estimate only
+CHARS_PER_TOKEN_AT = {512: 2.2, 4096: 3.9}
+
+
+def pretrain_epochs(scale: Scale, depth: int, ratio: float) -> str:
+    """', ≈N epochs of it' for the pretrain stage's line: the characters pretraining reads over the data's
+    train characters (empty when the data's size is unknown)."""
+    from nanochat.data.catalog import dataset_info
+    from nanochat.data.download import CHARS_PER_TOKEN, CROP_LOSS, shards_for_depth
+
+    info = dataset_info(scale.data)
+    if info is None or not info.train_chars:
+        return ""
+    args = scale.pretrain_args
+    if "--num-iterations" in args:
+        tokens = int(args[args.index("--num-iterations") + 1]) * int(args[args.index("--total-batch-size") + 1])
+        chars = tokens / (1 - CROP_LOSS) * CHARS_PER_TOKEN_AT.get(scale.vocab_size, CHARS_PER_TOKEN)
+    else:
+        chars = shards_for_depth(depth, ratio, scale.vocab_size)["chars"]
+    epochs = chars / info.train_chars
+    shown = f"{epochs:.2f}" if epochs < 1 else f"{epochs:,.1f}"
+    return f", ≈{shown} epochs of its {info.chars_text} train characters" + (" (a small data set: consider a smaller --depth)" if epochs > 10 else "")
+
+
 def rl_available() -> bool:
     """Whether `nanochat rl` is built in this version (its training module exists)."""
     return importlib.util.find_spec("nanochat.train.rl") is not None
 
 
 def plan(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: bool = True, device: str = "auto", nproc: int | None = None,
-         ratio: float = SPEEDRUN_RATIO) -> list[Stage]:  # fmt: skip
-    """The stages of a run, with their exact command lines."""
+         ratio: float = SPEEDRUN_RATIO, data: str | None = None, sft_add: tuple[str, ...] = ()) -> list[Stage]:  # fmt: skip
+    """The stages of a run, with their exact command lines; `data` (your own text) replaces the scale's
+    pretraining data, and `sft_add` (your conversation sets) joins the scale's SFT mixture."""
     scale = TINY if tiny else DEMO if demo else web_scale(depth, ratio)
+    sft_data = scale.data  # the default mixture of the scale: your text changes what the model reads, not how it learns to chat
+    own = data is not None and data != scale.data
+    if own:
+        scale = replace(scale, data=data)
     tag = "demo" if (demo or tiny) else f"d{depth}"
     dev = ("--device", device)
     # the demo's batches are one micro-batch of one process (the same run on a CPU or a GPU): one process unless told
     procs = ("--nproc", str(nproc)) if nproc is not None else ("--nproc", "1") if (demo or tiny) else ()
     off = ("--offline",) if scale.offline else ()
     stages: list[Stage] = []
-    if scale.data == "web":
+    if scale.data == "web":  # your own data needs no download; the evals' data still does
         stages.append(Stage("download", ("data", "download", "--for-depth", str(depth), "--ratio", f"{ratio:g}"), "pretraining shards for this depth"))
+    if not scale.offline:
         stages.append(Stage("prepare-evals", ("data", "prepare-evals"), "CORE bundle and chat eval sets"))
+    bpb_data = ("--data", scale.data) if own else ()
+    adds = tuple(a for spec in sft_add for a in ("--add", spec))
     stages += [
-        Stage("tokenizer", ("tokenize-train", "--data", scale.data, "--vocab-size", str(scale.vocab_size), "--max-chars", scale.max_chars), "BPE tokenizer"),
+        Stage("tokenizer", ("tokenize-train", "--data", scale.data, "--vocab-size", str(scale.vocab_size), "--max-chars", scale.max_chars), f"BPE tokenizer on {scale.data!r}"),
         Stage("pretrain", ("pretrain", "--data", scale.data, "--depth", str(scale.depth), *scale.model_args, *scale.pretrain_args,
-                           "--model-tag", tag, "--resume", "auto", *dev, *procs), "base model"),
-        Stage("base-eval", ("eval", "--source", "base", "--model-tag", tag, "--tasks", "core,bpb", *scale.base_eval_args, *off, *dev, *procs), "CORE and bits per byte"),
-        Stage("sft", ("sft", "--source", "base", "--model-tag", tag, "--data", scale.data, *scale.sft_args, "--resume", "auto", *dev, *procs), "chat fine-tuning"),
+                           "--model-tag", tag, "--resume", "auto", *dev, *procs), f"base model on {scale.data!r}" + (pretrain_epochs(scale, depth, ratio) if own else "")),
+        Stage("base-eval", ("eval", "--source", "base", "--model-tag", tag, "--tasks", "core,bpb", *bpb_data, *scale.base_eval_args, *off, *dev, *procs),
+              f"CORE and bits per byte on {scale.data!r} val"),
+        Stage("sft", ("sft", "--source", "base", "--model-tag", tag, "--data", sft_data, *adds, *scale.sft_args, "--resume", "auto", *dev, *procs),
+              f"chat fine-tuning on the {sft_data} mixture" + "".join(f" + {spec}" for spec in sft_add)),
     ]  # fmt: skip
     rl = with_rl and rl_available()
     if with_rl and not rl:
@@ -341,16 +376,20 @@ def print_plan(decisions: list[tuple[Stage, str]], title: str) -> None:
 
 
 def speedrun(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: bool = True, from_stage: str | None = None,
-             dry_run: bool = False, device: str = "auto", nproc: int | None = None, ratio: float = SPEEDRUN_RATIO, runner=run_stage) -> dict:  # fmt: skip
+             dry_run: bool = False, device: str = "auto", nproc: int | None = None, ratio: float = SPEEDRUN_RATIO, runner=run_stage,
+             data: str | None = None, sft_add: tuple[str, ...] = ()) -> dict:  # fmt: skip
     """Run (or continue) the whole pipeline; returns {"stages": {name: seconds}, "total_s", "report"}."""
     if depth < 1:
         raise UsageError(f"--depth {depth} must be at least 1")
     if ratio <= 0:
         raise UsageError(f"--target-param-data-ratio {ratio} must be positive")
-    stages = plan(depth, demo, tiny, with_rl, device, nproc, ratio)
+    data, sft_add = check_own_data(data, sft_add)
+    stages = plan(depth, demo, tiny, with_rl, device, nproc, ratio, data, sft_add)
     state = load_state()
     decisions = stages_to_run(stages, state, from_stage)
     kind = "demo (packaged data, CPU-sized)" if (demo or tiny) else f"depth {depth} on web data"
+    if data is not None:
+        kind = kind.replace("packaged data", "your data").replace("web data", "your data") + f": {data}"
     print_plan(decisions, f"nanochat speedrun: {kind}")
     if dry_run:
         print0(f"dry run: nothing run; the state of finished stages is kept in {state_path()}")
@@ -400,6 +439,30 @@ def speedrun(depth: int = 26, demo: bool = False, tiny: bool = False, with_rl: b
     report = paths.report_dir() / "report.md"
     _print_summary(_stage_seconds(state, stages), times, report)
     return {"stages": times, "total_s": sum(times.values()), "report": report}
+
+
+def check_own_data(data: str | None, sft_add: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
+    """Before any stage runs: `data` must be a set of text shards, and every conversation file must read
+    cleanly (`FILE:LINE: reason` otherwise). Paths become absolute, so a rerun from elsewhere continues."""
+    from nanochat.data.chat_jsonl import chat_set_file, read_chat_file, resolve_chat_source
+    from nanochat.data.corpus import _local_folder, check_data_name, open_corpus
+
+    if data is not None:
+        if chat_set_file(data) is not None:
+            raise UsageError(f"--data {data}: that is a conversation set; pretraining reads text (pass it as --sft-data {data})")
+        check_data_name(data)
+        # no shards, or no validation shard: said now, not after the tokenizer
+        open_corpus(data, "train")
+        open_corpus(data, "val")
+        folder = _local_folder(data)
+        data = str(folder) if folder is not None and folder.name != data else data
+    specs = []
+    for spec in sft_add:
+        src = resolve_chat_source(spec, "--sft-data")
+        read_chat_file(src.path)
+        where = src.name if src.path == chat_set_file(src.name) else str(src.path.resolve())
+        specs.append(where + (f":{src.epochs}" if src.epochs != 1 else ""))
+    return data, tuple(specs)
 
 
 def _fmt_seconds(seconds: float) -> str:
