@@ -231,15 +231,30 @@ class _ShardWriter:
             self.writer.close()
             self.writer = None
 
+    def abandon(self) -> None:
+        """Drop the open file after a failed write (its folder is removed): a second failure closing it is not
+        reported, and pyarrow must not retry the close when the writer is collected (a traceback at exit)."""
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except OSError:
+                self.writer.is_open = False
+            self.writer = None
+
 
 def _write_shards(tmp: Path, docs: Iterator[str], every: int, rg_train: int, rg_val: int, shard_chars: int) -> tuple["_ShardWriter", "_ShardWriter"]:
     """Every `every`-th document into the validation file, the others into training shards; both closed."""
     train = _ShardWriter(tmp, (f"shard_{i:05d}.parquet" for i in range(100_000)), rg_train, shard_chars)
     val = _ShardWriter(tmp, iter([VAL_FILE]), rg_val, 1 << 62)
-    for k, doc in enumerate(docs):
-        (val if k % every == 0 else train).add(doc)
-    train.close()
-    val.close()
+    try:
+        for k, doc in enumerate(docs):
+            (val if k % every == 0 else train).add(doc)
+        train.close()
+        val.close()
+    except BaseException:
+        train.abandon()
+        val.abandon()
+        raise
     return train, val
 
 
