@@ -131,7 +131,7 @@ ROWS = [
     ("sft --step 999", 1, "no checkpoint step 999 for base/d4; steps there: 100, 200; pass one of them or omit --step", "base_d4", None),
     # rl
     ("rl --num-iterations 0", 2, "--num-iterations 0 is out of range", "sft_d4", None),
-    ("rl --temperature -1", 2, "--temperature -1.0 must be 0 or more", "sft_d4", None),
+    ("rl --temperature -1", 2, "--temperature -1 is out of range; use a number of at least 0", "sft_d4", None),
     ("rl --top-k -1", 2, "--top-k -1 is out of range; use 0 or more", "sft_d4", None),
     ("rl --eval-every 0", 2, "--eval-every 0 is out of range; use -1 (off)", "sft_d4", None),
     ("rl --num-samples 6 --device-batch-size 4", 2, "multiple of --device-batch-size", "sft_d4", None),
@@ -153,9 +153,9 @@ ROWS = [
     ("eval --source sft --model-tag d9", 1, "no sft checkpoints for --model-tag d9; tags there: d4", "sft_d4", None),
     ("eval --source sft --step 999", 1, "no checkpoint step 999 for sft/d4; steps there: 100, 200", "sft_d4", None),
     # chat
-    ("chat -p hi --temperature -1", 2, "--temperature -1.0 is out of range; use 0 to 2", "sft_d4", None),
-    ("chat -p hi --top-k -1", 2, "--top-k -1 is negative", "sft_d4", None),
-    ("chat -p hi --max-tokens 0", 2, "--max-tokens 0 must be at least 1", "sft_d4", None),
+    ("chat -p hi --temperature -1", 2, "--temperature -1 is out of range; use 0 to 2", "sft_d4", None),
+    ("chat -p hi --top-k -1", 2, "--top-k -1 is out of range; use 0 or more", "sft_d4", None),
+    ("chat -p hi --max-tokens 0", 2, "--max-tokens 0 is out of range; use 1 or more", "sft_d4", None),
     ("chat -p hi --source chat", 2, "--source 'chat' is not one of the choices", "sft_d4", None),
     ("chat -p hi --device gpu", 2, "unknown device 'gpu'", "sft_d4", None),
     ("chat -p hi", 1, "nanochat sft", None, None),
@@ -164,7 +164,7 @@ ROWS = [
     # serve
     ("serve --port 0", 2, "--port 0 is not a port; use 1 to 65535", None, None),
     ("serve --port 70000", 2, "--port 70000 is not a port", None, None),
-    ("serve --workers 0", 2, "--workers 0 must be at least 1", None, None),
+    ("serve --workers 0", 2, "--workers 0 is out of range; use 1 or more", None, None),
     ("serve --source chat", 2, "--source 'chat' is not one of the choices", None, None),
     ("serve --host 0.0.0.0 --port {free_port}", 2, "pass --api-key KEY", None, None),
     ("serve --port {busy_port}", 1, "port {busy_port} on 127.0.0.1 is in use; pass --port N or stop the other server", None, None),

@@ -101,8 +101,11 @@ def test_bad_options_fail_in_one_line(nanochat_home):
     assert r.returncode == 2 and "--resume" in r.stderr
     r = run_cli("pretrain", *TINY, "--num-iterations", "2", "--resume", "7")
     assert r.returncode == 1 and "no checkpoint" in r.stderr
-    (nanochat_home / "checkpoints" / "base" / "d2" / "step_000003").mkdir(parents=True)
+    (nanochat_home / "checkpoints" / "base" / "d2" / "step_000003").mkdir(parents=True)  # no manifest: damaged
     r = run_cli("pretrain", *TINY, "--num-iterations", "2", "--resume", "never")
+    # only a damaged folder there: starting over is what --resume auto's refusal asks for, with a warning
+    assert r.returncode == 0 and "starting over beside damaged step folders" in r.stderr, r.stderr
+    r = run_cli("pretrain", *TINY, "--num-iterations", "2", "--resume", "never")  # step 2 of that run is valid
     assert r.returncode == 1 and "--model-tag" in r.stderr
 
 

@@ -3,7 +3,9 @@
 Imports here stay light (typer, rich): torch and the library load only inside a command, so
 `nanochat --help` and tab completion are instant. `main()` applies the error convention: every
 failure is one line on stderr, exit code 2 for bad usage (click's own parsing errors included:
-unknown option, bad value type, missing argument) and 1 for a user error (`NanochatError`).
+unknown option, bad value type, missing argument) and 1 for a user error (`NanochatError`, or a
+file-system error that escaped a command: read-only folder, full disk, permissions, a file where a
+folder belongs; the line names the path and where to write instead).
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ _register("dist-check", dist_check.dist_check, "nanochat dist-check --device cpu
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning every error into one line on stderr and an exit code."""
-    from nanochat.common.errors import EXIT_USAGE, NanochatError, debug_enabled
+    from nanochat.common.errors import EXIT_USAGE, NanochatError
     from nanochat.common.logging import error_line
 
     try:
@@ -88,10 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         # standalone_mode=False: click hands its errors to us instead of printing a usage box
         code = app(args=args, prog_name="nanochat", standalone_mode=False)
     except NanochatError as e:
-        if debug_enabled() or "--debug" in args:
-            import traceback
-
-            traceback.print_exc()
+        _traceback_if_debug(args)
         error_line(" ".join(str(e).split()))
         sys.exit(e.exit_code)
     except ClickException as e:
@@ -102,7 +101,39 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         error_line("aborted")
         sys.exit(1)
+    except OSError as e:  # the one boundary for file-system errors no command caught: a full disk, a read-only folder ...
+        line = _os_error_line(e, args)
+        if line is None:  # not about a path the user can fix: a bug, shown with its traceback
+            raise
+        _traceback_if_debug(args)
+        error_line(line)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _traceback_if_debug(args: list[str]) -> None:
+    from nanochat.common.errors import debug_enabled
+
+    if debug_enabled() or "--debug" in args:
+        import traceback
+
+        traceback.print_exc()
+
+
+def _os_error_line(e: OSError, args: list[str]) -> str | None:
+    """`os_error_line` with this run's NANOCHAT_HOME and --out (the places the fix points at)."""
+    import os
+
+    from nanochat.common.errors import os_error_line
+
+    out = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--out"), None)
+    out = out or next((a.split("=", 1)[1] for a in args if a.startswith("--out=")), None)
+    home = os.environ.get("NANOCHAT_HOME")
+    if not home:
+        import platformdirs
+
+        home = platformdirs.user_cache_dir("nanochat", appauthor=False)
+    return os_error_line(e, home, out)
 
 
 def _click_error_line(e, args: list[str]) -> str:

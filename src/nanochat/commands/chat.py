@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from nanochat.commands import _ranges as ranges
 from nanochat.commands._common import DEVICE_HELP
 from nanochat.engine.repetition import CHAT_NO_REPEAT_NGRAM, CHAT_REPETITION_PENALTY, check_repetition_settings
 
@@ -13,12 +14,12 @@ from nanochat.engine.repetition import CHAT_NO_REPEAT_NGRAM, CHAT_REPETITION_PEN
 def chat(
     source: Optional[str] = typer.Option(None, help="sft, rl or base. Default: the newest of sft and rl."),
     model_tag: Optional[str] = typer.Option(None, help="Model tag (e.g. d20). Default: the one written most recently."),
-    step: Optional[int] = typer.Option(None, help="Checkpoint step. Default: the newest complete one."),
+    step: Optional[int] = typer.Option(None, callback=ranges.count(low=0), help="Checkpoint step. Default: the newest complete one."),
     prompt: Optional[str] = typer.Option(None, "-p", "--prompt", help="One-shot prompt: print the answer and exit (stdin is appended when piped)."),
-    temperature: float = typer.Option(0.6, help="Sampling temperature, 0 (greedy) to 2."),
-    top_k: int = typer.Option(50, help="Sample from the k most likely tokens (0: all)."),
-    max_tokens: int = typer.Option(1024, help="Most tokens per answer."),
-    seed: Optional[int] = typer.Option(None, help="Seed for sampling (default: random)."),
+    temperature: float = typer.Option(0.6, callback=ranges.number(low=0, high=2), help="Sampling temperature, 0 (greedy) to 2."),
+    top_k: int = typer.Option(50, callback=ranges.count(low=0), help="Sample from the k most likely tokens (0: all)."),
+    max_tokens: int = typer.Option(1024, callback=ranges.count(), help="Most tokens per answer."),
+    seed: Optional[int] = typer.Option(None, callback=ranges.count(low=0), help="Seed for sampling (default: random)."),
     repetition_penalty: float = typer.Option(CHAT_REPETITION_PENALTY, help="Push down tokens the answer already used: 1 is off, up to 10."),
     no_repeat_ngram: int = typer.Option(CHAT_NO_REPEAT_NGRAM, help="Never repeat a run of this many tokens within an answer; 0 is off."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
@@ -35,12 +36,6 @@ def chat(
     from nanochat.engine.loading import load_chat_model, newest_chat_source
 
     checks.one_of("source", source, SOURCES)
-    if not 0.0 <= temperature <= 2.0:
-        raise UsageError(f"--temperature {temperature} is out of range; use 0 to 2")
-    if top_k < 0:
-        raise UsageError(f"--top-k {top_k} is negative; use 0 (all tokens) or more")
-    if max_tokens < 1:
-        raise UsageError(f"--max-tokens {max_tokens} must be at least 1")
     try:
         check_repetition_settings(repetition_penalty, no_repeat_ngram)
     except ValueError as e:

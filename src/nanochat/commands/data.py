@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from nanochat.commands import _ranges as ranges
 from nanochat.commands._common import NanochatCommand, NanochatGroup, examples
 from nanochat.commands.prepare_evals import prepare_evals
 
@@ -20,11 +21,11 @@ app = typer.Typer(
 @app.command(cls=NanochatCommand, epilog=examples("nanochat data download --shards 8", "nanochat data download --for-depth 20 --workers 8"))
 def download(
     shards: Optional[int] = typer.Option(None, help="How many training shards to fetch (plus the validation shard)."),
-    for_depth: Optional[int] = typer.Option(None, help="Fetch as many shards as a run at this depth needs."),
-    workers: int = typer.Option(4, help="Parallel downloads."),
+    for_depth: Optional[int] = typer.Option(None, callback=ranges.count(), help="Fetch as many shards as a run at this depth needs."),
+    workers: int = typer.Option(4, callback=ranges.count(), help="Parallel downloads."),
     dataset: str = typer.Option("climbmix", help="climbmix or fineweb-edu."),
-    ratio: float = typer.Option(12.0, help="With --for-depth: training tokens per scaling parameter."),
-    retries: int = typer.Option(5, help="Attempts per shard (waits 1, 2, 4, ... s between them)."),
+    ratio: float = typer.Option(12.0, callback=ranges.rate(), help="With --for-depth: training tokens per scaling parameter."),
+    retries: int = typer.Option(5, callback=ranges.count(), help="Attempts per shard (waits 1, 2, 4, ... s between them)."),
 ) -> None:
     """Download pretraining shards (resumable, verified, retried)."""
     import os
@@ -41,9 +42,6 @@ def download(
     ds = WEB_DATASETS[dataset]
     if shards is not None and not 1 <= shards <= ds.num_shards - 1:
         raise UsageError(f"--shards {shards} is out of range; {ds.name} has {ds.num_shards - 1} training shards, ask for 1 to {ds.num_shards - 1}")
-    for name, value in (("for_depth", for_depth), ("workers", workers), ("retries", retries)):
-        checks.count(name, value)
-    checks.number("ratio", ratio, low=0, low_open=True)
     if for_depth is not None:
         est = shards_for_depth(for_depth, ratio)
         shards = min(est["shards"], ds.num_shards - 1)
@@ -72,9 +70,9 @@ def import_(
     kind: str = typer.Option("text", help="text (pretraining documents) or chat (conversations in the OpenAI messages format, for sft --data/--add NAME)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="--kind chat: leave out bad lines (counted) instead of stopping at the first."),
     text_field: str = typer.Option("text", help="JSONL field / parquet column holding the text."),
-    max_doc_chars: int = typer.Option(20_000, help="Cut longer text files into documents at blank lines (0: never)."),
-    val_fraction: float = typer.Option(0.01, help="Share of documents kept for validation (at least one)."),
-    seed: int = typer.Option(42, help="Shuffle seed."),
+    max_doc_chars: int = typer.Option(20_000, callback=ranges.count(low=0), help="Cut longer text files into documents at blank lines (0: never)."),
+    val_fraction: float = typer.Option(0.01, callback=ranges.number(low=0, high=0.5, low_open=True), help="Share of documents kept for validation (at least one)."),
+    seed: int = typer.Option(42, callback=ranges.count(low=0), help="Shuffle seed."),
     force: bool = typer.Option(False, "--force", help="Replace an existing data set of that name."),
 ) -> None:
     """Import your own text into parquet shards, or your own conversations (--kind chat) for SFT."""
@@ -87,8 +85,6 @@ def import_(
         validate_name(name)
     except NanochatError as e:  # a name that cannot be a data set is bad usage
         raise UsageError(str(e)) from None
-    checks.count("max_doc_chars", max_doc_chars, low=0)
-    checks.number("val_fraction", val_fraction, low=0, high=0.5, low_open=True)
     checks.one_of("kind", kind, ("text", "chat"))
     if kind == "chat":
         return _import_chat(sources, name, skip_bad, force)
@@ -121,14 +117,13 @@ def _import_chat(sources: list[str], name: str, skip_bad: bool, force: bool) -> 
 
 
 @app.command("list", cls=NanochatCommand, epilog=examples("nanochat data list", "nanochat data list --depth 20"))
-def list_(depth: Optional[int] = typer.Option(None, help="Show how many epochs a run at this depth would take.")) -> None:
+def list_(depth: Optional[int] = typer.Option(None, callback=ranges.count(), help="Show how many epochs a run at this depth would take.")) -> None:
     """List local data sets and their sizes."""
-    from nanochat.common import checks, paths
+    from nanochat.common import paths
     from nanochat.common.logging import print0, table
     from nanochat.data.catalog import list_datasets
     from nanochat.data.download import shards_for_depth
 
-    checks.count("depth", depth)
     need = shards_for_depth(depth)["chars"] if depth is not None else None
     infos = list_datasets()
     rows = []

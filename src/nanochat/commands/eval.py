@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from nanochat.commands import _ranges as ranges
 from nanochat.commands._common import DEVICE_HELP, NPROC_HELP, NNodes, NodeRank, RdzvEndpoint, RdzvId, node_options
 
 
@@ -15,17 +16,17 @@ def eval_(
         None,
         help="Comma-separated: core,bpb,arc-easy,arc-challenge,mmlu,gsm8k,humaneval,spellingbee. Default: core,bpb for base; the six chat tasks for sft/rl.",
     ),
-    max_per_task: int = typer.Option(-1, help="Examples per task (-1: all); bpb has --bpb-tokens."),
-    bpb_tokens: Optional[int] = typer.Option(None, help="Tokens per split for bpb (default: as many as the checkpoint's training evaluated its val bpb on)."),
+    max_per_task: int = typer.Option(-1, callback=ranges.count(minus_one="all"), help="Examples per task (-1: all); bpb has --bpb-tokens."),
+    bpb_tokens: Optional[int] = typer.Option(None, callback=ranges.count(), help="Tokens per split for bpb (default: as many as the checkpoint's training evaluated its val bpb on)."),
     json_file: Optional[str] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
     model_tag: Optional[str] = typer.Option(None, help="Model tag (default: the newest)."),
-    step: Optional[int] = typer.Option(None, help="Checkpoint step (default: the newest complete one)."),
+    step: Optional[int] = typer.Option(None, callback=ranges.count(low=0), help="Checkpoint step (default: the newest complete one)."),
     data: Optional[str] = typer.Option(None, help="Corpus for bpb: demo, web or an imported name (default: the one the checkpoint was trained on)."),
-    batch_size: int = typer.Option(8, help="Prompts (or bpb rows) per forward pass."),
-    num_samples: int = typer.Option(1, help="Samples per problem for generative tasks (pass@k)."),
-    temperature: float = typer.Option(0.0, help="Sampling temperature for generative tasks."),
-    top_k: int = typer.Option(50, help="Top-k for generative tasks (0: off)."),
-    max_new_tokens: int = typer.Option(512, help="Longest completion for generative tasks."),
+    batch_size: int = typer.Option(8, callback=ranges.count(), help="Prompts (or bpb rows) per forward pass."),
+    num_samples: int = typer.Option(1, callback=ranges.count(), help="Samples per problem for generative tasks (pass@k)."),
+    temperature: float = typer.Option(0.0, callback=ranges.number(low=0), help="Sampling temperature for generative tasks."),
+    top_k: int = typer.Option(50, callback=ranges.count(low=0), help="Top-k for generative tasks (0: off)."),
+    max_new_tokens: int = typer.Option(512, callback=ranges.count(), help="Longest completion for generative tasks."),
     offline: bool = typer.Option(False, "--offline", help="Use only the packaged eval data (no downloads)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     nproc: Optional[int] = typer.Option(None, help=NPROC_HELP),
@@ -35,7 +36,7 @@ def eval_(
     rdzv_id: RdzvId = None,
     harness: Optional[str] = typer.Option(None, help="Run EleutherAI lm-evaluation-harness tasks instead (comma-separated lm-eval task names; needs the interop extra or pip install lm_eval). --max-per-task is its --limit."),
     harness_include: Optional[str] = typer.Option(None, help="A folder of your own lm-eval task YAMLs (local data files work offline)."),
-    num_fewshot: Optional[int] = typer.Option(None, help="Few-shot examples for --harness tasks (default: each task's own)."),
+    num_fewshot: Optional[int] = typer.Option(None, callback=ranges.count(low=0), help="Few-shot examples for --harness tasks (default: each task's own)."),
 ) -> None:
     """Evaluate a checkpoint: CORE and bits per byte for base models, chat tasks for sft/rl (or lm-eval tasks with --harness)."""
     if harness is not None:
@@ -57,11 +58,6 @@ def eval_(
         task_names = parse_tasks(tasks, source)
     except NanochatError as e:  # a name outside the fixed task list is bad usage
         raise UsageError(str(e)) from None
-    checks.count("max_per_task", max_per_task, minus_one="all")
-    for name, value in (("batch_size", batch_size), ("num_samples", num_samples), ("max_new_tokens", max_new_tokens)):
-        checks.count(name, value)
-    checks.number("temperature", temperature, low=0)
-    checks.count("top_k", top_k, low=0)
     checks.nproc(nproc)
     nodes = node_options(nnodes, node_rank, rdzv_endpoint, rdzv_id)
     check_device_name(device)
@@ -72,8 +68,6 @@ def eval_(
     require_checkpoint(source, model_tag, step)
     maybe_relaunch(nproc, device, nodes=nodes)
 
-    if bpb_tokens is not None:
-        checks.count("bpb_tokens", bpb_tokens)
     opts = EvalOptions(
         tasks=task_names,
         max_per_task=max_per_task,
@@ -152,11 +146,6 @@ def _harness(tasks, include, num_fewshot, source, model_tag, step, max_per_task,
     if not names:
         raise UsageError("--harness needs lm-eval task names, e.g. --harness hellaswag,arc_easy")
     checks.one_of("source", source, ("base", "sft", "rl"))
-    checks.count("max_per_task", max_per_task, minus_one="all")
-    checks.count("batch_size", batch_size)
-    checks.count("max_new_tokens", max_new_tokens)
-    if num_fewshot is not None:
-        checks.count("num_fewshot", num_fewshot, low=0)
     check_device_name(device)
     require_checkpoint(source, model_tag, step)
     from nanochat.common.device import detect_device

@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from nanochat.commands import _ranges as ranges
+
 FORMATS = ("hf",)
 
 
@@ -13,7 +15,7 @@ def export(
     out: Optional[str] = typer.Option(None, "--out", help="Folder to write (new, empty, or an earlier export, which is replaced)."),
     source: str = typer.Option("sft", help="Which checkpoints: base, sft or rl."),
     model_tag: Optional[str] = typer.Option(None, help="Model tag (default: the newest)."),
-    step: Optional[int] = typer.Option(None, help="Checkpoint step (default: the newest complete one)."),
+    step: Optional[int] = typer.Option(None, callback=ranges.count(low=0), help="Checkpoint step (default: the newest complete one)."),
     format_: str = typer.Option("hf", "--format", help="hf: a Hugging Face transformers folder (load with trust_remote_code=True)."),
 ) -> None:
     """Export a checkpoint for use elsewhere: --format hf writes a folder transformers loads without nanochat."""

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from nanochat.commands import _ranges as ranges
 from nanochat.commands._common import DEVICE_HELP, NPROC_HELP, NNodes, NodeRank, RdzvEndpoint, RdzvId, node_options
 
 P = "Schedule and optimizer"
@@ -64,7 +65,7 @@ def pretrain(
     node_rank: NodeRank = None,
     rdzv_endpoint: RdzvEndpoint = None,
     rdzv_id: RdzvId = None,
-    seed: int = typer.Option(42, help="Seed of the initialisation (the data order is fixed by the corpus)."),
+    seed: int = typer.Option(42, callback=ranges.count(low=0), help="Seed of the initialisation (the data order is fixed by the corpus)."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model; default: on CUDA only."),
     activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing/--no-activation-checkpointing", help="Recompute each block in the backward pass: ~1/3 more compute, activations of about one block (for depths that fit no batch otherwise)."),
     max_bad_steps: int = typer.Option(5, help="Stop after this many non-finite-loss steps in a row (each is skipped)."),

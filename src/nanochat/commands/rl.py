@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from nanochat.commands import _ranges as ranges
 from nanochat.commands._common import DEVICE_HELP, NPROC_HELP, NNodes, NodeRank, RdzvEndpoint, RdzvId, node_options
 
 P = "Schedule and optimizer"
@@ -24,7 +25,7 @@ def rl(
     examples_per_step: int = typer.Option(16, help="Problems per optimizer step, across all processes (a multiple of their number)."),
     num_samples: int = typer.Option(16, help="Rollouts per problem (a multiple of --device-batch-size)."),
     max_new_tokens: int = typer.Option(256, help="Longest rollout."),
-    temperature: float = typer.Option(1.0, help="Sampling temperature of rollouts and of the pass@k eval."),
+    temperature: float = typer.Option(1.0, callback=ranges.number(low=0), help="Sampling temperature of rollouts and of the pass@k eval."),
     top_k: int = typer.Option(50, help="Top-k sampling (0: off)."),
     embedding_lr: float = typer.Option(0.2, help="AdamW LR of the embeddings (× init-lr-frac).", rich_help_panel=P),
     unembedding_lr: float = typer.Option(0.004, help="AdamW LR of the output head (× init-lr-frac).", rich_help_panel=P),

@@ -7,20 +7,21 @@ from typing import Optional
 
 import typer
 
+from nanochat.commands import _ranges as ranges
 from nanochat.commands._common import DEVICE_HELP
 from nanochat.engine.repetition import CHAT_NO_REPEAT_NGRAM, CHAT_REPETITION_PENALTY, check_repetition_settings
 
 
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind. Anything but loopback needs --api-key (or --insecure)."),
-    port: int = typer.Option(8000, help="Port to bind."),
+    port: int = typer.Option(8000, callback=ranges.port, help="Port to bind."),
     source: Optional[str] = typer.Option(None, help="sft, rl or base. Default: the newest of sft and rl."),
     model_tag: Optional[str] = typer.Option(None, help="Model tag (e.g. d20). Default: the one written most recently."),
-    step: Optional[int] = typer.Option(None, help="Checkpoint step. Default: the newest complete one."),
+    step: Optional[int] = typer.Option(None, callback=ranges.count(low=0), help="Checkpoint step. Default: the newest complete one."),
     api_key: Optional[str] = typer.Option(None, envvar="NANOCHAT_API_KEY", help="Require this key (Bearer) on every route but /health. Env: NANOCHAT_API_KEY."),
-    workers: Optional[int] = typer.Option(None, help="Engine workers, each a model replica (default: one per GPU, one on CPU)."),
-    queue_size: int = typer.Option(16, help="Requests that may wait for a worker; beyond that the answer is 503 with Retry-After."),
-    max_tokens: int = typer.Option(512, help="Default max tokens of an answer when a request does not say."),
+    workers: Optional[int] = typer.Option(None, callback=ranges.count(), help="Engine workers, each a model replica (default: one per GPU, one on CPU)."),
+    queue_size: int = typer.Option(16, callback=ranges.count(low=0), help="Requests that may wait for a worker; beyond that the answer is 503 with Retry-After."),
+    max_tokens: int = typer.Option(512, callback=ranges.count(), help="Default max tokens of an answer when a request does not say."),
     repetition_penalty: float = typer.Option(CHAT_REPETITION_PENALTY, help="Default repetition penalty of chat completions (1: off); a request's repetition_penalty wins."),
     no_repeat_ngram: int = typer.Option(CHAT_NO_REPEAT_NGRAM, help="Default no-repeat n-gram size of chat completions (0: off); a request's no_repeat_ngram_size wins."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
@@ -42,12 +43,7 @@ def serve(
     from nanochat.serve.bind import reserve
     from nanochat.serve.guard import parse_allow_origin
 
-    checks.port(port)
     checks.one_of("source", source, SOURCES)
-    if workers is not None and workers < 1:
-        raise UsageError(f"--workers {workers} must be at least 1")
-    if queue_size < 0 or max_tokens < 1:
-        raise UsageError("--queue-size must be >= 0 and --max-tokens >= 1")
     if served_model_name is not None and (not served_model_name.strip() or len(served_model_name) > 200):
         raise UsageError("--served-model-name must be 1 to 200 characters")
     try:

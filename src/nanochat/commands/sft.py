@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from nanochat.commands import _ranges as ranges
 from nanochat.commands._common import DEVICE_HELP, NPROC_HELP, NNodes, NodeRank, RdzvEndpoint, RdzvId, node_options
 
 P = "Schedule and optimizer (None: inherit from the base checkpoint)"
@@ -50,7 +51,7 @@ def sft(
     node_rank: NodeRank = None,
     rdzv_endpoint: RdzvEndpoint = None,
     rdzv_id: RdzvId = None,
-    seed: int = typer.Option(42, help="Seed of the mixture order."),
+    seed: int = typer.Option(42, callback=ranges.count(low=0), help="Seed of the mixture order."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model; default: on CUDA only."),
     max_bad_steps: int = typer.Option(5, help="Stop after this many non-finite-loss steps in a row."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Load the checkpoint and mixture, print the plan and exit."),

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from nanochat.commands import _ranges as ranges
 from nanochat.commands._common import DEVICE_HELP, NPROC_HELP
 
 
@@ -14,7 +15,7 @@ def speedrun(
     demo: bool = typer.Option(False, "--demo", help="A tiny run on the packaged data: vocab 4096, depth 4, 256-token rows; CPU, minutes."),
     from_stage: Optional[str] = typer.Option(None, help="Rerun from this stage on (download, prepare-evals, tokenizer, pretrain, base-eval, sft, rl, chat-eval, rl-eval, report)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (each stage's command line and status) and exit."),
-    target_param_data_ratio: float = typer.Option(8.0, help="Web run: training tokens per scaling parameter (the reference speedrun's 8)."),
+    target_param_data_ratio: float = typer.Option(8.0, callback=ranges.rate(), help="Web run: training tokens per scaling parameter (the reference speedrun's 8)."),
     skip: list[str] = typer.Option([], "--skip", help="Leave a stage out: rl (RL and the eval after it; RL runs by default)."),
     with_rl: bool = typer.Option(False, "--with-rl", hidden=True, help="Accepted for old scripts: RL is a default stage now."),
     device: str = typer.Option("auto", help=DEVICE_HELP),

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from nanochat.commands import _ranges as ranges
 from nanochat.commands._common import DEVICE_HELP, NPROC_HELP, examples
 
 HELP = {"help_option_names": ["-h", "--help"]}
@@ -28,7 +29,7 @@ BOOTSTRAP = typer.Option(1000, help="Bootstrap replicates for the exponents' unc
 MEASURE = typer.Option(2, help="Training steps timed per depth for the time estimate (0: no estimate).")
 DRY_RUN = typer.Option(False, "--dry-run", help="Print the plan (runs, FLOPs, tokens, estimated time, commands) and exit.")
 DEVICE = typer.Option("auto", help=DEVICE_HELP)
-NPROC = typer.Option(None, help=NPROC_HELP)
+NPROC = typer.Option(None, callback=ranges.count(), help=NPROC_HELP)
 
 
 def _pretrain_options(kind: str, extra: list[str], data: str, device: str) -> tuple[dict, frozenset[str]]:
@@ -89,7 +90,7 @@ def _run(kind: str, ctx: typer.Context, depths: str, budgets: str, ratio: float,
 def miniseries(
     ctx: typer.Context,
     depths: str = typer.Option("10,12,14,16,18,20", help="Comma-separated depths, one run each."),
-    ratio: float = typer.Option(12.0, help="Training tokens per scaling parameter (pretrain's --target-param-data-ratio)."),
+    ratio: float = typer.Option(12.0, callback=ranges.rate(), help="Training tokens per scaling parameter (pretrain's --target-param-data-ratio)."),
     name: Optional[str] = NAME,
     data: str = DATA,
     max_per_task: int = MAX_PER_TASK,

@@ -6,18 +6,20 @@ from typing import Optional
 
 import typer
 
+from nanochat.commands import _ranges as ranges
+
 MAX_VAL_CHARS = 1_000_000  # of the validation split, for tokenize-eval
 
 
 def tokenize_train(
     vocab_size: str = typer.Option("32768", help="Vocabulary size, special tokens included; or auto: chosen from your text (see --depth)."),
-    max_chars: float = typer.Option(2e9, help="Characters of training text to read."),
+    max_chars: float = typer.Option(2e9, callback=ranges.number(low=1), help="Characters of training text to read."),
     data: str = typer.Option("web", help="web, demo, or an imported data set."),
-    doc_cap: int = typer.Option(10_000, help="Characters used from each document (so long documents don't dominate)."),
-    depth: int = typer.Option(20, help="With --vocab-size auto: the model depth the size is chosen for."),
+    doc_cap: int = typer.Option(10_000, callback=ranges.count(), help="Characters used from each document (so long documents don't dominate)."),
+    depth: int = typer.Option(20, callback=ranges.count(), help="With --vocab-size auto: the model depth the size is chosen for."),
 ) -> None:
     """Train the byte-level BPE tokenizer."""
-    from nanochat.common import checks, paths
+    from nanochat.common import paths
     from nanochat.common.errors import UsageError
     from nanochat.common.logging import print0, table, warn0
     from nanochat.data.corpus import open_corpus
@@ -34,9 +36,6 @@ def tokenize_train(
             raise UsageError(f"--vocab-size {size} is out of range; use {MIN_VOCAB} (256 bytes + 9 special tokens) to {MAX_VOCAB}, or auto")
     else:
         size = max(CANDIDATES)
-        checks.count("depth", depth)
-    checks.number("max_chars", max_chars, low=1)
-    checks.count("doc_cap", doc_cap)
     corpus = open_corpus(data, "train")  # an unknown --data fails here, before any text is read
     held_out = _held_out_texts(data) if auto else None  # auto needs the val split: fail before training if absent
     what = f"{size:,}-token" if not auto else f"{size:,}-token (then cut to the best of {', '.join(f'{c:,}' for c in CANDIDATES)})"

@@ -6,12 +6,26 @@ old file, the new file, or a stray `.tmp-*` that nothing reads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """An OSError from a write on an open file (a full disk, say) names no file: give it `path`, so the
+    CLI's one-line error can say which file it was."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise type(e)(e.errno, e.strerror, os.fspath(path)) from e
 
 
 def fsync_dir(path: Path) -> None:
@@ -33,7 +47,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with naming(path), os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -66,7 +80,7 @@ def publish_dir(tmp: Path, final: Path) -> Path:
     """fsync every file in `tmp`, then rename it to `final` (replacing an older `final`)."""
     for p in tmp.rglob("*"):
         if p.is_file():
-            with open(p, "rb") as f:
+            with naming(p), open(p, "rb") as f:
                 os.fsync(f.fileno())
     fsync_dir(tmp)
     if final.exists():

@@ -24,6 +24,7 @@ and reports (and skips) any that fail, so a damaged disk never feeds a corrupt s
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import math
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from nanochat.common import paths
-from nanochat.common.atomic import fsync_dir, publish_dir
+from nanochat.common.atomic import fsync_dir, naming, publish_dir
 from nanochat.common.errors import NanochatError, UsageError
 from nanochat.common.logging import warn0
 
@@ -234,8 +235,6 @@ def save_checkpoint(
     they are stored with the optimizer tensors). With `keep_last`, older step folders beyond the
     newest K are deleted after the new one is published. Returns the final folder.
     """
-    from safetensors.torch import save_file
-
     barrier = barrier or _default_barrier
     directory = Path(directory)
     final = directory / step_name(step)
@@ -248,6 +247,27 @@ def save_checkpoint(
         tmp.mkdir()
     if world_size > 1:
         barrier()
+    try:
+        with naming(final):  # a full disk mid-save names the checkpoint folder
+            _write_rank_files(tmp, step, rank, world_size, model_state, meta, optimizer_state, rank_state)
+            if world_size > 1:
+                barrier()
+            if rank == 0:
+                _publish(tmp, final, step, world_size)
+    except BaseException:
+        if rank == 0:  # nothing half-written stays: the next save or run starts clean
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if rank == 0 and keep_last is not None and keep_last > 0:
+        prune(directory, keep_last)
+    if world_size > 1:
+        barrier()
+    return final
+
+
+def _write_rank_files(tmp: Path, step: int, rank: int, world_size: int, model_state, meta, optimizer_state, rank_state) -> None:
+    """One rank's files into `tmp` (rank 0's with the weights and meta), each hashed into hashes_rank{r}.json, fsynced."""
+    from safetensors.torch import save_file
 
     files: dict[str, dict] = {}
 
@@ -271,21 +291,41 @@ def save_checkpoint(
     for name in [*files, f"hashes_rank{rank}.json"]:
         with open(tmp / name, "rb") as f:
             os.fsync(f.fileno())
-    if world_size > 1:
-        barrier()
-    if rank == 0:
-        manifest = {"format": FORMAT_VERSION, "step": step, "world_size": world_size, "created": time.time(), "files": {}}
-        for r in range(world_size):
-            part = tmp / f"hashes_rank{r}.json"
-            manifest["files"].update(json.loads(part.read_text()))
-            part.unlink()
-        _write_json(tmp / MANIFEST_FILE, manifest)
-        publish_dir(tmp, final)
-        if keep_last is not None and keep_last > 0:
-            prune(directory, keep_last)
-    if world_size > 1:
-        barrier()
-    return final
+
+
+def _publish(tmp: Path, final: Path, step: int, world_size: int) -> None:
+    """Rank 0: every rank's hashes into manifest.json (written last), then the folder renamed into place."""
+    manifest = {"format": FORMAT_VERSION, "step": step, "world_size": world_size, "created": time.time(), "files": {}}
+    for r in range(world_size):
+        part = tmp / f"hashes_rank{r}.json"
+        manifest["files"].update(json.loads(part.read_text()))
+        part.unlink()
+    _write_json(tmp / MANIFEST_FILE, manifest)
+    publish_dir(tmp, final)
+
+
+def check_writable(directory: Path) -> None:
+    """Fail now, not at the first save hours into a run, when no checkpoint can be written into `directory`;
+    leaves nothing behind (the folders it had to create for the test are removed again)."""
+    import tempfile
+
+    directory = Path(directory)
+    created = [p for p in [directory, *directory.parents] if not p.exists()]
+    blocker = next((p for p in [directory, *directory.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise NanochatError(f"cannot write checkpoints to {directory}: {blocker} is a file, not a folder; remove or rename it, "
+                            "or set NANOCHAT_HOME (or --model-tag) to somewhere else")  # fmt: skip
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tmp-write-check-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:  # read-only, full, not ours: the CLI's one line names the folder and the fix
+        raise type(e)(e.errno, e.strerror, str(directory)) from e
+    finally:
+        for p in created:  # the deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()
 
 
 def prune(directory: Path, keep_last: int) -> list[Path]:
@@ -327,7 +367,46 @@ def verify_checkpoint(path: Path) -> dict:
             raise CorruptCheckpoint(f"checkpoint {path}: {name} has {p.stat().st_size} bytes, the manifest says {want['bytes']}")
         if _sha256(p) != want["sha256"]:
             raise CorruptCheckpoint(f"checkpoint {path}: {name} fails its sha256 check")
+    for name in files:
+        _check_readable(path, name)
     return manifest
+
+
+def _check_readable(path: Path, name: str) -> None:
+    """Bytes that match the manifest can still be unreadable (written so by a bug or another tool): a JSON
+    file must parse (meta.json to an object), a safetensors file must have a header that fits the file."""
+    p = path / name
+    try:
+        if name.endswith(".json"):
+            obj = json.loads(p.read_text(encoding="utf-8"))
+            if name == META_FILE and not isinstance(obj, dict):
+                raise ValueError("not a JSON object")
+        elif name.endswith(".safetensors"):
+            _check_safetensors_header(p)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise CorruptCheckpoint(f"checkpoint {path}: {name} matches its manifest but cannot be read ({' '.join(str(e).split())[:120]})") from None
+
+
+def _check_safetensors_header(p: Path) -> None:
+    """The safetensors layout: 8 bytes of little-endian header length, a JSON header, then the tensor bytes."""
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError("shorter than a safetensors header")
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            raise ValueError(f"header of {n} bytes in a file of {size}")
+        header = json.loads(f.read(n).decode("utf-8"))
+    if not isinstance(header, dict):
+        raise ValueError("safetensors header is not a JSON object")
+    body = size - 8 - n
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        begin, end = entry["data_offsets"] if isinstance(entry, dict) and "data_offsets" in entry else (-1, -1)
+        if not 0 <= begin <= end <= body:
+            raise ValueError(f"tensor {key!r} lies outside the file")
 
 
 def _step_dirs(directory: Path) -> list[tuple[int, Path]]:
@@ -351,6 +430,9 @@ def list_tags(source: str) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
 
 
+SKIPPED = "; skipping it and using an older one"
+
+
 def latest_valid(directory: Path, report: Callable[[str], None] | None = warn0) -> tuple[int, Path] | None:
     """The newest step folder under `directory` that passes its manifest; failures are reported."""
     for step, p in sorted(_step_dirs(Path(directory)), key=lambda x: -x[0]):
@@ -358,7 +440,7 @@ def latest_valid(directory: Path, report: Callable[[str], None] | None = warn0) 
             verify_checkpoint(p)
         except CorruptCheckpoint as e:
             if report:
-                report(f"{e}; skipping it and using an older one")
+                report(f"{e}{SKIPPED}")
             continue
         return step, p
     return None
@@ -382,6 +464,18 @@ def find_latest(source: str, tag: str | None = None, report: Callable[[str], Non
         if found is not None:
             return CheckpointInfo(found[1], source, t, found[0])
     return None
+
+
+def latest_or_why(source: str, tag: str | None = None) -> tuple[CheckpointInfo | None, str | None]:
+    """`find_latest` with its warnings held back: shown when an older checkpoint is used instead of a damaged
+    one; when none is valid, (None, what is wrong with the newest) for the caller's one-line error."""
+    skipped: list[str] = []
+    info = find_latest(source, tag, report=skipped.append)
+    if info is not None:
+        for message in skipped:
+            warn0(message)
+        return info, None
+    return None, skipped[0].removesuffix(SKIPPED) if skipped else None
 
 
 _TRAIN = {"base": "nanochat pretrain", "sft": "nanochat sft", "rl": "nanochat rl"}
@@ -430,11 +524,11 @@ def resolve_checkpoint(source: str, tag: str | None = None, step: int | None = N
     """What a consumer loads: the given step (verified), or the newest valid one; errors say how to fix."""
     require_checkpoint(source, tag, step)
     if step is None:
-        info = find_latest(source, tag)
+        info, why = latest_or_why(source, tag)
         if info is None:
             where = checkpoint_dir(source, tag) if tag else paths.checkpoints_dir(source)
-            raise NanochatError(f"no valid {source} checkpoint under {where}: every step folder fails its manifest check (see the warnings); "
-                                f"train one with `{_TRAIN[source]}` or pass --step with an intact one")  # fmt: skip
+            raise NanochatError(f"no valid {source} checkpoint under {where}: every step folder is damaged (the newest: {why}); "
+                                f"train one with `{_TRAIN[source]}`")  # fmt: skip
         return info
     if tag is None:
         tag = next(t for t in list_tags(source) if step in list_steps(source, t))

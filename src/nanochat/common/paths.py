@@ -1,6 +1,6 @@
 """Where nanochat keeps its files: one home folder with a fixed layout.
 
-NANOCHAT_HOME wins; otherwise the platformdirs user cache folder for `nanochat`
+NANOCHAT_HOME wins (it must be a folder, or not exist yet); otherwise the platformdirs user cache folder for `nanochat`
 (e.g. ~/.cache/nanochat on Linux). Layout:
 
     data/<dataset>/          pretraining shards (parquet)
@@ -16,11 +16,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from nanochat.common.errors import NanochatError
+
 
 def home() -> Path:
     env = os.environ.get("NANOCHAT_HOME")
     if env:
-        return Path(env).expanduser().resolve()
+        path = Path(env).expanduser().resolve()
+        if path.exists() and not path.is_dir():
+            raise NanochatError(f"NANOCHAT_HOME={env} is a file, not a folder; set NANOCHAT_HOME to a folder (it is created when missing)")
+        return path
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("nanochat", appauthor=False))

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 from nanochat.common import paths
-from nanochat.common.atomic import fresh_temp_dir, publish_dir
+from nanochat.common.atomic import fresh_temp_dir, naming, publish_dir
 from nanochat.common.errors import NanochatError
 from nanochat.data.corpus import RESERVED_NAMES, pack_paragraphs
 
@@ -88,11 +88,23 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], int]:
                     skipped += 1
                     continue
                 files.append(f)
+        elif p.exists():  # a FIFO, a device, a socket: reading it would block or never end
+            raise NanochatError(f"{p}: not a regular file ({_file_kind(p)}); import regular files or folders of them")
         else:
             raise NanochatError(f"{src}: no such file or folder")
     if not files:
         raise NanochatError(f"no importable files in {', '.join(sources)}; import .txt, .md, .jsonl or .parquet files (optionally .gz or .zst)")
     return files, skipped
+
+
+def _file_kind(path: Path) -> str:
+    import stat
+
+    mode = path.stat().st_mode
+    for test, kind in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a file or folder"
 
 
 def _open_binary(path: Path, comp: str | None) -> IO[bytes]:
@@ -219,6 +231,32 @@ class _ShardWriter:
             self.writer.close()
             self.writer = None
 
+    def abandon(self) -> None:
+        """Drop the open file after a failed write (its folder is removed): a second failure closing it is not
+        reported, and pyarrow must not retry the close when the writer is collected (a traceback at exit)."""
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except OSError:
+                self.writer.is_open = False
+            self.writer = None
+
+
+def _write_shards(tmp: Path, docs: Iterator[str], every: int, rg_train: int, rg_val: int, shard_chars: int) -> tuple["_ShardWriter", "_ShardWriter"]:
+    """Every `every`-th document into the validation file, the others into training shards; both closed."""
+    train = _ShardWriter(tmp, (f"shard_{i:05d}.parquet" for i in range(100_000)), rg_train, shard_chars)
+    val = _ShardWriter(tmp, iter([VAL_FILE]), rg_val, 1 << 62)
+    try:
+        for k, doc in enumerate(docs):
+            (val if k % every == 0 else train).add(doc)
+        train.close()
+        val.close()
+    except BaseException:
+        train.abandon()
+        val.abandon()
+        raise
+    return train, val
+
 
 def validate_name(name: str) -> None:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name or ""):
@@ -281,28 +319,24 @@ def import_dataset(
 
     tmp = fresh_temp_dir(final)
     try:
-        train = _ShardWriter(tmp, (f"shard_{i:05d}.parquet" for i in range(100_000)), rg_train, shard_chars)
-        val = _ShardWriter(tmp, iter([VAL_FILE]), rg_val, 1 << 62)
-        for k, doc in enumerate(_shuffled(chained(), seed, SHUFFLE_BUFFER)):
-            (val if k % every == 0 else train).add(doc)
-        train.close()
-        val.close()
-        meta = {
-            "name": name,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "sources": [str(Path(s).expanduser().resolve()) for s in sources],
-            "files": len(files),
-            "train_files": train.files,
-            "val_file": VAL_FILE,
-            "docs": {"train": train.docs, "val": val.docs},
-            "chars": {"train": train.chars, "val": val.chars},
-            "text_field": text_field,
-            "max_doc_chars": max_doc_chars,
-            "val_fraction": val_fraction,
-            "seed": seed,
-        }
-        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
-        publish_dir(tmp, final)
+        with naming(final):  # a full disk while writing a shard names the data set, not "a file"
+            train, val = _write_shards(tmp, _shuffled(chained(), seed, SHUFFLE_BUFFER), every, rg_train, rg_val, shard_chars)
+            meta = {
+                "name": name,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "sources": [str(Path(s).expanduser().resolve()) for s in sources],
+                "files": len(files),
+                "train_files": train.files,
+                "val_file": VAL_FILE,
+                "docs": {"train": train.docs, "val": val.docs},
+                "chars": {"train": train.chars, "val": val.chars},
+                "text_field": text_field,
+                "max_doc_chars": max_doc_chars,
+                "val_fraction": val_fraction,
+                "seed": seed,
+            }
+            (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+            publish_dir(tmp, final)
     except BaseException:
         import shutil
 

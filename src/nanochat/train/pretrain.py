@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from nanochat.common import checkpoint as ck
 from nanochat.common.errors import NanochatError, UsageError
 from nanochat.common.logging import console, print0, table, warn0
+from nanochat.common.memory import check_fits, over_budget
 from nanochat.optim import schedules
 from nanochat.eval.bpb import TextBpb, corpus_docs
 from nanochat.train.loop import (
@@ -215,6 +216,21 @@ def memory_estimate(facts: ModelFacts, cfg: PretrainConfig, vocab_size: int, dty
     return float(state), float(acts)
 
 
+MEMORY_HINTS = "lower --device-batch-size (the total batch stays, with more gradient accumulation), --max-seq-len or --depth"
+
+
+def planned_memory(cfg: PretrainConfig, vocab_size: int, device_type: str, facts: ModelFacts | None = None) -> tuple[float, float]:
+    """`memory_estimate` for this run, from a model built on the meta device when no `facts` are given."""
+    if facts is None:
+        import torch
+
+        from nanochat.model.gpt import GPT
+
+        with torch.device("meta"):
+            facts = model_facts(cfg, GPT(model_config(cfg, vocab_size)), vocab_size)
+    return memory_estimate(facts, cfg, vocab_size, 2 if device_type == "cuda" else 4)
+
+
 AUTO_ROWS = -1  # --device-batch-size auto
 
 
@@ -251,8 +267,13 @@ def _resolve_resume(cfg: PretrainConfig, rank: int, world_size: int, device: str
     step = -1
     if rank == 0:
         if cfg.resume == "auto":
-            info = ck.find_latest("base", cfg.tag)
+            info, why = ck.latest_or_why("base", cfg.tag)
             step = info.step if info else -1
+            if why is not None:  # every checkpoint there is damaged: never start over from step 0 silently
+                raise NanochatError(
+                    f"--resume auto: every checkpoint in {ck.checkpoint_dir('base', cfg.tag)} is damaged (the newest: {why}); "
+                    "pass --resume never to start over"
+                )
         elif cfg.resume != "never":
             step = ck.resolve_checkpoint("base", cfg.tag, int(cfg.resume)).step
     if world_size > 1:
@@ -307,7 +328,7 @@ def dry_run(cfg: PretrainConfig) -> dict:
     cfg, batch_why = resolve_device_batch(cfg, facts, vocab, world, device_type, device_bytes=dev_bytes)
     opts = scaling_options(cfg, world)
     plan = plan_training(opts, facts, power_law_batch=device_type == "cuda")
-    state, acts = memory_estimate(facts, cfg, vocab, 2 if device_type == "cuda" else 4)
+    state, acts = planned_memory(cfg, vocab, device_type, facts)
     rows = plan_rows(facts, opts, plan) + [
         ("device (planned)", f"{device_type} × {world}"),
         ("device batch", f"{cfg.device_batch_size} rows ({batch_why})"),
@@ -317,6 +338,9 @@ def dry_run(cfg: PretrainConfig) -> dict:
         ("checkpoints", str(ck.checkpoint_dir("base", cfg.tag))),
     ]
     console().print(table(f"nanochat pretrain --dry-run (depth {cfg.depth})", rows))
+    too_big = over_budget(state, acts, device_type, MEMORY_HINTS)
+    if too_big:  # a plan is still shown; the run itself would refuse
+        warn0(f"a real run would stop here: {too_big}")
     print0("dry run: nothing trained")
     return {"plan": plan.to_dict(), "facts": asdict(facts)}
 
@@ -432,6 +456,10 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
             "with the same options on each) or one shared NANOCHAT_HOME",
     )  # fmt: skip
     vocab = tokenizer.vocab_size
+    if cfg.device_batch_size != AUTO_ROWS:  # auto chooses a batch that fits, after measuring
+        check_fits(*planned_memory(cfg, vocab, device_type), device, MEMORY_HINTS)  # before a model too big is allocated
+    if master:
+        ck.check_writable(ck.checkpoint_dir("base", cfg.tag))  # before training, not at the first save
     gpt_config = model_config(cfg, vocab)
     dtype = choose_dtype(device_type).dtype
     model = build_model(gpt_config, device, init=True, dtype=dtype, seed=cfg.seed)
@@ -489,12 +517,15 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
         if start_step >= n:
             print0(f"step {start_step} already completes a run of {n} iterations; nothing to train (raise --num-iterations to go on)")
             return {"final_step": start_step, "iterations": n, "min_val_bpb": loop_state.get("min_val_bpb"), "model_tag": cfg.tag}
-    elif cfg.resume == "never" and ck.list_steps("base", cfg.tag):
+    elif cfg.resume == "never" and ck.latest_valid(run_dir, report=None) is not None:
         # a fresh run mixing its checkpoints with an older run's would let --resume auto pick the wrong one later
+        # (beside damaged ones only, starting over is allowed: it is what --resume auto's refusal asks for)
         raise NanochatError(
             f"--resume never, but {run_dir} holds checkpoints of an earlier run; pass another --model-tag, "
             f"delete that folder, or use --resume auto to continue it"
         )
+    elif cfg.resume == "never" and ck.list_steps("base", cfg.tag):
+        warn0(f"--resume never: starting over beside damaged step folders in {run_dir}; they are skipped (delete them when you no longer need them)")
 
     # ---- print every derived value
     peak = peak_flops(device_type)
