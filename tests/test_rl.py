@@ -17,7 +17,7 @@ from tests.conftest import run_cli
 
 ENV = {"OMP_NUM_THREADS": "1", "COLUMNS": "200", "NANOCHAT_OFFLINE": "1"}
 # the short demo-arith run: problems, fine-tuning steps before RL, RL steps, LR fraction
-RL_TEST_PROBLEMS, RL_TEST_SFT_STEPS, RL_TEST_STEPS, RL_TEST_LR_FRAC = 32, 100, 12, 0.1
+RL_TEST_PROBLEMS, RL_TEST_SFT_STEPS, RL_TEST_STEPS, RL_TEST_LR_FRAC = 8, 40, 12, 0.2
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,8 +259,9 @@ def _fit_demo_arith(problems, steps: int, seed: int = 0):
 
 def test_a_short_demo_arith_run_raises_the_mean_reward(nanochat_home, monkeypatch):
     """The demo's RL in small: a model that solves some DemoArith problems, then `run_rl` (real rollouts
-    with the calculator, real rewards, the optimizer and its LR schedule) on those problems. With the
-    advantage's sign flipped, or no update, the reward of the last steps does not beat the first ones."""
+    with the calculator, real rewards, the optimizer and its LR schedule; like the demo, only the block
+    matrices learn) on those problems. With the advantage's sign flipped, or no update, the reward of the
+    last steps does not beat the first ones."""
     from nanochat.tasks.arithmetic import DemoArith
     from nanochat.train import rl
     from nanochat.train.loop import read_metrics
@@ -271,12 +272,13 @@ def test_a_short_demo_arith_run_raises_the_mean_reward(nanochat_home, monkeypatc
     problems = DemoArith("train", size=RL_TEST_PROBLEMS)
     _fit_demo_arith(problems, steps=RL_TEST_SFT_STEPS)
     monkeypatch.setattr(rl, "load_rl_tasks", lambda task, split, rank: (problems, problems, "toy", "toy"))
-    rl.run_rl(toy_config(task="demo-arith", num_iterations=RL_TEST_STEPS, examples_per_step=4, num_samples=8, device_batch_size=8,
-                         max_new_tokens=24, save_every=-1, init_lr_frac=RL_TEST_LR_FRAC, matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004))  # fmt: skip
+    rl.run_rl(toy_config(task="demo-arith", num_iterations=RL_TEST_STEPS, examples_per_step=RL_TEST_PROBLEMS, num_samples=8, device_batch_size=8,
+                         max_new_tokens=24, save_every=-1, init_lr_frac=RL_TEST_LR_FRAC, matrix_lr=0.02, embedding_lr=0.0, unembedding_lr=0.0))  # fmt: skip
     rewards = [m["reward"] for m in read_metrics(nanochat_home / "checkpoints" / "rl" / "d1" / "metrics.jsonl") if m["kind"] == "train"]
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    # every step samples every problem, so the rewards of two steps differ by the policy and the sampling only
     assert len(rewards) == RL_TEST_STEPS and 0.05 < first < 0.8, rewards  # a task with room to learn
-    assert last > first + 0.1, rewards
+    assert last > first + 0.05, rewards
 
 
 class Unsolvable(list):
@@ -428,7 +430,7 @@ def test_offline_run_checkpoints_records_metrics_and_resumes(sft_checkpoint):
     evals = [m for m in again if m["kind"] == "eval"]
     res = section["data"]["results"]
     assert res["rl_pass@1_before"]["value"] == evals[0]["pass@1"] and res["rl_pass@1_before"]["step"] == 0
-    assert res["rl_pass@1_after"]["value"] == evals[-1]["pass@1"] and res["rl_pass@1_after"]["step"] == 3
+    assert res["rl_pass@1_final"]["value"] == evals[-1]["pass@1"] and res["rl_pass@1_final"]["step"] == 3
     assert section["series"]["reward"] == [[s, redo[s]["reward"]] for s in range(3)]
     rows = section["data"]["reward per step"].splitlines()[2:]
     assert rows == [f"| {s + 1}-{s + 1} | {redo[s]['reward']:.3f} | {redo[s]['signal']:.2f} |" for s in range(3)]

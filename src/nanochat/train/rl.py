@@ -35,7 +35,9 @@ counted as failures in the evaluation); the run says how many.
 Evaluation: pass@1..pass@k (k = device batch size) at the sampling temperature on held-out problems,
 every `eval_every` steps and at the end, with the unbiased estimator 1 − C(n−c, k)/C(n, k) over the
 n = k samples drawn per problem (the same expectation as the reference's "any of the first k").
-The summary records pass@1 before RL (the evaluation at step 0) and after (the last one).
+The summary records pass@1 before RL (the evaluation at step 0) and after (the last one); the report
+card's RL section (`report_rl`) shows both, in the summary table too, with the reward per step as a table
+and, like pass@1, as a curve.
 """
 
 from __future__ import annotations
@@ -355,7 +357,7 @@ def report_rl(summary: dict, metrics_path, task_label: str, eval_count: int, k: 
     if evals:
         first, last = evals[0], evals[-1]
         results["rl_pass@1_before"] = metric(f"{title} held-out {how} before RL", first["pass@1"], eval_count, "problems", step=first["step"], source=summary["eval_data"])
-        results["rl_pass@1_after"] = metric(f"{title} held-out {how} after RL", last["pass@1"], eval_count, "problems", step=last["step"], source=summary["eval_data"])
+        results["rl_pass@1_final"] = metric(f"{title} held-out {how} after RL", last["pass@1"], eval_count, "problems", step=last["step"], source=summary["eval_data"])
     data = {**summary, "results": results}
     if train:
         data["reward per step"] = reward_table(train)
