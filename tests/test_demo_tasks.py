@@ -1,36 +1,7 @@
-"""The synthetic conversations of the demo's fine-tuning: calculator sums that the real calculator
-agrees with, true statements about the Austen novels, small talk; all reproducible and renderable."""
+"""The synthetic conversations of the demo's fine-tuning: true statements about the Austen novels, small
+talk; all reproducible and renderable (the calculator sums are tested in test_arith.py)."""
 
 from __future__ import annotations
-
-import re
-
-import pytest
-
-
-def test_arithmetic_calls_give_what_the_calculator_gives_and_the_answer_says_it():
-    from nanochat.engine.tools import use_calculator
-    from nanochat.tasks.arithmetic import SimpleArithmetic
-
-    ops = set()
-    for conv in SimpleArithmetic(size=400):
-        user, assistant = conv["messages"]
-        call, output, text = assistant["content"]
-        assert (call["type"], output["type"], text["type"]) == ("python", "python_output", "text")
-        assert use_calculator(call["text"]) == output["text"]  # what the engine will force at inference
-        a, op, b = re.fullmatch(r"(\d+)(\+|-|\*|//)(\d+)", call["text"]).groups()
-        ops.add(op)
-        assert a in user["content"] and b in user["content"]  # the call copies the question's numbers
-        assert re.search(rf"\b{output['text']}\.$", text["text"])
-        # a naive reference for the value
-        want = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b), "//": int(a) / int(b)}[op]
-        assert float(output["text"]) == want and want >= 0 and want == int(want)
-    assert ops == {"+", "-", "*", "//"}
-    train, test = SimpleArithmetic(size=50), SimpleArithmetic(size=50, split="test")
-    assert [c for c in train] == [c for c in SimpleArithmetic(size=50)]  # reproducible
-    assert [c["messages"][0] for c in train] != [c["messages"][0] for c in test]
-    with pytest.raises(Exception, match="no split"):
-        SimpleArithmetic(split="validation")
 
 
 def test_austen_answers_are_about_the_right_book():

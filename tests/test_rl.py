@@ -16,6 +16,8 @@ import torch
 from tests.conftest import run_cli
 
 ENV = {"OMP_NUM_THREADS": "1", "COLUMNS": "200", "NANOCHAT_OFFLINE": "1"}
+# the short demo-arith run: problems, fine-tuning steps before RL, RL steps, LR fraction
+RL_TEST_PROBLEMS, RL_TEST_SFT_STEPS, RL_TEST_STEPS, RL_TEST_LR_FRAC = 8, 40, 12, 0.2
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,6 +226,61 @@ def test_groups_without_reward_variance_add_exactly_zero_gradient():
     assert alone and set(alone) == set(together) and all(torch.equal(alone[n], together[n]) for n in alone)
 
 
+def _fit_demo_arith(problems, steps: int, seed: int = 0):
+    """A depth-2 model fine-tuned on `problems` (DemoArith conversations) by plain AdamW steps, saved
+    as sft/d1 with its tokenizer: a model that knows the answer format and gets some problems right."""
+    from nanochat.common import paths
+    from nanochat.common.checkpoint import save_checkpoint
+    from nanochat.data.tokenizer import Tokenizer
+    from nanochat.model.config import GPTConfig
+    from nanochat.model.gpt import build_model
+    from nanochat.tasks.arithmetic import DemoArith
+
+    tok = Tokenizer.train([c["messages"][0]["content"] for c in DemoArith("train")], vocab_size=400)
+    tok.save(paths.tokenizer_dir())
+    config = GPTConfig(sequence_len=64, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_kv_head=2, n_embd=64, window_pattern="L")
+    model = build_model(config, "cpu", seed=seed)
+    rows = [tok.render_conversation(c["messages"], max_tokens=65) for c in problems]
+    width = max(len(ids) for ids, _ in rows)
+    inputs = torch.full((len(rows), width - 1), tok.bos_id)
+    targets = torch.full((len(rows), width - 1), -1)
+    for i, (ids, mask) in enumerate(rows):
+        inputs[i, : len(ids) - 1] = torch.tensor(ids[:-1])
+        targets[i, : len(ids) - 1] = torch.where(torch.tensor(mask[1:]) == 1, torch.tensor(ids[1:]), -1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        pick = torch.randint(len(rows), (16,), generator=g)
+        model(inputs[pick], targets[pick]).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    save_checkpoint(paths.checkpoints_dir("sft") / "d1", steps, model_state=model.state_dict(), meta={"model_config": asdict(config)})
+
+
+def test_a_short_demo_arith_run_raises_the_mean_reward(nanochat_home, monkeypatch):
+    """The demo's RL in small: a model that solves some DemoArith problems, then `run_rl` (real rollouts
+    with the calculator, real rewards, the optimizer and its LR schedule; like the demo, only the block
+    matrices learn) on those problems. With the advantage's sign flipped, or no update, the reward of the
+    last steps does not beat the first ones."""
+    from nanochat.tasks.arithmetic import DemoArith
+    from nanochat.train import rl
+    from nanochat.train.loop import read_metrics
+
+    from tests._rl_dist_worker import toy_config
+
+    torch.manual_seed(0)
+    problems = DemoArith("train", size=RL_TEST_PROBLEMS)
+    _fit_demo_arith(problems, steps=RL_TEST_SFT_STEPS)
+    monkeypatch.setattr(rl, "load_rl_tasks", lambda task, split, rank: (problems, problems, "toy", "toy"))
+    rl.run_rl(toy_config(task="demo-arith", num_iterations=RL_TEST_STEPS, examples_per_step=RL_TEST_PROBLEMS, num_samples=8, device_batch_size=8,
+                         max_new_tokens=24, save_every=-1, init_lr_frac=RL_TEST_LR_FRAC, matrix_lr=0.02, embedding_lr=0.0, unembedding_lr=0.0))  # fmt: skip
+    rewards = [m["reward"] for m in read_metrics(nanochat_home / "checkpoints" / "rl" / "d1" / "metrics.jsonl") if m["kind"] == "train"]
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    # every step samples every problem, so the rewards of two steps differ by the policy and the sampling only
+    assert len(rewards) == RL_TEST_STEPS and 0.05 < first < 0.8, rewards  # a task with room to learn
+    assert last > first + 0.05, rewards
+
+
 class Unsolvable(list):
     """Every answer is wrong: no group ever has a signal."""
 
@@ -267,6 +324,15 @@ def test_no_signal_warning_only_when_most_groups_have_none():
 
 # ------------------------------------------------------------------------------------------------
 # pass@k and the deterministic schedule
+
+
+def test_reward_table_averages_equal_spans_of_steps():
+    from nanochat.train.rl import reward_table
+
+    train = [{"step": s, "reward": s / 10, "signal": 0.5 if s < 6 else 1.0} for s in range(7)]
+    rows = reward_table(train, rows=3).splitlines()
+    # 7 steps in 3 spans: steps 1-2, 3-4, 5-7 (0-based 0-1, 2-3, 4-6)
+    assert rows[2:] == ["| 1-2 | 0.050 | 0.50 |", "| 3-4 | 0.250 | 0.50 |", "| 5-7 | 0.500 | 0.67 |"]
 
 
 def test_pass_at_k_is_the_mean_over_all_k_subsets():
@@ -355,6 +421,25 @@ def test_offline_run_checkpoints_records_metrics_and_resumes(sft_checkpoint):
     again = read_metrics(run_dir / "metrics.jsonl")
     redo = {m["step"]: m for m in again if m["kind"] == "train"}
     assert sorted(redo) == [0, 1, 2] and redo[2]["lrm"] == train[2]["lrm"]  # the file reads like one uninterrupted run
+
+    # the report card: pass@1 before and after RL in the summary table, and the reward of every step since
+    # step 0 (the resumed run ran only the last step) as a curve and as a table
+    from nanochat.eval.report import generate_report, load_sections, summary_table
+
+    section = json.loads((paths.report_dir() / "sections" / "rl.json").read_text())
+    evals = [m for m in again if m["kind"] == "eval"]
+    res = section["data"]["results"]
+    assert res["rl_pass@1_before"]["value"] == evals[0]["pass@1"] and res["rl_pass@1_before"]["step"] == 0
+    assert res["rl_pass@1_final"]["value"] == evals[-1]["pass@1"] and res["rl_pass@1_final"]["step"] == 3
+    assert section["series"]["reward"] == [[s, redo[s]["reward"]] for s in range(3)]
+    rows = section["data"]["reward per step"].splitlines()[2:]
+    assert rows == [f"| {s + 1}-{s + 1} | {redo[s]['reward']:.3f} | {redo[s]['signal']:.2f} |" for s in range(3)]
+    _, table = summary_table(load_sections())
+    labels = [r[0] for r in table]
+    assert any(lab.startswith("GSM8K held-out pass@1") and "before RL on 2 problems" in lab for lab in labels), labels
+    assert any("after RL on 2 problems" in lab for lab in labels), labels
+    card = generate_report()[0].read_text()
+    assert "**reward per step**" in card and "| steps | mean reward |" in card
 
 
 def test_bad_options_fail_with_one_line(sft_checkpoint):

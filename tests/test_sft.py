@@ -166,7 +166,7 @@ def test_demo_mixture_uses_no_eval_sets():
     test = TaskMixture([MMLU("all", "test", source="packaged"), ARC("ARC-Easy", "test", source="packaged"), ARC("ARC-Challenge", "test", source="packaged")])
     overlap = sum(first_user(c) in train_q for c in test)
     assert overlap <= len(test) // 200  # the few questions the source data repeats across splits; never the test split itself
-    from nanochat.tasks.arith import DemoArith
+    from nanochat.tasks.arithmetic import DemoArith
 
     assert "DemoArith" in names and not {first_user(c) for c in DemoArith("test")} & train_q  # RL's held-out problems stay out
     import json

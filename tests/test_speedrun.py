@@ -182,9 +182,13 @@ def test_card_adds_up_to_what_the_stages_printed_and_recorded(tiny_run):
     by_hand = ((float(accs["arc-easy"]) - 0.25) / 0.75 + float(accs["spellingbee"])) / 2
     assert float(summary["ChatCORE (partial: 2 of 6 tasks)"][1]) == pytest.approx(by_hand, abs=1e-4)
     assert "chat-eval — chat tasks and ChatCORE (partial: 2 of 6 tasks)" in out
+    # RL's held-out pass@1 before and after, as its closing line printed them (the RL column)
+    before, after = re.search(r"pass@1 (\S+) before RL, (\S+) after", stage_out["rl"]).groups()
+    rl_rows = ["DemoArith held-out pass@1 (T=1, 2 samples each) before RL on 2 problems", "DemoArith held-out pass@1 (T=1, 2 samples each) after RL on 2 problems"]
+    assert [summary[r] for r in rl_rows] == [["-", "-", before], ["-", "-", after]]
     assert set(summary) == {"CORE-offline (19 tasks, squad 1k, coqa 4.9k) on 38 examples", "val bpb on 512 tokens",
                             f"chat val bpb on {n:,} assistant tokens", "ARC-Easy accuracy on 2 questions",
-                            "SpellingBee pass@1 on 2 questions", "ChatCORE (partial: 2 of 6 tasks)"}  # fmt: skip
+                            "SpellingBee pass@1 on 2 questions", "ChatCORE (partial: 2 of 6 tasks)", *rl_rows}  # fmt: skip
 
     # timings: every stage, the tokenizer and the report itself included, as the run printed them; the total is their sum
     timings = _md_rows(md, "Timings")

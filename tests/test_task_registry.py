@@ -44,10 +44,12 @@ def tokenizer():
     return Tokenizer.train([text[i : i + 2000] for i in range(0, len(text), 2000)], vocab_size=400)
 
 
-def test_the_six_builtin_tasks_and_chatcore_members():
-    assert registry.task_names() == ("arc-easy", "arc-challenge", "mmlu", "gsm8k", "humaneval", "spellingbee")
-    assert registry.chatcore_names() == registry.task_names()
-    assert [registry.spec(n).chance for n in registry.task_names()] == [0.25, 0.25, 0.25, 0.0, 0.0, 0.0]
+def test_the_builtin_tasks_and_chatcore_members():
+    assert registry.task_names() == ("arc-easy", "arc-challenge", "mmlu", "gsm8k", "humaneval", "spellingbee", "demo-arith")
+    assert registry.chatcore_names() == registry.task_names()[:6]  # the reference's six; the demo's word problems stay out
+    assert [registry.spec(n).chance for n in registry.task_names()] == [0.25, 0.25, 0.25, 0.0, 0.0, 0.0, 0.0]
+    demo = registry.build("demo-arith")
+    assert (demo.split, len(demo), registry.spec("demo-arith").unit) == ("test", 300, "problems")
     with pytest.raises(ValueError, match="taken"):
         registry.register(registry.TaskSpec("mmlu", "x", "categorical", 0.25, "questions", lambda s: None))
     with pytest.raises(ValueError, match="taken"):
@@ -85,7 +87,7 @@ def test_an_unknown_task_names_the_registered_ones():
     from nanochat.common.errors import NanochatError
     from nanochat.eval.suite import parse_tasks
 
-    with pytest.raises(NanochatError, match="choose from core,bpb,arc-easy,arc-challenge,mmlu,gsm8k,humaneval,spellingbee"):
+    with pytest.raises(NanochatError, match="choose from core,bpb,arc-easy,arc-challenge,mmlu,gsm8k,humaneval,spellingbee,demo-arith"):
         parse_tasks("mmlu,nosuch", "sft")
     with pytest.raises(NanochatError, match="unknown eval task 'nosuch'"):
         registry.build("nosuch")

@@ -71,7 +71,8 @@ SERIES_LABELS = {
     "val_bpb": "val bpb (bits per byte)",
     "core": "CORE (centered accuracy)",
     "reward": "mean reward",
-    "gsm8k_pass@1": "GSM8K pass@1",
+    "gsm8k_pass@1": "GSM8K pass@1 (held out)",
+    "demo-arith_pass@1": "DemoArith pass@1 (held out)",
 }
 # hourly price of one GPU, in US dollars (typical cloud on-demand rates)
 GPU_HOURLY_USD = {"H100": 3.00, "H200": 3.50, "A100": 1.79, "V100": 0.55}

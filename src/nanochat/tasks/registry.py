@@ -101,9 +101,16 @@ def _spellingbee(source: str):
     return SpellingBee(size=256, split="test")  # generated from the packaged word list: no download source
 
 
+def _demo_arith(source: str):
+    from nanochat.tasks.arithmetic import DemoArith
+
+    return DemoArith("test")  # templated word problems (the demo's RL task): no download source
+
+
 register(TaskSpec("arc-easy", "ARC-Easy", "categorical", 0.25, "questions", _arc("ARC-Easy"), chatcore=True))
 register(TaskSpec("arc-challenge", "ARC-Challenge", "categorical", 0.25, "questions", _arc("ARC-Challenge"), chatcore=True))
 register(TaskSpec("mmlu", "MMLU", "categorical", 0.25, "questions", _mmlu, chatcore=True))
 register(TaskSpec("gsm8k", "GSM8K", "generative", 0.0, "problems", _gsm8k, chatcore=True))
 register(TaskSpec("humaneval", "HumanEval", "generative", 0.0, "problems", _humaneval, chatcore=True, needs_sandbox=True))
 register(TaskSpec("spellingbee", "SpellingBee", "generative", 0.0, "questions", _spellingbee, chatcore=True))
+register(TaskSpec("demo-arith", "DemoArith", "generative", 0.0, "problems", _demo_arith))

@@ -24,7 +24,7 @@ alone, so a resumed run repeats exactly what an uninterrupted one would have don
 processes that saved the checkpoint (the problems are split by rank; another count is refused).
 
 Tasks (`task`): `gsm8k` (the default) and `demo-arith`, small-number arithmetic word problems with the
-calculator (tasks.arith; disjoint train and test splits), which a CPU-sized model can learn.
+calculator (tasks.arithmetic; disjoint train and test splits), which a CPU-sized model can learn.
 
 Data of `gsm8k`: GSM8K train (7,473 problems, from the Hugging Face Hub), evaluated on GSM8K test. Offline there is
 only the packaged test split: the run then trains on a partition carved out of it (`train-from-test`,
@@ -35,7 +35,9 @@ counted as failures in the evaluation); the run says how many.
 Evaluation: pass@1..pass@k (k = device batch size) at the sampling temperature on held-out problems,
 every `eval_every` steps and at the end, with the unbiased estimator 1 − C(n−c, k)/C(n, k) over the
 n = k samples drawn per problem (the same expectation as the reference's "any of the first k").
-The summary records pass@1 before RL (the evaluation at step 0) and after (the last one).
+The summary records pass@1 before RL (the evaluation at step 0) and after (the last one); the report
+card's RL section (`report_rl`) shows both, in the summary table too, with the reward per step as a table
+and, like pass@1, as a curve.
 """
 
 from __future__ import annotations
@@ -50,12 +52,14 @@ from nanochat.engine.loading import load_model
 from nanochat.common.errors import NanochatError, UsageError
 from nanochat.common.logging import print0, table, warn0
 from nanochat.optim import schedules
-from nanochat.train.loop import MetricsLog, Progress, StepClock, StopSignal, format_duration, record_report, run_distributed, sync_step_stats, wandb_run
+from nanochat.train.loop import MetricsLog, Progress, StepClock, StopSignal, format_duration, read_metrics, record_report, run_distributed, sync_step_stats, wandb_run
 
 OFFLINE_TRAIN_LABEL = "GSM8K train partition carved from the test split (1,000 problems)"
 OFFLINE_EVAL_LABEL = "GSM8K test, held-out 319 problems (disjoint from the train partition)"
 RL_TASKS = ("gsm8k", "demo-arith")
 NO_SIGNAL_SHARE = 0.5  # warn once when fewer groups than this share carry a signal
+REWARD_TABLE_ROWS = 6  # the report's reward table: mean reward over this many spans of steps
+TASK_TITLES = {"gsm8k": "GSM8K", "demo-arith": "DemoArith"}
 
 
 @dataclass
@@ -307,7 +311,7 @@ def load_tasks(train_split: str, rank: int):
 def load_rl_tasks(task: str, train_split: str, rank: int):
     """(train task, eval task, train label, eval label) of an RL task by its `--task` name."""
     if task == "demo-arith":
-        from nanochat.tasks.arith import DemoArith
+        from nanochat.tasks.arithmetic import DemoArith
 
         train, test = DemoArith("train"), DemoArith("test")
         return train, test, f"DemoArith train ({train.data_source})", f"DemoArith test ({len(test)} held-out problems)"
@@ -321,6 +325,45 @@ def no_signal_warning(signal_groups: int, groups: int, task: str = "gsm8k") -> s
     return (f"only {signal_groups} of {groups} problems so far got rewards that differ between their rollouts (signal "
             f"{signal_groups / groups:.2f}); the others teach nothing. Sample more answers per problem (--num-samples), "
             + ("use an easier task (--task demo-arith), " if task != "demo-arith" else "use an easier task, ") + "or start from a better SFT model")
+
+
+# ------------------------------------------------------------------------------------------------
+# the report
+
+
+def reward_table(train: list[dict], rows: int = REWARD_TABLE_ROWS) -> str:
+    """The reward curve as a markdown table: mean reward and signal over `rows` equal spans of steps."""
+    lines = ["| steps | mean reward | signal (groups with a reward spread) |", "|---|---|---|"]
+    n = len(train)
+    for i in range(min(rows, n)):
+        span = train[i * n // rows : (i + 1) * n // rows] if n >= rows else train[i : i + 1]
+        reward = sum(m["reward"] for m in span) / len(span)
+        signal = sum(m.get("signal", 0.0) for m in span) / len(span)
+        lines.append(f"| {span[0]['step'] + 1}-{span[-1]['step'] + 1} | {reward:.3f} | {signal:.2f} |")
+    return "\n".join(lines)
+
+
+def report_rl(summary: dict, metrics_path, task_label: str, eval_count: int, k: int) -> None:
+    """The report card's RL section: the summary, held-out pass@1 before and after RL (in the summary
+    table too), the reward per step as a table and, with the pass@1 evaluations, as curves. Read from
+    the run's metrics file, so a resumed run reports every step since step 0."""
+    from nanochat.eval.report import metric
+
+    records = read_metrics(metrics_path) if metrics_path.is_file() else []
+    train = [m for m in records if m.get("kind") == "train"]
+    evals = [m for m in records if m.get("kind") == "eval"]
+    title = TASK_TITLES[task_label]
+    how = f"pass@1 (T={summary['temperature']:g}, {k} samples each)"
+    results = {}
+    if evals:
+        first, last = evals[0], evals[-1]
+        results["rl_pass@1_before"] = metric(f"{title} held-out {how} before RL", first["pass@1"], eval_count, "problems", step=first["step"], source=summary["eval_data"])
+        results["rl_pass@1_final"] = metric(f"{title} held-out {how} after RL", last["pass@1"], eval_count, "problems", step=last["step"], source=summary["eval_data"])
+    data = {**summary, "results": results}
+    if train:
+        data["reward per step"] = reward_table(train)
+    series = {"reward": [[m["step"], m["reward"]] for m in train], f"{task_label}_pass@1": [[m["step"], m["pass@1"]] for m in evals]}
+    record_report("rl", data, series=series, title="Reinforcement learning")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -443,8 +486,6 @@ def _train(cfg: RLConfig, info) -> dict:
     passk_start: dict | None = loop_state.get("passk_start")  # the evaluation before any RL step
     signal_total, groups_total = loop_state.get("signal_groups", 0), loop_state.get("groups", 0)
     warned = False
-    reward_series: list = []
-    passk_series: list = []
     step = start_step
     stop_synced = False
     stopped_by_signal = False
@@ -470,7 +511,6 @@ def _train(cfg: RLConfig, info) -> dict:
                 model.eval()
                 t0 = time.time()
                 passk, too_long = evaluate_passk(engine, tokenizer, eval_task, cfg.eval_examples, eval_k, cfg, rank, world, device)
-                passk_series.append([step, passk["pass@1"]])
                 if step == 0:
                     passk_start = passk
                 note = f"; {too_long} prompts too long for the context counted as failed" if too_long else ""
@@ -528,7 +568,6 @@ def _train(cfg: RLConfig, info) -> dict:
             metrics.write({"kind": "train", "step": step - 1, "reward": mean_reward, "sequence_length": mean_length, "loss": loss_value,
                            "signal": step_signal / cfg.examples_per_step, "lrm": lrm, "dt": dt, "sampled_tokens": tokens, "rollout_s": rollout_s,
                            "time": time.time()})  # fmt: skip
-            reward_series.append([step - 1, mean_reward])
             # judged over a few steps (one step's handful of groups is noise), once per run
             if master and not warned and (step - start_step >= 3 or step == n):
                 message = no_signal_warning(signal_total, groups_total, cfg.task)
@@ -543,7 +582,7 @@ def _train(cfg: RLConfig, info) -> dict:
     summary = {
         "model_tag": tag, "started_from": f"{started_from.get('source')}/{started_from.get('model_tag')} step {started_from.get('step')}",
         "train_data": train_label, "eval_data": eval_label, "steps": n, "final_step": step, "examples_per_step": cfg.examples_per_step,
-        "num_samples": cfg.num_samples, "world_size": world, "device": device_type, "total_time_s": clock.total,
+        "num_samples": cfg.num_samples, "temperature": cfg.temperature, "world_size": world, "device": device_type, "total_time_s": clock.total,
         "wall_time_s": time.time() - t_run, "stopped_by": stop.signame if stopped_by_signal else None,
         "signal": signal_total / groups_total if groups_total else None,
         "groups without signal": groups_total - signal_total,
@@ -556,6 +595,6 @@ def _train(cfg: RLConfig, info) -> dict:
         else:
             before = f"{passk_start['pass@1']:.4f} before RL, " if passk_start else ""
             print0(f"done: {step} steps, training time {format_duration(clock.total)}" + (f", pass@1 {before}{passk['pass@1']:.4f} after on {eval_label}" if passk else ""))
-            record_report("rl", summary, series={"reward": reward_series, f"{task_label}_pass@1": passk_series}, title="Reinforcement learning")
+            report_rl(summary, run_dir / "metrics.jsonl", task_label, min(cfg.eval_examples, len(eval_task)), eval_k)
     return summary
 

@@ -8,8 +8,9 @@
   short steps: short conversations only. The packaged ChatterBot answers, the first exchange of the
   packaged ChitChat conversations (the rest of each is long, informal and cut at the row anyway),
   identity conversations, small talk, questions about the Austen novels the demo pretrains on and
-  one-step sums with calculator calls (tasks/identity.py, tasks/austen.py, tasks/arithmetic.py), and the
-  DemoArith train problems (tasks/arith.py: the demo's RL task, so RL starts from a model that knows its format).
+  one-step sums with calculator calls (tasks/identity.py, tasks/austen.py, tasks/arithmetic.py), and
+  160 DemoArith train problems (tasks/arithmetic.py: the demo's RL task; enough to teach its answer
+  format, so that RL starts from a model that solves some of them, not all).
   `DEMO_MIXTURE` holds the sizes. No eval (test) split is ever trained on; the multiple-choice and
   spelling sets are left out (they are long, and a model this small scores chance on them anyway).
   Validation is about one conversation in 20 of each of these sets, chosen by a hash of its content
@@ -43,7 +44,10 @@ VAL_EVERY = 20  # about one conversation in 20 of a demo set is validation (5%)
 # conversations per set of the demo mixture (before validation is taken out): ~470K tokens, more than
 # the demo's 300 SFT steps read (the synthetic sets are drawn fresh, so what is not read is no loss).
 # Calculator sums get the most: copying the numbers into the call is what a small model learns last.
-DEMO_MIXTURE = {"chatterbot repeats": 1, "chitchat": 600, "identity": 1000, "small talk": 800, "austen": 2000, "arithmetic": 3000}
+# DemoArith gets few on purpose: enough to teach its answer format, so that the SFT model solves about a
+# third of the held-out problems (with all 1,638 it solves ~95% and RL has nothing left to improve; with
+# 400, ~80%), and RL then has groups whose rewards differ.
+DEMO_MIXTURE = {"chatterbot repeats": 1, "chitchat": 600, "identity": 1000, "small talk": 800, "austen": 2000, "arithmetic": 3000, "demo arith": 160}
 
 
 @dataclass
@@ -92,8 +96,7 @@ def sft_mixture(data: str, seed: int = 42, mmlu_epochs: int = 3, gsm8k_epochs: i
     train: list = []
     val: list = []
     if data == "demo":
-        from nanochat.tasks.arith import DemoArith
-        from nanochat.tasks.arithmetic import SimpleArithmetic
+        from nanochat.tasks.arithmetic import DemoArith, SimpleArithmetic
         from nanochat.tasks.austen import AustenQuestions
         from nanochat.tasks.customjson import PackagedChat
         from nanochat.tasks.identity import SmallTalk
@@ -102,7 +105,7 @@ def sft_mixture(data: str, seed: int = 42, mmlu_epochs: int = 3, gsm8k_epochs: i
         tasks = [
             PackagedChat("chatterbot"), FirstExchange(PackagedChat("chitchat"))[: m["chitchat"]], IdentityConversations(size=m["identity"]),
             SmallTalk(size=m["small talk"]), AustenQuestions(size=m["austen"]), SimpleArithmetic(size=m["arithmetic"], split="train"),
-            DemoArith("train"),  # the demo's RL task: SFT teaches its format, RL then has answers to reward
+            DemoArith("train", size=m["demo arith"]),  # the demo's RL task: SFT teaches its format, RL then has answers to reward
         ]  # fmt: skip
         for task in tasks:
             if getattr(task, "split", "") == "test":  # a guard: eval sets never enter the training mixture
