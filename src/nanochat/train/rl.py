@@ -594,7 +594,7 @@ def _train(cfg: RLConfig, info) -> dict:
             print0(f"{stop.signame}: saved step {step} and stopped; `nanochat rl ... --resume auto` continues")
         else:
             before = f"{passk_start['pass@1']:.4f} before RL, " if passk_start else ""
-            print0(f"done: {step} steps, training time {format_duration(clock.total)}" + (f", pass@1 {before}{passk['pass@1']:.4f} after on {eval_label}" if passk else ""))
+            print0(f"done: {step} steps, training time {format_duration(clock.total)}" + (f", pass@1 {before}{passk['pass@1']:.4f} after on {min(cfg.eval_examples, len(eval_task))} problems of {eval_label}" if passk else ""))
             report_rl(summary, run_dir / "metrics.jsonl", task_label, min(cfg.eval_examples, len(eval_task)), eval_k)
     return summary
 
