@@ -50,3 +50,14 @@ def test_auto_resolves_by_hand_on_a_fake_gpu_and_to_the_default_elsewhere():
     assert got.device_batch_size == 16  # 31 rows fit: the largest divisor of 256 below is 16
     explicit, why = resolve_device_batch(PretrainConfig(device_batch_size=8), facts, 32768, 1, "cuda", row_bytes=GiB, device_bytes=GiB)
     assert explicit.device_batch_size == 8 and why == "--device-batch-size"
+
+
+def test_a_dry_run_says_its_choice_comes_from_the_estimate():
+    from types import SimpleNamespace
+
+    from nanochat.train.pretrain import AUTO_ROWS, PretrainConfig, resolve_device_batch
+
+    cfg = PretrainConfig(depth=12, device_batch_size=AUTO_ROWS, max_seq_len=2048, total_batch_size=524288, resume="never")
+    facts = SimpleNamespace(total_params=10**8, depth=12, model_dim=768, scaling_params=10**8, ref_scaling_params=10**8, flops_per_token=6 * 10**8)
+    _, why = resolve_device_batch(cfg, facts, 32768, 1, "cuda", device_bytes=141 * GiB)
+    assert "(estimated)" in why and "(measured)" not in why

@@ -28,7 +28,7 @@ class BatchChoice:
 
 
 def choose_device_batch(rows_per_process: int, state_bytes: float, bytes_per_row: float, device_bytes: float,
-                        headroom: float = HEADROOM, max_rows: int = MAX_ROWS) -> BatchChoice:
+                        headroom: float = HEADROOM, max_rows: int = MAX_ROWS, source: str = "measured") -> BatchChoice:
     """The largest divisor b of `rows_per_process` (b <= max_rows) with state + b x bytes_per_row <= headroom x memory."""
     budget = headroom * device_bytes - state_bytes
     gib = 2**30
@@ -40,7 +40,7 @@ def choose_device_batch(rows_per_process: int, state_bytes: float, bytes_per_row
         )
     fits = int(budget // bytes_per_row)
     rows = max(b for b in range(1, min(max_rows, rows_per_process) + 1) if rows_per_process % b == 0 and b <= fits)
-    why = (f"{rows} rows: {bytes_per_row / gib:.3f} GiB of activations a row (measured), {state_bytes / gib:.1f} GiB of "
+    why = (f"{rows} rows: {bytes_per_row / gib:.3f} GiB of activations a row ({source}), {state_bytes / gib:.1f} GiB of "
            f"state, {headroom:.0%} of {device_bytes / gib:.0f} GiB allows {fits} rows; the largest divisor of the "
            f"{rows_per_process} rows each process trains on per step")  # fmt: skip
     return BatchChoice(rows, why)

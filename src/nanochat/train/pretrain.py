@@ -256,8 +256,9 @@ def resolve_device_batch(cfg: PretrainConfig, facts: ModelFacts, vocab: int, wor
     total = plan_training(scaling_options(one, world), facts, power_law_batch=True).total_batch_size
     state, acts_one = memory_estimate(facts, one, vocab, 2)
     measured = row_bytes is not None
-    choice = choose_device_batch(total // (cfg.max_seq_len * world), state, row_bytes if measured else acts_one, device_bytes)
-    return replace(cfg, device_batch_size=choice.device_batch_size), "auto: " + choice.reason.replace("(measured)", "(measured)" if measured else "(estimated)")
+    choice = choose_device_batch(total // (cfg.max_seq_len * world), state, row_bytes if measured else acts_one, device_bytes,
+                                 source="measured" if measured else "estimated")
+    return replace(cfg, device_batch_size=choice.device_batch_size), "auto: " + choice.reason
 
 
 def _resolve_resume(cfg: PretrainConfig, rank: int, world_size: int, device: str) -> ck.CheckpointInfo | None:
