@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from nanochat.model import GPTConfig, build_model
 from nanochat.model import attention as A
 from nanochat.optim import build_optimizer
+from nanochat.train.pretrain_config import optimizer_settings
 
 PEAK = 989e12
 
@@ -57,7 +58,7 @@ def bench(depth: int, backend: str, batch: int, seq: int, steps: int, warmup: in
     config = GPTConfig.from_depth(depth, 32768, seq)
     err = attention_error(config, backend)
     model = build_model(config, "cuda", dtype=torch.bfloat16, attn_backend=backend, seed=0)
-    opt = build_optimizer(model)
+    opt = build_optimizer(model, **optimizer_settings())
     compiled = torch.compile(model, dynamic=False)
     gen = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randint(0, 32768, (batch, seq), device="cuda", generator=gen)

@@ -25,11 +25,12 @@ def bench_depth(depth: int, args, device: str, vocab_size: int, loader_factory=N
     from nanochat.model.config import GPTConfig
     from nanochat.model.gpt import build_model
     from nanochat.optim import build_optimizer
+    from nanochat.train.pretrain_config import optimizer_settings
 
     dtype = choose_dtype(device.split(":")[0]).dtype
     config = GPTConfig.from_depth(depth, vocab_size, args.max_seq_len, window_pattern=args.window_pattern)
     model = build_model(config, device, init=True, dtype=dtype, seed=0)
-    opt = build_optimizer(model)
+    opt = build_optimizer(model, **optimizer_settings())
     run = torch.compile(model, dynamic=False) if args.compile and device.startswith("cuda") else model
     B, T = args.device_batch_size, args.max_seq_len
     if loader_factory is None:

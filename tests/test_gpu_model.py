@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from nanochat.model import GPTConfig, KVCache, build_model
 from nanochat.model import attention as A
 from nanochat.optim import build_optimizer
+from nanochat.train.pretrain_config import optimizer_settings
 
 pytestmark = pytest.mark.gpu
 
@@ -88,7 +89,7 @@ def test_compiled_optimizer_step_matches_eager():
     for compiled in (False, True):
         model = build_model(config, "cuda", seed=0)
         start = [p.detach().clone() for p in model.parameters()]
-        opt = build_optimizer(model, compile_steps=compiled)
+        opt = build_optimizer(model, **optimizer_settings(), compile_steps=compiled)
         g = torch.Generator(device="cuda").manual_seed(2)
         for _ in range(3):
             for p in model.parameters():

@@ -11,6 +11,7 @@ from nanochat.model import GPTConfig, build_model
 from nanochat.optim import build_optimizer, flatten_state_dict, unflatten_state_dict
 from nanochat.optim import schedules
 from nanochat.optim.muon import muon_step, polar_express
+from nanochat.train.pretrain_config import optimizer_settings
 
 
 def tiny_model(seed=0):
@@ -25,7 +26,7 @@ def fake_grads(model, gen):
 
 def test_adamw_groups_match_torch_adamw_over_10_steps():
     model = tiny_model()
-    opt = build_optimizer(model, embedding_lr=0.3, unembedding_lr=0.008, scalar_lr=0.5)
+    opt = build_optimizer(model, matrix_lr=0.02, embedding_lr=0.3, unembedding_lr=0.008, scalar_lr=0.5, weight_decay=0.28)
     adam_groups = [g for g in opt.param_groups if g["kind"] == "adamw"]
     assert [g["name"] for g in adam_groups] == ["lm_head", "wte", "value_embeds", "resid_lambdas", "x0_lambdas", "smear"]
     smear = adam_groups[-1]["params"]
@@ -135,7 +136,7 @@ def test_nesterov_momentum_uses_the_buffer():
 
 def test_muon_groups_one_per_shape_with_schedule():
     model = tiny_model()
-    opt = build_optimizer(model, matrix_lr=0.02, weight_decay=0.28)
+    opt = build_optimizer(model, matrix_lr=0.02, embedding_lr=0.3, unembedding_lr=0.008, scalar_lr=0.5, weight_decay=0.28)
     muon = {g["name"]: g for g in opt.param_groups if g["kind"] == "muon"}
     # d=64, 2 heads of 32, 1 kv head: q/proj 64x64 (x2 layers), k/v 32x64, fc 256x64, mlp proj 64x256, ve_gate 1x12
     assert {n: len(g["params"]) for n, g in muon.items()} == {
@@ -154,7 +155,7 @@ def test_state_dict_resume_continues_exactly():
 
     def run(resume_at=None):
         model = tiny_model(seed=1)
-        opt = build_optimizer(model)
+        opt = build_optimizer(model, **optimizer_settings())
         for step in range(5):
             model(batches[step, :, :-1], batches[step, :, 1:]).backward()
             opt.step()
@@ -165,7 +166,7 @@ def test_state_dict_resume_continues_exactly():
                 import json
 
                 meta = json.loads(json.dumps(meta))  # metadata must survive JSON
-                opt = build_optimizer(model)
+                opt = build_optimizer(model, **optimizer_settings())
                 opt.load_state_dict(unflatten_state_dict(tensors, meta))
         return model.state_dict()
 

@@ -102,11 +102,12 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 def test_world_size_mismatch_on_load_is_a_clear_error():
     from nanochat.common.errors import NanochatError
     from nanochat.optim import build_optimizer
+    from nanochat.train.pretrain_config import optimizer_settings
 
     model, _ = _setup()
-    opt = build_optimizer(model)
+    opt = build_optimizer(model, **optimizer_settings())
     sd = opt.state_dict()
     for g in sd["param_groups"]:
         g["world_size"] = 2
     with pytest.raises(NanochatError, match="same number of processes"):
-        build_optimizer(model).load_state_dict(sd)
+        build_optimizer(model, **optimizer_settings()).load_state_dict(sd)

@@ -9,6 +9,7 @@ import torch
 from nanochat.common.paths import resources_dir
 from nanochat.model import GPTConfig, build_model
 from nanochat.optim import build_optimizer, schedules
+from nanochat.train.pretrain_config import optimizer_settings
 
 
 def austen_bytes(n: int = 200_000) -> torch.Tensor:
@@ -22,7 +23,7 @@ def test_depth2_loss_falls_clearly_within_50_steps():
     train, val = data[:150_000], data[150_000:]
     T, B, steps = 64, 8, 50
     model = build_model(GPTConfig.from_depth(2, 256, T, aspect_ratio=32, head_dim=32), "cpu", seed=0)
-    opt = build_optimizer(model)
+    opt = build_optimizer(model, **optimizer_settings())
     gen = torch.Generator().manual_seed(0)
 
     def batch(split):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from nanochat.common.device import DEVICE_HELP  # noqa: F401  (the commands import it from here)
 from nanochat.common.errors import NanochatError
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ def not_built(command: str, stage: str) -> None:
     raise NanochatError(f"`nanochat {command}` is not built yet: the {stage} stage has not landed in this version")
 
 
-DEVICE_HELP = "auto (cuda > mps > cpu), cuda, mps or cpu."
 NPROC_HELP = "Processes to run (one per GPU). Default: every visible GPU via torchrun; 1 runs here."
 
 # The several-machines options, declared once for every command that can run on several processes
@@ -56,6 +56,8 @@ NNodes = Annotated[Optional[int], typer.Option("--nnodes", help="Machines taking
 NodeRank = Annotated[Optional[int], typer.Option("--node-rank", help="This machine's number, 0 to nnodes-1; node 0 hosts the rendezvous (under srun: SLURM_NODEID).", rich_help_panel=NODES_PANEL)]
 RdzvEndpoint = Annotated[Optional[str], typer.Option("--rdzv-endpoint", metavar="HOST:PORT", help="Node 0's address and a free port, the same on every machine (default: $MASTER_ADDR:$MASTER_PORT).", rich_help_panel=NODES_PANEL)]
 RdzvId = Annotated[Optional[str], typer.Option("--rdzv-id", help="A name for this run, the same on every machine (default: nanochat; under srun: the job id).", rich_help_panel=NODES_PANEL)]
+# the names of those and --nproc, placed after --device in a stage's --help (commands._options.config_command)
+LAUNCH_PARAMS = ("nproc", "nnodes", "node_rank", "rdzv_endpoint", "rdzv_id")
 
 
 def node_options(nnodes: int | None, node_rank: int | None, rdzv_endpoint: str | None, rdzv_id: str | None) -> "NodeOptions":

@@ -6,6 +6,7 @@ error (a missing checkpoint, say) can hide it. Checks that need several options 
 own rules, stay in the command or in the config's `validate()`.
 """
 
+from functools import partial
 from typing import Any, Callable, Optional
 
 import typer
@@ -13,24 +14,25 @@ import typer
 from nanochat.common import checks
 
 
-def count(low: int = 1, minus_one: Optional[str] = None) -> Callable[..., Any]:
-    """An integer of `low` or more (counts, steps, seeds); -1 too when `minus_one` says what it means."""
+def checked(check: Callable[[str, Any], None]) -> Callable[..., Any]:
+    """The option callback that runs `check(option name, value)`, a common.checks function (a config field's
+    declared check, say: `functools.partial(checks.count, low=0)`), and passes the value on."""
 
-    def check(param: typer.CallbackParam, value: Optional[int]) -> Optional[int]:
-        checks.count(param.name, value, low=low, minus_one=minus_one)
+    def callback(param: typer.CallbackParam, value: Any) -> Any:
+        check(param.name, value)
         return value
 
-    return check
+    return callback
+
+
+def count(low: int = 1, minus_one: Optional[str] = None) -> Callable[..., Any]:
+    """An integer of `low` or more (counts, steps, seeds); -1 too when `minus_one` says what it means."""
+    return checked(partial(checks.count, low=low, minus_one=minus_one))
 
 
 def number(low: Optional[float] = None, high: Optional[float] = None, low_open: bool = False, minus_one: Optional[str] = None) -> Callable[..., Any]:
     """A finite real in [low, high] (`low_open`: above low); -1 too when `minus_one` says what it means."""
-
-    def check(param: typer.CallbackParam, value: Optional[float]) -> Optional[float]:
-        checks.number(param.name, value, low=low, high=high, low_open=low_open, minus_one=minus_one)
-        return value
-
-    return check
+    return checked(partial(checks.number, low=low, high=high, low_open=low_open, minus_one=minus_one))
 
 
 def rate() -> Callable[..., Any]:

@@ -41,30 +41,18 @@ def eval_(
     """Evaluate a checkpoint: CORE and bits per byte for base models, chat tasks for sft/rl (or lm-eval tasks with --harness)."""
     if harness is not None:
         return _harness(harness, harness_include, num_fewshot, source, model_tag, step, max_per_task, batch_size, max_new_tokens, json_file, offline, device)
-    import math
     import os
 
     from nanochat.common import checks
     from nanochat.common.checkpoint import require_checkpoint
-    from nanochat.common.device import check_device_name
-    from nanochat.common.errors import NanochatError, UsageError
     from nanochat.common.launch import maybe_relaunch
-    from nanochat.common.logging import console, is_rank0, print0
-    from nanochat.eval.suite import EvalOptions, parse_tasks
+    from nanochat.eval.suite import EvalOptions
 
     # every check that needs no model, before any process is started or anything loaded
-    checks.one_of("source", source, ("base", "sft", "rl"))
-    try:
-        task_names = parse_tasks(tasks, source)
-    except NanochatError as e:  # a name outside the fixed task list is bad usage
-        raise UsageError(str(e)) from None
+    task_names = _task_names(source, tasks)
     checks.nproc(nproc)
     nodes = node_options(nnodes, node_rank, rdzv_endpoint, rdzv_id)
-    check_device_name(device)
-    if data is not None:
-        from nanochat.data.corpus import check_data_name
-
-        check_data_name(data)
+    _check_device_and_data(device, data)
     require_checkpoint(source, model_tag, step)
     maybe_relaunch(nproc, device, nodes=nodes)
 
@@ -82,9 +70,38 @@ def eval_(
     )
     if offline:
         os.environ["NANOCHAT_OFFLINE"] = "1"
+    _evaluate(source, model_tag, step, opts, device, json_file)
 
+
+def _task_names(source: str, tasks: str | None) -> list[str]:
+    """The tasks to run, checked against the source (a name outside the fixed task list is bad usage)."""
+    from nanochat.common import checks
+    from nanochat.common.errors import NanochatError, UsageError
+    from nanochat.eval.suite import parse_tasks
+
+    checks.one_of("source", source, ("base", "sft", "rl"))
+    try:
+        return parse_tasks(tasks, source)
+    except NanochatError as e:
+        raise UsageError(str(e)) from None
+
+
+def _check_device_and_data(device: str, data: str | None) -> None:
+    from nanochat.common.device import check_device_name
+
+    check_device_name(device)
+    if data is not None:
+        from nanochat.data.corpus import check_data_name
+
+        check_data_name(data)
+
+
+def _evaluate(source: str, model_tag: str | None, step: int | None, opts, device: str, json_file: str | None) -> None:
+    """Load the checkpoint on every process, run the suite, and on rank 0 print, record and (--json) write the results."""
     from nanochat.common.device import detect_device
     from nanochat.common.dist import distributed
+    from nanochat.common.errors import NanochatError
+    from nanochat.common.logging import is_rank0, print0
 
     with distributed(detect_device(device), hint="start it again on every machine") as info:
         try:
@@ -98,28 +115,7 @@ def eval_(
         rows = _run_with_progress(model, tokenizer, meta, opts, info)
         if not is_rank0():
             return
-        from rich.table import Table
-
-        t = Table(title=f"nanochat eval --source {source}", title_justify="left")
-        for name, justify in (("task", "left"), ("metric", "left"), ("value", "right"), ("on", "right"), ("time", "right"), ("data", "left")):
-            t.add_column(name, justify=justify, overflow="fold")
-        for r in rows:
-            value = "-" if r.value is None or (isinstance(r.value, float) and math.isnan(r.value)) else f"{r.value:.4f}"
-            t.add_row(r.task, r.metric, value, r.on, f"{r.seconds:.1f}s", r.source)
-        console().print(t)
-        for r in rows:
-            if r.task == "core":
-                ct = Table(title=r.metric, title_justify="left")
-                for name in ("task", "type", "shots", "examples", "accuracy", "centered"):
-                    ct.add_column(name, justify="left" if name in ("task", "type") else "right")
-                for label, v in r.details["tasks"].items():
-                    ct.add_row(label, v["type"], str(v["shots"]), str(v["examples"]), f"{v['accuracy']:.4f}", f"{v['centered']:.4f}")
-                console().print(ct)
-        for r in rows:
-            if r.details.get("too_long"):
-                print0(f"[yellow]{r.task}: {r.details['too_long']} of {r.examples} prompts leave no room to answer in the model's context; counted as failed[/yellow]")
-            if r.task == "core" and r.details.get("missing"):
-                print0(f"[dim]{r.metric}: not comparable with reference CORE; missing tasks: {', '.join(r.details['missing'])}[/dim]")
+        _print_results(rows, source)
         checkpoint = {"step": meta.get("step"), "model_config": meta.get("model_config")}
         if json_file:
             from pathlib import Path
@@ -133,6 +129,36 @@ def eval_(
         record_section(f"eval-{source}", report_data(rows, meta.get("step")))
         if not (sections_dir() / "environment.json").is_file():
             record_environment()
+
+
+def _print_results(rows, source: str) -> None:
+    """The results table, CORE's per-task table, and the notes on prompts too long and CORE tasks missing."""
+    import math
+
+    from rich.table import Table
+
+    from nanochat.common.logging import console, print0
+
+    t = Table(title=f"nanochat eval --source {source}", title_justify="left")
+    for name, justify in (("task", "left"), ("metric", "left"), ("value", "right"), ("on", "right"), ("time", "right"), ("data", "left")):
+        t.add_column(name, justify=justify, overflow="fold")
+    for r in rows:
+        value = "-" if r.value is None or (isinstance(r.value, float) and math.isnan(r.value)) else f"{r.value:.4f}"
+        t.add_row(r.task, r.metric, value, r.on, f"{r.seconds:.1f}s", r.source)
+    console().print(t)
+    for r in rows:
+        if r.task == "core":
+            ct = Table(title=r.metric, title_justify="left")
+            for name in ("task", "type", "shots", "examples", "accuracy", "centered"):
+                ct.add_column(name, justify="left" if name in ("task", "type") else "right")
+            for label, v in r.details["tasks"].items():
+                ct.add_row(label, v["type"], str(v["shots"]), str(v["examples"]), f"{v['accuracy']:.4f}", f"{v['centered']:.4f}")
+            console().print(ct)
+    for r in rows:
+        if r.details.get("too_long"):
+            print0(f"[yellow]{r.task}: {r.details['too_long']} of {r.examples} prompts leave no room to answer in the model's context; counted as failed[/yellow]")
+        if r.task == "core" and r.details.get("missing"):
+            print0(f"[dim]{r.metric}: not comparable with reference CORE; missing tasks: {', '.join(r.details['missing'])}[/dim]")
 
 
 def _harness(tasks, include, num_fewshot, source, model_tag, step, max_per_task, batch_size, max_new_tokens, json_file, offline, device) -> None:

@@ -33,14 +33,16 @@ NPROC = typer.Option(None, callback=ranges.count(), help=NPROC_HELP)
 
 
 def _pretrain_options(kind: str, extra: list[str], data: str, device: str) -> tuple[dict, frozenset[str]]:
-    """Parse the passed-through flags with pretrain's own parser: (every PretrainConfig value, the fields given)."""
+    """Parse the passed-through flags with pretrain's own parser: (every PretrainConfig option's value, the options given)."""
     try:
         from typer._click.exceptions import ClickException  # newer typer carries its own copy of click
     except ImportError:  # older typer runs on click itself
         from click.exceptions import ClickException
 
-    from nanochat.commands.pretrain import _auto_or_count, pretrain
+    from nanochat.commands._options import config_values
+    from nanochat.commands.pretrain import pretrain, refuse_fp8
     from nanochat.common.errors import UsageError
+    from nanochat.train.pretrain_config import PretrainConfig
 
     one = typer.Typer(context_settings=HELP)
     one.command()(pretrain)
@@ -50,13 +52,8 @@ def _pretrain_options(kind: str, extra: list[str], data: str, device: str) -> tu
     except ClickException as e:
         raise UsageError(f"{e.format_message()} (an option that is neither the sweep's nor pretrain's; see `nanochat sweep {kind} -h` and `nanochat pretrain -h`)") from None
     given = frozenset(k for k in ctx.params if ctx.get_parameter_source(k).name == "COMMANDLINE") - {"data", "device"}
-    if ctx.params.get("fp8"):
-        from nanochat.common.errors import NanochatError
-
-        raise NanochatError("--fp8 is not available in this version of nanochat; train in bf16 (drop --fp8)")
-    options = {k: v for k, v in ctx.params.items() if k not in ("nproc", "fp8", "skip_restore")}
-    options["total_batch_size"] = _auto_or_count(options["total_batch_size"], "--total-batch-size", "tokens")
-    options["device_batch_size"] = _auto_or_count(options["device_batch_size"], "--device-batch-size", "rows")
+    refuse_fp8(ctx.params.get("fp8", False))
+    options = config_values(PretrainConfig, ctx.params)
     if options["device_batch_size"] < 0:  # every run of a sweep must read the same rows per step, whatever fits
         raise UsageError("--device-batch-size auto is not available in a sweep; give a number of rows (default 32)")
     return options, given

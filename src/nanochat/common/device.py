@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from nanochat.common.errors import NanochatError, UsageError
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
+DEVICE_HELP = "auto (cuda > mps > cpu), cuda, mps or cpu."  # every --device option's help
 
 # Dense bf16 peak of common cards in FLOP/s, for MFU. H100 figures are the datasheet's, so MFU
 # compares with the reference nanochat's numbers (989 TFLOPS for the SXM H100).

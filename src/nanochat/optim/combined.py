@@ -1,7 +1,7 @@
 """MuonAdamW: one optimizer over the whole GPT (Muon for the block matrices, AdamW for the rest), which also
 synchronises gradients across processes, so no DDP wrapper is needed.
 
-    opt = build_optimizer(model, matrix_lr=0.02, embedding_lr=0.3, unembedding_lr=0.008, scalar_lr=0.5, weight_decay=0.28)
+    opt = build_optimizer(model, **optimizer_settings(cfg))   # train.pretrain_config: the stage's LRs and weight decay
     loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
     opt.set_schedule(lr_multiplier, muon_momentum, weight_decay)   # every step
 
@@ -343,19 +343,20 @@ def muon_lr(matrix_lr: float, rows: int, cols: int) -> float:
 def build_optimizer(
     model,
     *,
-    matrix_lr: float = 0.02,
-    embedding_lr: float = 0.3,
-    unembedding_lr: float = 0.008,
-    scalar_lr: float = 0.5,
+    matrix_lr: float,
+    embedding_lr: float,
+    unembedding_lr: float,
+    scalar_lr: float,
+    weight_decay: float,
     smear_lr: float = SMEAR_LR,
-    weight_decay: float = 0.28,
     muon_momentum: float = 0.95,
     muon_beta2: float = 0.9,
     muon_eq: bool = True,
     muon_plus: bool = True,
     compile_steps: bool | None = None,
 ) -> MuonAdamW:
-    """The optimizer for a GPT, grouped as in the module docstring (defaults are the reference's base_train flags).
+    """The optimizer for a GPT, grouped as in the module docstring. The LRs and weight decay have no defaults
+    here: they are the stage's options (`nanochat pretrain`'s defaults: train.pretrain_config.optimizer_settings()).
 
     Polar Express runs in bf16 when the model computes in bf16 on a GPU, as the reference does; otherwise in the
     parameters' float32."""

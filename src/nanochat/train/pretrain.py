@@ -28,10 +28,10 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 from nanochat.common import checkpoint as ck
-from nanochat.common.errors import NanochatError, UsageError
+from nanochat.common.errors import NanochatError
 from nanochat.common.logging import console, print0, table, warn0
 from nanochat.common.memory import check_fits, over_budget
 from nanochat.optim import schedules
@@ -51,97 +51,7 @@ from nanochat.train.loop import (
     wandb_run,
 )
 from nanochat.train.scaling import B_REF, REF_DEPTH, ModelFacts, ScalingOptions, TrainPlan, plan_rows, plan_training
-
-
-@dataclass
-class PretrainConfig:
-    """Options of `nanochat pretrain` (names match the CLI flags)."""
-
-    depth: int = 20
-    data: str = "web"
-    aspect_ratio: int = 64
-    head_dim: int = 128
-    n_kv_head: int | None = None
-    window_pattern: str = "SSSL"
-    smear: bool = True
-    backout: bool = False
-    attn_gate: bool = False
-    max_seq_len: int = 2048
-    device_batch_size: int = 32  # AUTO_ROWS (-1): the most rows that fit the GPU (train/batch_choice.py)
-    total_batch_size: int = -1  # -1 = auto
-    num_iterations: int = -1
-    target_flops: float = -1.0
-    target_param_data_ratio: float = 12.0
-    embedding_lr: float = 0.3
-    unembedding_lr: float = 0.008
-    matrix_lr: float = 0.02
-    scalar_lr: float = 0.5
-    weight_decay: float = 0.28
-    warmup_steps: int = 40
-    warmdown_ratio: float = 0.65
-    final_lr_frac: float = 0.05
-    warmdown_shape: str = "linear"  # linear | sqrt (optim.schedules.lr_multiplier)
-    eval_every: int = 250
-    eval_tokens: int = -1  # -1 = auto: 80 × 2^19 on CUDA, 20 micro-batches elsewhere
-    sample_every: int = 2000
-    core_metric_every: int | None = None  # None = 2000 on CUDA, off elsewhere; -1 off
-    core_metric_max_per_task: int = 500
-    save_every: int = -1
-    keep_last: int | None = None
-    resume: str = "auto"  # auto | never | STEP
-    model_tag: str | None = None
-    device: str = "auto"
-    seed: int = 42
-    compile: bool | None = None  # None = on CUDA only
-    activation_checkpointing: bool = False  # recompute blocks in the backward pass (depths that fit no batch otherwise)
-    max_bad_steps: int = 5
-    tokenizer_threads: int = 4
-    run: str = "dummy"  # wandb run name; "dummy" = no wandb
-    dry_run: bool = False
-    dry_run_world_size: int = field(default=1, repr=False)  # processes a --dry-run plans for
-    # for tests: restore the data loader / RNG on resume (a negative control turns them off)
-    restore_loader: bool = field(default=True, repr=False)
-    restore_rng: bool = field(default=True, repr=False)
-
-    @property
-    def tag(self) -> str:
-        return self.model_tag or f"d{self.depth}"
-
-    def validate(self) -> None:
-        """Refuse option values that make no run (bad usage, exit 2); reads no files, so commands call it first."""
-        from nanochat.common import checks
-        from nanochat.common.device import check_device_name
-
-        checks.count("depth", self.depth)
-        if self.max_seq_len < 8:
-            raise UsageError(f"--max-seq-len {self.max_seq_len} is too short; use at least 8")
-        checks.count("device_batch_size", self.device_batch_size, minus_one="auto")
-        checks.count("total_batch_size", self.total_batch_size, minus_one="auto")
-        checks.count("num_iterations", self.num_iterations, minus_one="derive them from --target-flops or --target-param-data-ratio")
-        checks.number("target_flops", self.target_flops, low=0, low_open=True, minus_one="off")
-        checks.number("target_param_data_ratio", self.target_param_data_ratio, low=0, low_open=True, minus_one="off")
-        for name in ("aspect_ratio", "head_dim", "n_kv_head", "tokenizer_threads", "max_bad_steps"):
-            checks.count(name, getattr(self, name))
-        if self.head_dim % 2:
-            raise UsageError(f"--head-dim {self.head_dim} is odd; rotary embeddings need an even head dim, e.g. 64 or 128")
-        if not self.window_pattern or set(self.window_pattern.upper()) - {"S", "L"}:
-            raise UsageError(f"--window-pattern {self.window_pattern!r} must be letters S (short window) and L (long), e.g. SSSL")
-        for name in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr", "weight_decay"):
-            checks.number(name, getattr(self, name), low=0)
-        checks.count("warmup_steps", self.warmup_steps, low=0)
-        checks.number("warmdown_ratio", self.warmdown_ratio, low=0, high=1)
-        checks.number("final_lr_frac", self.final_lr_frac, low=0, high=1)
-        if self.warmdown_shape not in schedules.WARMDOWN_SHAPES:
-            raise UsageError(f"--warmdown-shape {self.warmdown_shape!r} must be one of {', '.join(schedules.WARMDOWN_SHAPES)}")
-        for name in ("eval_every", "sample_every", "core_metric_every", "save_every"):
-            checks.count(name, getattr(self, name), minus_one="off" if name != "save_every" else "only at the end")
-        checks.count("eval_tokens", self.eval_tokens, minus_one="auto")
-        checks.count("core_metric_max_per_task", self.core_metric_max_per_task, minus_one="all")
-        checks.count("keep_last", self.keep_last)
-        checks.resume(self.resume)
-        if self.model_tag is not None:
-            ck.checkpoint_dir("base", self.model_tag)  # a tag that is not a folder name is refused there
-        check_device_name(self.device)
+from nanochat.train.pretrain_config import PretrainConfig  # declared there, torch-free, for the CLI
 
 
 # ------------------------------------------------------------------------------------------------

@@ -56,79 +56,10 @@ from nanochat.train.loop import MetricsLog, Progress, StepClock, StopSignal, for
 
 OFFLINE_TRAIN_LABEL = "GSM8K train partition carved from the test split (1,000 problems)"
 OFFLINE_EVAL_LABEL = "GSM8K test, held-out 319 problems (disjoint from the train partition)"
-RL_TASKS = ("gsm8k", "demo-arith")
 NO_SIGNAL_SHARE = 0.5  # warn once when fewer groups than this share carry a signal
 REWARD_TABLE_ROWS = 6  # the report's reward table: mean reward over this many spans of steps
 TASK_TITLES = {"gsm8k": "GSM8K", "demo-arith": "DemoArith"}
-
-
-@dataclass
-class RLConfig:
-    """Options of `nanochat rl` (names match the CLI flags)."""
-
-    source: str = "sft"
-    task: str = "gsm8k"  # gsm8k | demo-arith
-    model_tag: str | None = None
-    step: int | None = None
-    train_split: str = "auto"  # auto | train | train-from-test
-    num_epochs: int = 1
-    num_iterations: int = -1  # -1: epochs × problems // examples_per_step
-    device_batch_size: int = 8
-    examples_per_step: int = 16
-    num_samples: int = 16
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_k: int = 50
-    embedding_lr: float = 0.2
-    unembedding_lr: float = 0.004
-    matrix_lr: float = 0.02
-    scalar_lr: float = 0.5
-    init_lr_frac: float = 0.05
-    eval_every: int = 60
-    eval_examples: int = 400
-    save_every: int = 60
-    keep_last: int | None = None
-    resume: str = "auto"  # auto | never | STEP
-    device: str = "auto"
-    run: str = "dummy"  # wandb run name; "dummy" = no wandb
-
-    def validate(self) -> None:
-        """Refuse option values that make no run (bad usage, exit 2); reads no files, so commands call it first."""
-        from nanochat.common import checks
-        from nanochat.common.device import check_device_name
-
-        checks.one_of("source", self.source, ck.SOURCES)
-        if self.task not in RL_TASKS:
-            raise UsageError(f"--task {self.task!r} is not an RL task; use one of {', '.join(RL_TASKS)}")
-        if self.train_split not in ("auto", "train", "train-from-test"):
-            raise UsageError(f"--train-split {self.train_split!r} must be auto, train or train-from-test")
-        for name in ("device_batch_size", "examples_per_step", "num_samples", "max_new_tokens", "num_epochs", "eval_examples"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
-        if self.num_samples % self.sampling_batch:
-            raise UsageError(f"--num-samples {self.num_samples} must be a multiple of --device-batch-size {self.device_batch_size}")
-        checks.count("num_iterations", self.num_iterations, minus_one="epochs × problems // examples per step")
-        checks.count("step", self.step, low=0)
-        if self.temperature < 0:
-            raise UsageError(f"--temperature {self.temperature} must be 0 or more")
-        checks.count("top_k", self.top_k, low=0)
-        for name in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr"):
-            checks.number(name, getattr(self, name), low=0)
-        if not (0.0 < self.init_lr_frac <= 1.0):
-            raise UsageError(f"--init-lr-frac {self.init_lr_frac} must be in (0, 1]")
-        checks.count("eval_every", self.eval_every, minus_one="off")
-        checks.count("save_every", self.save_every, minus_one="only at the end")
-        if self.keep_last is not None and self.keep_last < 1:
-            raise UsageError(f"--keep-last {self.keep_last} must be at least 1")
-        checks.resume(self.resume)
-        if self.model_tag is not None:
-            ck.checkpoint_dir("rl", self.model_tag)  # a tag that is not a folder name is refused there
-        check_device_name(self.device)
-
-    @property
-    def sampling_batch(self) -> int:
-        """Rollouts per Engine call and per forward/backward micro-batch."""
-        return min(self.device_batch_size, self.num_samples)
+from nanochat.train.rl_config import RLConfig  # declared there, torch-free, for the CLI
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ model with the same vocabulary and context). The formulas are calibrated at dept
 - total batch  B = 2^round(log2(B_ref · (N/N_ref)^0.383)), B_ref = 2^19 tokens (Power Lines: B_opt ∝ D^0.383,
   and D/D_ref = N/N_ref because both runs use the same tokens:params ratio);
 - learning rates: every base LR × √(B/B_ref);
-- weight decay: λ_ref · √(B/B_ref) · (D_ref/D), λ_ref = 0.28 at depth 12;
+- weight decay: λ_ref · √(B/B_ref) · (D_ref/D), λ_ref = `--weight-decay` (the depth-12 value);
 - horizon: `num_iterations` if given, else target FLOPs / (FLOPs per token · B), else ratio · N / B;
 - gradient accumulation: B / (device batch · sequence length · world size), which must divide exactly.
 
@@ -20,11 +20,11 @@ import math
 from dataclasses import asdict, dataclass
 
 from nanochat.common.errors import NanochatError, UsageError
+from nanochat.train.pretrain_config import PretrainConfig
 
 B_REF = 2**19  # tokens per optimizer step of the depth-12 reference run
 REF_DEPTH = 12
 BATCH_EXPONENT = 0.383  # B_opt ∝ D^0.383 (Power Lines)
-REF_WEIGHT_DECAY = 0.28  # Muon weight decay of the depth-12 reference run
 
 
 @dataclass(frozen=True)
@@ -42,20 +42,20 @@ class ModelFacts:
 
 @dataclass(frozen=True)
 class ScalingOptions:
-    """The run's requests; -1 (or None) means "derive it"."""
+    """The run's requests; -1 (or None) means "derive it". The defaults are `nanochat pretrain`'s (PretrainConfig)."""
 
-    device_batch_size: int = 32
-    max_seq_len: int = 2048
+    device_batch_size: int = PretrainConfig.device_batch_size
+    max_seq_len: int = PretrainConfig.max_seq_len
     world_size: int = 1
-    total_batch_size: int = -1  # tokens per optimizer step; -1 = auto
-    num_iterations: int = -1  # 1st precedence
-    target_flops: float = -1.0  # 2nd precedence
-    target_param_data_ratio: float = 12.0  # 3rd precedence
-    embedding_lr: float = 0.3
-    unembedding_lr: float = 0.008
-    matrix_lr: float = 0.02
-    scalar_lr: float = 0.5
-    weight_decay: float = REF_WEIGHT_DECAY  # at depth 12; rescaled for this run
+    total_batch_size: int = PretrainConfig.total_batch_size  # tokens per optimizer step; -1 = auto
+    num_iterations: int = PretrainConfig.num_iterations  # 1st precedence
+    target_flops: float = PretrainConfig.target_flops  # 2nd precedence
+    target_param_data_ratio: float = PretrainConfig.target_param_data_ratio  # 3rd precedence
+    embedding_lr: float = PretrainConfig.embedding_lr
+    unembedding_lr: float = PretrainConfig.unembedding_lr
+    matrix_lr: float = PretrainConfig.matrix_lr
+    scalar_lr: float = PretrainConfig.scalar_lr
+    weight_decay: float = PretrainConfig.weight_decay  # at depth 12; rescaled for this run
     lr_scaling: bool = True  # False: use the LRs and weight decay as given
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from nanochat.common import checkpoint as ck
 from nanochat.engine.loading import load_model
@@ -50,90 +50,7 @@ from nanochat.train.loop import (
     wandb_run,
 )
 from nanochat.train.scaling import lr_scale
-
-
-
-@dataclass
-class SFTConfig:
-    """Options of `nanochat sft` (names match the CLI flags; None = inherit from the base checkpoint)."""
-
-    source: str = "base"
-    model_tag: str | None = None
-    step: int | None = None
-    data: str = "web"  # web, demo, a conversation file or an imported chat set
-    add: tuple[str, ...] = ()  # more conversation sets, FILE[:EPOCHS] or NAME[:EPOCHS]
-    skip_bad: bool = False  # leave out bad lines of those files instead of stopping
-    num_iterations: int = -1
-    max_seq_len: int | None = None
-    device_batch_size: int | None = None
-    total_batch_size: int | None = None
-    embedding_lr: float | None = None
-    unembedding_lr: float | None = None
-    matrix_lr: float | None = None
-    scalar_lr: float = 0.5
-    init_lr_frac: float = 0.8
-    warmup_ratio: float = 0.0
-    warmdown_ratio: float = 0.5
-    final_lr_frac: float = 0.0
-    load_optimizer: bool = True
-    mmlu_epochs: int = 3
-    gsm8k_epochs: int = 4
-    eval_every: int = 200
-    eval_tokens: int = -1  # -1: 40 × 2^19 on CUDA, 20 micro-batches elsewhere
-    chatcore_every: int = -1  # ChatCORE on a sample of the chat evals every N steps (and at the end); -1 off
-    chatcore_max_cat: int = -1  # problems per categorical task (-1: all), as the reference
-    chatcore_max_sample: int = 24  # problems per generative task
-    run: str = "dummy"  # wandb run name; "dummy" = no wandb
-    save_every: int = -1
-    keep_last: int | None = None
-    resume: str = "auto"
-    out_tag: str | None = None  # the sft tag; default: the base tag
-    device: str = "auto"
-    seed: int = 42
-    compile: bool | None = None
-    max_bad_steps: int = 5
-    dry_run: bool = False
-
-    def validate(self) -> None:
-        """Refuse option values that make no run (bad usage, exit 2); reads no files, so commands call it first."""
-        from nanochat.common import checks
-        from nanochat.common.device import check_device_name
-
-        if self.source not in ("base", "sft"):
-            raise UsageError(f"--source {self.source!r}: SFT starts from base (or an earlier sft) checkpoint")
-        for name in ("init_lr_frac", "warmup_ratio", "warmdown_ratio", "final_lr_frac"):
-            checks.number(name, getattr(self, name), low=0, high=10.0 if name == "init_lr_frac" else 1.0)
-        if self.warmup_ratio + self.warmdown_ratio > 1.0:
-            raise UsageError("--warmup-ratio + --warmdown-ratio must be at most 1")
-        checks.resume(self.resume)
-        checks.count("num_iterations", self.num_iterations, minus_one="one epoch")
-        checks.count("step", self.step, low=0)
-        if self.max_seq_len is not None and self.max_seq_len < 8:
-            raise UsageError(f"--max-seq-len {self.max_seq_len} is too short; use at least 8 (or omit it for the base run's)")
-        for name in ("device_batch_size", "total_batch_size", "keep_last", "max_bad_steps"):
-            checks.count(name, getattr(self, name))
-        for name in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr"):
-            checks.number(name, getattr(self, name), low=0)
-        for name in ("mmlu_epochs", "gsm8k_epochs"):
-            checks.count(name, getattr(self, name), low=0)
-        checks.count("eval_every", self.eval_every, minus_one="off")
-        checks.count("eval_tokens", self.eval_tokens, minus_one="auto")
-        checks.count("chatcore_every", self.chatcore_every, minus_one="off")
-        checks.count("chatcore_max_cat", self.chatcore_max_cat, minus_one="all")
-        checks.count("chatcore_max_sample", self.chatcore_max_sample, minus_one="all")
-        checks.count("save_every", self.save_every, minus_one="only at the end")
-        for tag in (self.model_tag, self.out_tag):
-            if tag is not None:
-                ck.checkpoint_dir("sft", tag)  # a tag that is not a folder name is refused there
-        check_device_name(self.device)
-
-    def check_data(self) -> list:
-        """Read and check every conversation file named in --data/--add (before any model loads): the
-        first bad line stops with `FILE:LINE: reason`, unless --skip-bad. Returns the files' ChatFiles."""
-        from nanochat.data.chat_jsonl import read_chat_file, resolve_chat_source
-
-        specs = ([] if self.data in ("web", "demo") else [("--data", self.data)]) + [("--add", a) for a in self.add]
-        return [read_chat_file(resolve_chat_source(spec, option).path, self.skip_bad) for option, spec in specs]
+from nanochat.train.sft_config import SFTConfig  # declared there, torch-free, for the CLI
 
 
 def _inherit(cfg: SFTConfig, meta: dict) -> dict:

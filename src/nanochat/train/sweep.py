@@ -234,6 +234,7 @@ def measure_step(cfg: PretrainConfig, vocab_size: int, device: str, steps: int) 
 
     from nanochat.model.gpt import build_model
     from nanochat.optim import build_optimizer
+    from nanochat.train.pretrain_config import optimizer_settings
 
     dev = torch.device(device)
 
@@ -242,7 +243,7 @@ def measure_step(cfg: PretrainConfig, vocab_size: int, device: str, steps: int) 
             torch.cuda.synchronize()
 
     model = build_model(model_config(cfg, vocab_size), device, init=True, seed=0)
-    opt = build_optimizer(model)
+    opt = build_optimizer(model, **optimizer_settings(cfg))
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(vocab_size, (cfg.device_batch_size, cfg.max_seq_len), generator=gen).to(dev)
     y = torch.randint(vocab_size, (cfg.device_batch_size, cfg.max_seq_len), generator=gen).to(dev)
@@ -646,12 +647,11 @@ def _json_safe(obj):
 # the whole sweep
 
 
-def run_sweep(spec: SweepSpec, runner: Callable[[Run, _Signals], int] = run_pretrain_process) -> dict:
-    """Plan, then train and evaluate every unfinished run, then fit and plot; returns
-    {"runs": [Run], "results": [dict], "csv", "plots", "fit", "lines"} (only "runs" for a dry run)."""
+def _tokenizer_and_device(spec: SweepSpec):
+    """(tokenizer or None, vocabulary size, device, whether steps can be timed there); a dry run plans without
+    a tokenizer (a 32,768-token vocabulary) or the device (no timing), a real run needs both and its data."""
     from nanochat.common.device import detect_device
 
-    spec.validate()
     try:
         from nanochat.data.tokenizer import get_tokenizer
 
@@ -674,25 +674,12 @@ def run_sweep(spec: SweepSpec, runner: Callable[[Run, _Signals], int] = run_pret
         if not spec.dry_run:
             raise
         device, can_time = spec.device, False  # e.g. planning a GPU sweep on a machine without one: no timing
-    check_identity(spec, spec.dry_run)
-    runs = plan_runs(spec, vocab, device)
-    tags = [r.tag for r in runs]
-    if len(set(tags)) != len(tags):
-        raise UsageError("two runs of the sweep would share a model tag; give each depth and budget once")
-    run_status(spec, runs)
-    measure = spec.measure_steps > 0 and tokenizer is not None and can_time
-    if measure:
-        print0(f"timing {spec.measure_steps} training steps per depth on {device} for the estimate ...")
-        estimate_times(runs, vocab, device, spec.measure_steps)
-    print_plan(spec, runs, device, measure)
-    if spec.dry_run:
-        for i, r in enumerate(runs):
-            console().print(f"{i + 1}. {r.tag}: $ {r.command}", markup=False, highlight=False, soft_wrap=True)
-        print0("dry run: nothing trained")
-        return {"runs": runs}
+    return tokenizer, vocab, device, can_time
 
-    rows = prepare_folder(spec, tokenizer, runs[0].config.max_seq_len)
-    t_start = time.time()
+
+def _train_and_evaluate(spec: SweepSpec, runs: list[Run], runner: Callable[[Run, _Signals], int], rows, device: str) -> None:
+    """Train every run not trained yet and evaluate every run not evaluated yet, writing sweep.csv after each;
+    a signal stops the sweep between runs (or after the interrupted run's checkpoint), resumable by rerunning."""
     bundle = None
     signals = _Signals().install()
     try:
@@ -726,6 +713,33 @@ def run_sweep(spec: SweepSpec, runner: Callable[[Run, _Signals], int] = run_pret
                 raise NanochatError(f"{signals.signame}: the sweep stopped after run {r.tag}; run the same command again to continue")
     finally:
         signals.uninstall()
+
+
+def run_sweep(spec: SweepSpec, runner: Callable[[Run, _Signals], int] = run_pretrain_process) -> dict:
+    """Plan, then train and evaluate every unfinished run, then fit and plot; returns
+    {"runs": [Run], "results": [dict], "csv", "plots", "fit", "lines"} (only "runs" for a dry run)."""
+    spec.validate()
+    tokenizer, vocab, device, can_time = _tokenizer_and_device(spec)
+    check_identity(spec, spec.dry_run)
+    runs = plan_runs(spec, vocab, device)
+    tags = [r.tag for r in runs]
+    if len(set(tags)) != len(tags):
+        raise UsageError("two runs of the sweep would share a model tag; give each depth and budget once")
+    run_status(spec, runs)
+    measure = spec.measure_steps > 0 and tokenizer is not None and can_time
+    if measure:
+        print0(f"timing {spec.measure_steps} training steps per depth on {device} for the estimate ...")
+        estimate_times(runs, vocab, device, spec.measure_steps)
+    print_plan(spec, runs, device, measure)
+    if spec.dry_run:
+        for i, r in enumerate(runs):
+            console().print(f"{i + 1}. {r.tag}: $ {r.command}", markup=False, highlight=False, soft_wrap=True)
+        print0("dry run: nothing trained")
+        return {"runs": runs}
+
+    rows = prepare_folder(spec, tokenizer, runs[0].config.max_seq_len)
+    t_start = time.time()
+    _train_and_evaluate(spec, runs, runner, rows, device)
     results = read_results(spec.sweep_name)
     csv_path = write_csv(spec.sweep_name, results)
     out = finish(spec, results)
