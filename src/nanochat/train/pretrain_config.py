@@ -10,12 +10,10 @@ from functools import partial
 
 from nanochat.common import checkpoint as ck
 from nanochat.common import checks
-from nanochat.common.device import DEVICE_HELP, check_device_name
+from nanochat.common.device import check_device_name
 from nanochat.common.errors import UsageError
 from nanochat.common.options import AutoOrCount, option
-
-SCHEDULE = "Schedule and optimizer"
-EVALUATION = "Evaluation and checkpoints"
+from nanochat.train.stage_options import EVALUATION, SCHEDULE, compile_option, device_option, wandb_run_option
 
 
 @dataclass
@@ -57,10 +55,10 @@ class PretrainConfig:
     keep_last: int | None = option(None, "Keep only the newest K checkpoints of this model tag.", panel=EVALUATION)
     resume: str = option("auto", "auto (newest valid checkpoint of the tag, if any), never, or a step number.", panel=EVALUATION)
     model_tag: str | None = option(None, "Checkpoint folder name; default d<depth>.", panel=EVALUATION)
-    run: str = option("dummy", "wandb run name (needs wandb installed); dummy = no wandb.", panel=EVALUATION)
-    device: str = option("auto", DEVICE_HELP)
+    run: str = wandb_run_option()
+    device: str = device_option()
     seed: int = option(42, "Seed of the initialisation (the data order is fixed by the corpus).", check=partial(checks.count, low=0))
-    compile: bool | None = option(None, "torch.compile the model; default: on CUDA only.", flags=("--compile/--no-compile",))
+    compile: bool | None = compile_option()
     activation_checkpointing: bool = option(False, "Recompute each block in the backward pass: ~1/3 more compute, activations of about one block (for depths that fit no batch otherwise).",
                                             flags=("--activation-checkpointing/--no-activation-checkpointing",))  # fmt: skip
     max_bad_steps: int = option(5, "Stop after this many non-finite-loss steps in a row (each is skipped).")

@@ -10,12 +10,11 @@ from functools import partial
 
 from nanochat.common import checkpoint as ck
 from nanochat.common import checks
-from nanochat.common.device import DEVICE_HELP, check_device_name
+from nanochat.common.device import check_device_name
 from nanochat.common.errors import UsageError
 from nanochat.common.options import option
+from nanochat.train.stage_options import EVALUATION, SCHEDULE, device_option, wandb_run_option
 
-SCHEDULE = "Schedule and optimizer"
-EVALUATION = "Evaluation and checkpoints"
 RL_TASKS = ("gsm8k", "demo-arith")
 
 
@@ -46,8 +45,8 @@ class RLConfig:
     save_every: int = option(60, "Checkpoint every N steps (and at the end, and on SIGTERM/SIGINT); -1: only then.", panel=EVALUATION)
     keep_last: int | None = option(None, "Keep only the newest K RL checkpoints of this tag.", panel=EVALUATION)
     resume: str = option("auto", "auto (newest valid RL checkpoint of the tag, if any), never, or a step number.", panel=EVALUATION)
-    run: str = option("dummy", "wandb run name (needs wandb installed); dummy = no wandb.", panel=EVALUATION)
-    device: str = option("auto", DEVICE_HELP)
+    run: str = wandb_run_option()
+    device: str = device_option()
 
     def validate(self) -> None:
         """Refuse option values that make no run (bad usage, exit 2); reads no files, so commands call it first."""

@@ -10,12 +10,12 @@ from functools import partial
 
 from nanochat.common import checkpoint as ck
 from nanochat.common import checks
-from nanochat.common.device import DEVICE_HELP, check_device_name
+from nanochat.common.device import check_device_name
 from nanochat.common.errors import UsageError
 from nanochat.common.options import option
+from nanochat.train.stage_options import EVALUATION, compile_option, device_option, wandb_run_option
 
 SCHEDULE = "Schedule and optimizer (None: inherit from the base checkpoint)"
-EVALUATION = "Evaluation and checkpoints"
 
 
 @dataclass
@@ -54,10 +54,10 @@ class SFTConfig:
     keep_last: int | None = option(None, "Keep only the newest K sft checkpoints of the tag.", panel=EVALUATION)
     resume: str = option("auto", "auto (newest valid sft checkpoint of the tag, if any), never, or a step number.", panel=EVALUATION)
     out_tag: str | None = option(None, "Tag of the sft checkpoints (default: the base model's tag).", panel=EVALUATION)
-    run: str = option("dummy", "wandb run name (needs wandb installed); dummy = no wandb.", panel=EVALUATION)
-    device: str = option("auto", DEVICE_HELP)
+    run: str = wandb_run_option()
+    device: str = device_option()
     seed: int = option(42, "Seed of the mixture order.", check=partial(checks.count, low=0))
-    compile: bool | None = option(None, "torch.compile the model; default: on CUDA only.", flags=("--compile/--no-compile",))
+    compile: bool | None = compile_option()
     max_bad_steps: int = option(5, "Stop after this many non-finite-loss steps in a row.")
     dry_run: bool = option(False, "Load the checkpoint and mixture, print the plan and exit.", flags=("--dry-run",))
 
