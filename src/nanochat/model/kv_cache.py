@@ -20,6 +20,10 @@ position and later tokens overwrite those slots, so the padding is never read.
 `max_filled` is a host-side upper bound of `lengths`, kept so that a decode step needs no device sync to check
 capacity or to slice the filled part of the cache. With `read_all=True` attention reads all `max_len` slots
 (masked) instead of the filled part, so every decode step has the same shapes: what a captured CUDA graph needs.
+
+Continuous batching (engine/batcher.py) keeps one cache whose rows are slots that requests take and give back:
+`load_row(prefilled, row)` puts a one-row prefilled cache into one row, and `first_rows(n)` is a cache over the
+first n rows sharing this one's memory, so a decode step runs only as many rows as the highest slot in use.
 """
 
 from __future__ import annotations
@@ -126,3 +130,29 @@ class KVCache:
         self.tokens[:, :n] = other.tokens[:, :n]
         self.lengths.copy_(other.lengths.expand(self.batch_size))
         self.max_filled = n
+
+    def load_row(self, other: "KVCache", row: int) -> None:
+        """Copy a one-row cache into row `row` (its length becomes the other's); the other rows are untouched."""
+        if other.batch_size != 1:
+            raise NanochatError(f"load_row takes a one-row cache (got {other.batch_size} rows)")
+        if other.k.shape[0] != self.k.shape[0] or other.k.shape[3:] != self.k.shape[3:]:
+            raise NanochatError("cannot copy between KV caches of different models")
+        n = other.max_filled
+        if n > self.max_len:
+            raise NanochatError(f"the source cache holds {n} tokens but this one has only {self.max_len} slots")
+        self.k[:, row, :n] = other.k[:, 0, :n]
+        self.v[:, row, :n] = other.v[:, 0, :n]
+        self.tokens[row, :n] = other.tokens[0, :n]
+        self.lengths[row] = n
+        self.max_filled = max(self.max_filled, n)
+
+    def first_rows(self, n: int) -> "KVCache":
+        """A cache over rows 0..n-1 that shares this one's tensors (writes and length updates land here too);
+        its `max_filled` starts at this one's bound."""
+        if not 1 <= n <= self.batch_size:
+            raise NanochatError(f"first_rows wants 1 to {self.batch_size} rows (got {n})")
+        view = KVCache.__new__(KVCache)
+        view.k, view.v = self.k[:, :n], self.v[:, :n]
+        view.lengths, view.tokens = self.lengths[:n], self.tokens[:n]
+        view.max_filled, view.read_all = self.max_filled, self.read_all
+        return view
