@@ -249,3 +249,35 @@ def test_full_batch_and_queue_answer_503():
             t.join(timeout=60)
     want = reference_events(body)
     assert all(same_events(results[i], want) for i in range(3)), results
+
+
+@pytest.mark.parametrize("decode", ["static", pytest.param("graph", marks=pytest.mark.gpu)])
+def test_static_and_graph_batches_equal_generate(decode):
+    """The batch over static windows (rows and slots in powers of two; CUDA graphs on the GPU): greedy and
+    seeded rows joining at different steps give what the engine's eager generate gives each alone."""
+    from nanochat.engine.engine import Engine
+
+    device = "cuda" if decode == "graph" else "cpu"
+    eager = tiny_engine(sequence_len=300)
+    eager.model.to(device)
+    eager.device = eager.model.lm_head.weight.device
+    eng = Engine(eager.model, eager.tokenizer, calculator=eager.calculator, decode=decode)
+    tok = eng.tokenizer
+    prompts = [[tok.bos_id] + tok.encode(t) for t in ("Hello world!", "The quick brown fox jumps over the lazy dog. " * 6, "a")]
+    settings = [dict(max_tokens=40, temperature=0.0), dict(max_tokens=200, temperature=0.0), dict(max_tokens=30, temperature=1.0, seed=3, num_samples=2)]
+    assert len(prompts[1]) + 200 > 256  # the long one crosses into a longer window of slots
+    alone = [[c for c, _ in eager.generate(p, **kw)] for p, kw in zip(prompts, settings)]
+    batch = eng.decode_batch(6)
+    got: dict = {i: [] for i in range(3)}
+    batch.join(prompts[1], tag=1, **settings[1])
+    step = 0
+    while batch.entries:
+        step += 1
+        if step in (3, 9):
+            batch.join(prompts[0 if step == 3 else 2], tag=0 if step == 3 else 2, **settings[0 if step == 3 else 2])
+        for entry, column in batch.step():
+            got[entry.tag].append(column)
+            if entry.ended:
+                batch.leave(entry)
+    assert [got[i] for i in range(3)] == alone
+    assert {rows for rows, _ in batch._steps} >= {1, 2, 4} and {length for _, length in batch._steps} == {256, 300}

@@ -17,8 +17,11 @@ tokens are the ones Engine.generate gives it alone, whoever else is in the batch
 last step) take a dummy token whose key lands in a slot their next real token overwrites, and their
 lengths are set back from the host's copy before every forward.
 
-The decode forward is the model's eager one (on CUDA too: a captured graph would fix the batch and read
-the whole cache every step). `SerialBatch` gives an engine that only has `generate` (a test double) the
+Decoding follows the engine's mode (engine.py). "eager" (CPU): the model's forward over the rows in use,
+reading each step's filled slots. "graph" (CUDA) and "static": the cache reads all its slots (masked), and
+a step runs over a window of rows and slots rounded up to powers of two (slots from 256), each window
+captured once as a CUDA graph ("static" runs the same shapes eagerly: how the CPU tests check them).
+`SerialBatch` gives an engine that only has `generate` (a test double) the
 same interface with one slot. `on_forward`, when set, sees the number of rows of every decode forward
 that carried tokens for more than zero requests: what the tests count to see that requests really share
 a step.
@@ -60,11 +63,13 @@ class DecodeBatch:
         if slots < 1:
             raise NanochatError(f"a decode batch needs at least 1 slot (got {slots})")
         self.engine, self.slots = engine, slots
-        self.cache = KVCache.for_model(engine.model, slots, max_len=engine.sequence_len)
+        self.static = engine.decode in ("graph", "static")  # static shapes (and, for "graph", CUDA graphs)
+        self.cache = KVCache.for_model(engine.model, slots, max_len=engine.sequence_len, read_all=self.static)
         self.owner: list[BatchEntry | None] = [None] * slots
         self.lengths = [0] * slots  # host copy of each row's filled length (0 for a free row)
         self.entries: list[BatchEntry] = []  # in join order
         self.on_forward = on_forward  # (rows in the forward, requests fed) per decode forward
+        self._steps: dict[tuple[int, int], _StaticStep] = {}  # (rows, slots) -> step, least recently used first
 
     @property
     def free(self) -> int:
@@ -134,20 +139,82 @@ class DecodeBatch:
         if not fed:
             return
         hi = 1 + max(r for e in fed for r in e.rows)
+        if self.static:  # a few fixed shapes: rows and slots in powers of two
+            hi = min(self.slots, 1 << (hi - 1).bit_length())
         ids = [self.engine.ids["bos"]] * hi
         for e in fed:
             for r, t in zip(e.rows, e.column):
                 ids[r] = t
-        view = self.cache.first_rows(hi)
-        view.set_lengths(self.lengths[:hi])
         if self.on_forward is not None:
             self.on_forward(hi, len(fed))
-        logits = self.engine._forward(torch.tensor(ids, dtype=torch.long, device=self.engine.device).unsqueeze(1), view)[:, -1, :]
+        ids_t = torch.tensor(ids, dtype=torch.long, device=self.engine.device)
+        if self.static:
+            logits = self._static_step(hi, max(self.lengths[:hi]) + 1).run(ids_t, self.lengths[:hi])
+        else:
+            view = self.cache.window(hi)
+            view.set_lengths(self.lengths[:hi])
+            logits = self.engine._forward(ids_t.unsqueeze(1), view)[:, -1, :]
         for e in fed:
             for r in e.rows:
                 self.lengths[r] += 1
             e.logits = logits[e.rows]
             e.column = None
+
+    def _static_step(self, rows: int, needed: int) -> "_StaticStep":
+        """The static step over `rows` rows and at least `needed` slots (powers of two from 256, as the
+        engine's own static steps: a step reads all its slots, so a short chat should not read the context)."""
+        length = min(self.engine.sequence_len, max(256, 1 << (max(needed, 1) - 1).bit_length()))
+        key = (rows, length)
+        step = self._steps.pop(key, None)
+        if step is None:
+            while len(self._steps) >= 16:  # each graph holds its own activations: keep the memory bounded
+                self._steps.pop(next(iter(self._steps)))
+            step = _StaticStep(self.engine.model, self.cache.window(rows, length), graph=self.engine.decode == "graph")
+        self._steps[key] = step
+        return step
+
+
+class _StaticStep:
+    """One decode step over a fixed window of the batch's cache (all its slots read, masked), replayed as a
+    CUDA graph when `graph`. Rows the step does not feed take a dummy token at their length: a slot their
+    next real token overwrites; their lengths are set back before every run."""
+
+    def __init__(self, model, view, graph: bool):
+        self.model, self.view = model, view
+        self.idx = torch.zeros(view.batch_size, 1, dtype=torch.long, device=view.k.device)
+        self.graph, self.logits = None, None
+        if graph:
+            with torch.cuda.device(view.k.device):
+                self._capture()
+
+    def run(self, ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """Logits (rows, vocab) after feeding `ids` (rows,) at positions `lengths`."""
+        self.view.set_lengths(lengths)
+        self.idx.copy_(ids.view(-1, 1))
+        if self.graph is None:
+            return self.model(self.idx, kv_cache=self.view, last_only=True)[:, -1, :]
+        self.graph.replay()
+        return self.logits
+
+    def _capture(self) -> None:
+        # the warm-up runs really write, at slots 0 and 1 of every row (lengths 0, then 1): those slots are
+        # saved first and put back after, with the lengths; the capture itself runs nothing
+        view = self.view
+        saved = (view.lengths.clone(), view.k[:, :, :2].clone(), view.v[:, :, :2].clone(), view.tokens[:, :2].clone())
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            view.lengths.zero_()
+            view.max_filled = 0
+            for _ in range(2):
+                self.model(self.idx, kv_cache=view, last_only=True)
+        torch.cuda.current_stream().wait_stream(side)
+        view.lengths.copy_(saved[0])
+        view.k[:, :, :2], view.v[:, :, :2], view.tokens[:, :2] = saved[1], saved[2], saved[3]
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # other workers keep their GPUs busy meanwhile
+            self.logits = self.model(self.idx, kv_cache=view, last_only=True)[:, -1, :]
+        view.lengths.copy_(saved[0])
 
 
 class SerialBatch:

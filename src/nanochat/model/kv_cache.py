@@ -22,8 +22,9 @@ capacity or to slice the filled part of the cache. With `read_all=True` attentio
 (masked) instead of the filled part, so every decode step has the same shapes: what a captured CUDA graph needs.
 
 Continuous batching (engine/batcher.py) keeps one cache whose rows are slots that requests take and give back:
-`load_row(prefilled, row)` puts a one-row prefilled cache into one row, and `first_rows(n)` is a cache over the
-first n rows sharing this one's memory, so a decode step runs only as many rows as the highest slot in use.
+`load_row(prefilled, row)` puts a one-row prefilled cache into one row, and `window(rows, length)` is a cache over
+the first rows and slots sharing this one's memory, so a decode step runs only as many rows (and, with
+`read_all`, reads only as many slots) as the requests in it need.
 """
 
 from __future__ import annotations
@@ -146,13 +147,14 @@ class KVCache:
         self.lengths[row] = n
         self.max_filled = max(self.max_filled, n)
 
-    def first_rows(self, n: int) -> "KVCache":
-        """A cache over rows 0..n-1 that shares this one's tensors (writes and length updates land here too);
-        its `max_filled` starts at this one's bound."""
-        if not 1 <= n <= self.batch_size:
-            raise NanochatError(f"first_rows wants 1 to {self.batch_size} rows (got {n})")
+    def window(self, rows: int, length: int | None = None) -> "KVCache":
+        """A cache over rows 0..rows-1 and slots 0..length-1 (default all) that shares this one's tensors:
+        writes and length updates land here too. Its `max_filled` starts at this one's bound, cut to `length`."""
+        length = self.max_len if length is None else length
+        if not (1 <= rows <= self.batch_size and 1 <= length <= self.max_len):
+            raise NanochatError(f"a cache window wants 1 to {self.batch_size} rows and 1 to {self.max_len} slots (got {rows}, {length})")
         view = KVCache.__new__(KVCache)
-        view.k, view.v = self.k[:, :n], self.v[:, :n]
-        view.lengths, view.tokens = self.lengths[:n], self.tokens[:n]
-        view.max_filled, view.read_all = self.max_filled, self.read_all
+        view.k, view.v = self.k[:, :rows, :length], self.v[:, :rows, :length]
+        view.lengths, view.tokens = self.lengths[:rows], self.tokens[:rows, :length]
+        view.max_filled, view.read_all = min(self.max_filled, length), self.read_all
         return view
