@@ -152,11 +152,11 @@ class SlowEngine:
         return SlowBatch(self, self.engine.decode_batch(slots))
 
 
-class SlowBatch:
-    """The engine's decode batch, slowed and counted as SlowEngine slows its `generate` (one sleep per step)."""
+class WrappedBatch:
+    """An engine's decode batch passed through (join, leave, free, entries): test doubles change `step`."""
 
-    def __init__(self, slow: SlowEngine, batch):
-        self.slow, self.batch, self.slots = slow, batch, batch.slots
+    def __init__(self, batch):
+        self.batch, self.slots = batch, batch.slots
         self.join, self.leave = batch.join, batch.leave
 
     @property
@@ -166,6 +166,17 @@ class SlowBatch:
     @property
     def entries(self) -> list:
         return self.batch.entries
+
+    def step(self):
+        return self.batch.step()
+
+
+class SlowBatch(WrappedBatch):
+    """The engine's decode batch, slowed and counted as SlowEngine slows its `generate` (one sleep per step)."""
+
+    def __init__(self, slow: SlowEngine, batch):
+        super().__init__(batch)
+        self.slow = slow
 
     def step(self):
         letter, terminal = self.slow.tokenizer.encode("a")[0], self.slow.engine.terminal

@@ -14,29 +14,21 @@ import threading
 import httpx
 import pytest
 
-from tests.inference_helpers import ThreadServer, tiny_engine
+from tests.inference_helpers import ThreadServer, WrappedBatch, tiny_engine
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 MODEL = "nanochat-test"
 
 
-class GatedBatch:
+class GatedBatch(WrappedBatch):
     """An engine's real decode batch; `before_step(step number)` runs before each step (it may wait), and
     every decode forward's count of requests fed is recorded."""
 
     def __init__(self, batch, before_step, fed: list):
-        self.batch, self.before_step, self.slots, self.steps = batch, before_step, batch.slots, 0
-        self.join, self.leave = batch.join, batch.leave
+        super().__init__(batch)
+        self.before_step, self.steps = before_step, 0
         batch.on_forward = lambda rows, requests: fed.append(requests)
-
-    @property
-    def free(self) -> int:
-        return self.batch.free
-
-    @property
-    def entries(self) -> list:
-        return self.batch.entries
 
     def step(self):
         self.steps += 1

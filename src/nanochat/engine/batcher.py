@@ -75,6 +75,18 @@ class DecodeBatch:
     def free(self) -> int:
         return self.owner.count(None)
 
+    def warm_up(self) -> None:
+        """Capture the CUDA graphs of the shortest window for every row count now (graph mode only), so that
+        the first requests do not wait for them."""
+        if self.engine.decode != "graph":
+            return
+        rows = 1
+        while True:
+            self._static_step(min(rows, self.slots), 1)
+            if rows >= self.slots:
+                return
+            rows *= 2
+
     @torch.inference_mode()
     def join(self, prompt_ids: list[int], num_samples: int = 1, max_tokens: int | None = None, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = 42, on_logits=None, tag: Any = None,

@@ -26,6 +26,10 @@ stays available and greedy decoding still ends the turn.
 Decoding: on CUDA each decode step is a replayed CUDA graph over a static-shape cache (graphs.py), which
 removes the CPU's kernel-launch bottleneck at small batch; on CPU (or with decode="eager") it is the
 model's plain forward with a cache sized to the request.
+
+A request's rows sample through one `RowSampler` (its settings, seeded generator, guards and row states);
+`Engine.decode_batch(slots)` makes a continuous batch (batcher.py) where many requests, each with its own
+RowSampler, share the decode step: the server's path. `check_request` is the validation both share.
 """
 
 from __future__ import annotations

@@ -121,26 +121,26 @@ class KVCache:
         """Copy another cache's contents; a one-row `other` is replicated into every row (prefill once, sample many)."""
         if other.batch_size not in (1, self.batch_size):
             raise NanochatError(f"cannot copy a {other.batch_size}-row cache into a {self.batch_size}-row one")
-        if other.k.shape[0] != self.k.shape[0] or other.k.shape[3:] != self.k.shape[3:]:
-            raise NanochatError("cannot copy between KV caches of different models")
-        n = other.max_filled
-        if n > self.max_len:
-            raise NanochatError(f"the source cache holds {n} tokens but this one has only {self.max_len} slots")
+        n = self._source_length(other)
         self.k[:, :, :n] = other.k[:, :, :n]
         self.v[:, :, :n] = other.v[:, :, :n]
         self.tokens[:, :n] = other.tokens[:, :n]
         self.lengths.copy_(other.lengths.expand(self.batch_size))
         self.max_filled = n
 
+    def _source_length(self, other: "KVCache") -> int:
+        """The tokens `other` holds, once it is known to be a cache of the same model that fits here."""
+        if other.k.shape[0] != self.k.shape[0] or other.k.shape[3:] != self.k.shape[3:]:
+            raise NanochatError("cannot copy between KV caches of different models")
+        if other.max_filled > self.max_len:
+            raise NanochatError(f"the source cache holds {other.max_filled} tokens but this one has only {self.max_len} slots")
+        return other.max_filled
+
     def load_row(self, other: "KVCache", row: int) -> None:
         """Copy a one-row cache into row `row` (its length becomes the other's); the other rows are untouched."""
         if other.batch_size != 1:
             raise NanochatError(f"load_row takes a one-row cache (got {other.batch_size} rows)")
-        if other.k.shape[0] != self.k.shape[0] or other.k.shape[3:] != self.k.shape[3:]:
-            raise NanochatError("cannot copy between KV caches of different models")
-        n = other.max_filled
-        if n > self.max_len:
-            raise NanochatError(f"the source cache holds {n} tokens but this one has only {self.max_len} slots")
+        n = self._source_length(other)
         self.k[:, row, :n] = other.k[:, 0, :n]
         self.v[:, row, :n] = other.v[:, 0, :n]
         self.tokens[row, :n] = other.tokens[0, :n]

@@ -86,6 +86,8 @@ class Worker(threading.Thread):
         self.active = 0  # jobs in the batch now
         self._pending: Job | None = None  # taken from the queue, waiting for enough free slots
         self._stopping = False
+        self.ready = threading.Event()  # set once the batch exists (and its CUDA graphs are captured)
+        self.error: Exception | None = None  # why the batch could not be made
 
     @property
     def busy(self) -> bool:
@@ -103,7 +105,14 @@ class Worker(threading.Thread):
             import torch
 
             torch.cuda.set_device(device)  # this thread's kernels go to its own GPU
-        self.batch = self._new_batch()
+        try:
+            self.batch = self._new_batch()
+            getattr(self.batch, "warm_up", lambda: None)()
+        except Exception as e:  # the pool reports it: the server then says the model failed to load
+            self.error = e
+            return
+        finally:
+            self.ready.set()
         while True:
             self._admit()
             if self.batch.entries:
@@ -205,6 +214,11 @@ class WorkerPool:
         self.workers = [Worker(self, e, i, slots) for i, e in enumerate(engines)]
         for w in self.workers:
             w.start()
+        for w in self.workers:
+            w.ready.wait()
+            if w.error is not None:
+                self.shutdown()
+                raise RuntimeError(f"worker {w.index} could not make its decode batch of {slots} slots: {type(w.error).__name__}: {w.error}") from w.error
 
     def metrics_tokens(self, n: int) -> None:
         if self._on_tokens is not None and n:
