@@ -38,7 +38,7 @@ from nanochat.common.errors import NanochatError
 from nanochat.engine.engine import RowSampler
 
 
-@dataclass
+@dataclass(eq=False)  # entries are found in lists by identity: their fields hold tensors and the caller's job
 class BatchEntry:
     """One request in a batch: its rows (slots), sampler, tokens left, and the latest step's column."""
 
