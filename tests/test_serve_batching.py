@@ -36,13 +36,14 @@ class GatedBatch(WrappedBatch):
         return self.batch.step()
 
 
-def gated_app(before_step, fed: list, **config):
-    """The real app over one tiny engine whose decode batch is gated by `before_step`."""
+def gated_app(before_step, fed: list, decode: str = "eager", **config):
+    """The real app over one tiny engine (in decode mode `decode`) whose decode batch is gated by `before_step`."""
     from nanochat.engine.engine import Engine
     from nanochat.serve.app import ServeConfig, create_app
 
     def load():
-        eng = tiny_engine()
+        plain = tiny_engine()
+        eng = Engine(plain.model, plain.tokenizer, calculator=plain.calculator, decode=decode)
         eng.decode_batch = lambda slots: GatedBatch(Engine.decode_batch(eng, slots), before_step, fed)
         return [eng]
 
@@ -113,7 +114,8 @@ def same_events(got: list, want: list) -> bool:
     return True
 
 
-def test_concurrent_requests_stream_what_each_gives_alone():
+@pytest.mark.parametrize("decode", ["eager", "static"])
+def test_concurrent_requests_stream_what_each_gives_alone(decode):
     greedy = {"temperature": 0.0}
     bodies = {
         "A": {"prompt": "Hello world!", "max_tokens": 40, **greedy},
@@ -142,7 +144,7 @@ def test_concurrent_requests_stream_what_each_gives_alone():
             mid.set()
             wait_for(lambda: pool._queue.qsize() >= 1, "the late request")
 
-    app = gated_app(before_step, fed, batch_slots=8)
+    app = gated_app(before_step, fed, decode, batch_slots=8)
     apps.append(app)
     with ThreadServer(app) as s:
         results: dict = {}

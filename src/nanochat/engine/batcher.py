@@ -75,6 +75,7 @@ class DecodeBatch:
     def free(self) -> int:
         return self.owner.count(None)
 
+    @torch.inference_mode()
     def warm_up(self) -> None:
         """Capture the CUDA graphs of the shortest window for every row count now (graph mode only), so that
         the first requests do not wait for them."""
