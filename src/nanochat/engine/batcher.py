@@ -20,11 +20,11 @@ lengths are set back from the host's copy before every forward.
 Decoding follows the engine's mode (engine.py). "eager" (CPU): the model's forward over the rows in use,
 reading each step's filled slots. "graph" (CUDA) and "static": the cache reads all its slots (masked), and
 a step runs over a window of rows and slots rounded up to powers of two (slots from 256), each window
-captured once as a CUDA graph ("static" runs the same shapes eagerly: how the CPU tests check them).
-`SerialBatch` gives an engine that only has `generate` (a test double) the
-same interface with one slot. `on_forward`, when set, sees the number of rows of every decode forward
-that carried tokens for more than zero requests: what the tests count to see that requests really share
-a step.
+captured once as a CUDA graph ("static" runs the same shapes eagerly: how the CPU tests check them);
+`warm_up()` captures the shortest window of every row count before the first request.
+`SerialBatch` gives an engine that only has `generate` (a test double) the same interface with one slot.
+`on_forward(rows, requests)`, when set, sees every decode forward: its rows and how many requests it fed
+(what the tests count to see that requests really share a step).
 """
 
 from __future__ import annotations
