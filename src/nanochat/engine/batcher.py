@@ -130,13 +130,16 @@ class DecodeBatch:
         """Advance every running request by one token: (entry, its token column) in join order. An entry is
         `ended` after its last column; the caller then calls `leave` (or anytime before, to cancel)."""
         self._forward()
-        out = []
-        for e in self.entries:
-            if e.ended or e.logits is None:
-                continue
+        live = [e for e in self.entries if not e.ended and e.logits is not None]
+        for e in live:
             if e.on_logits is not None:
                 e.on_logits(e.logits)
-            column, _masks = e.sampler.sample(e.logits)
+        draws = [e.sampler.draw(e.logits) for e in live]
+        drawn = torch.cat(draws).tolist() if draws else []  # one device sync for the whole batch
+        out, at = [], 0
+        for e in live:
+            column, _masks = e.sampler.emit(drawn[at : at + len(e.rows)])
+            at += len(e.rows)
             e.steps += 1
             e.column, e.logits = column, None
             e.ended = e.sampler.done or e.steps >= e.max_tokens

@@ -107,7 +107,15 @@ class RowSampler:
 
     def sample(self, logits: torch.Tensor) -> tuple[list[int], list[int]]:
         """The tokens (and masks: 0 where the engine forced a token) the rows emit after `logits`."""
-        sampled = sample_next_token(self.guard.apply(logits), self.generator, self.temperature, self.top_k, self.top_p).tolist()
+        return self.emit(self.draw(logits).tolist())
+
+    def draw(self, logits: torch.Tensor) -> torch.Tensor:
+        """The sampled token of every row (rows,), on the logits' device: no host sync, so a batch of
+        requests reads all their draws back at once."""
+        return sample_next_token(self.guard.apply(logits), self.generator, self.temperature, self.top_k, self.top_p)
+
+    def emit(self, sampled: list[int]) -> tuple[list[int], list[int]]:
+        """The tokens and masks the rows emit given what was drawn for them (a forced token wins)."""
         column, masks = [], []
         for i, (st, s) in enumerate(zip(self.states, sampled)):
             was_done = st.done
