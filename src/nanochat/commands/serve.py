@@ -114,7 +114,7 @@ def _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size,
             model, tokenizer, _ = load_chat_model(src, info.tag, info.step, target)
             engine = Engine(model, tokenizer)
             for _ in engine.generate([tokenizer.bos_id], max_tokens=2, temperature=0.0):
-                pass  # warm up (and capture the batch-1 CUDA graph) before /health says ready
+                pass  # warm up the prefill before /health says ready (the batch captures its graphs as its worker starts)
             engines.append(engine)
         return engines
 
