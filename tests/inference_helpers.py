@@ -148,6 +148,45 @@ class SlowEngine:
             yield column, masks
             time.sleep(self.delay)
 
+    def decode_batch(self, slots: int):
+        return SlowBatch(self, self.engine.decode_batch(slots))
+
+
+class WrappedBatch:
+    """An engine's decode batch passed through (join, leave, free, entries): test doubles change `step`."""
+
+    def __init__(self, batch):
+        self.batch, self.slots = batch, batch.slots
+        self.join, self.leave = batch.join, batch.leave
+
+    @property
+    def free(self) -> int:
+        return self.batch.free
+
+    @property
+    def entries(self) -> list:
+        return self.batch.entries
+
+    def step(self):
+        return self.batch.step()
+
+
+class SlowBatch(WrappedBatch):
+    """The engine's decode batch, slowed and counted as SlowEngine slows its `generate` (one sleep per step)."""
+
+    def __init__(self, slow: SlowEngine, batch):
+        super().__init__(batch)
+        self.slow = slow
+
+    def step(self):
+        letter, terminal = self.slow.tokenizer.encode("a")[0], self.slow.engine.terminal
+        out = self.batch.step()
+        self.slow.steps += 1
+        if self.slow.endless:
+            out = [(e, [letter if t in terminal else t for t in column]) for e, column in out]
+        time.sleep(self.slow.delay)
+        return out
+
 
 SERVER_SCRIPT = r"""
 import sys

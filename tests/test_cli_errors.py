@@ -165,6 +165,7 @@ ROWS = [
     ("serve --port 0", 2, "--port 0 is not a port; use 1 to 65535", None, None),
     ("serve --port 70000", 2, "--port 70000 is not a port", None, None),
     ("serve --workers 0", 2, "--workers 0 is out of range; use 1 or more", None, None),
+    ("serve --batch-slots 0", 2, "--batch-slots 0 is out of range; use 1 or more", None, None),
     ("serve --source chat", 2, "--source 'chat' is not one of the choices", None, None),
     ("serve --host 0.0.0.0 --port {free_port}", 2, "pass --api-key KEY", None, None),
     ("serve --port {busy_port}", 1, "port {busy_port} on 127.0.0.1 is in use; pass --port N or stop the other server", None, None),

@@ -20,7 +20,8 @@ def serve(
     step: Optional[int] = typer.Option(None, callback=ranges.count(low=0), help="Checkpoint step. Default: the newest complete one."),
     api_key: Optional[str] = typer.Option(None, envvar="NANOCHAT_API_KEY", help="Require this key (Bearer) on every route but /health. Env: NANOCHAT_API_KEY."),
     workers: Optional[int] = typer.Option(None, callback=ranges.count(), help="Engine workers, each a model replica (default: one per GPU, one on CPU)."),
-    queue_size: int = typer.Option(16, callback=ranges.count(low=0), help="Requests that may wait for a worker; beyond that the answer is 503 with Retry-After."),
+    queue_size: int = typer.Option(16, callback=ranges.count(low=0), help="Requests that may wait for a batch slot; beyond that the answer is 503 with Retry-After."),
+    batch_slots: Optional[int] = typer.Option(None, callback=ranges.count(), help="Requests each worker decodes together in one continuous batch (default: 32 on CUDA, 8 on CPU)."),
     max_tokens: int = typer.Option(512, callback=ranges.count(), help="Default max tokens of an answer when a request does not say."),
     repetition_penalty: float = typer.Option(CHAT_REPETITION_PENALTY, help="Default repetition penalty of chat completions (1: off); a request's repetition_penalty wins."),
     no_repeat_ngram: int = typer.Option(CHAT_NO_REPEAT_NGRAM, help="Default no-repeat n-gram size of chat completions (0: off); a request's no_repeat_ngram_size wins."),
@@ -59,11 +60,12 @@ def serve(
         src = source or newest_chat_source()
         require_checkpoint(src, model_tag, step)
         _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size, max_tokens, device, allowed_hosts, log_requests, served_model_name,
-               repetition_penalty=repetition_penalty, no_repeat_ngram=no_repeat_ngram, allow_origins=origins)  # fmt: skip
+               repetition_penalty=repetition_penalty, no_repeat_ngram=no_repeat_ngram, allow_origins=origins, batch_slots=batch_slots)  # fmt: skip
 
 
 def _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size, max_tokens, device, allowed_hosts, log_requests, served_model_name=None,
-           repetition_penalty: float = CHAT_REPETITION_PENALTY, no_repeat_ngram: int = CHAT_NO_REPEAT_NGRAM, allow_origins=None) -> None:  # fmt: skip
+           repetition_penalty: float = CHAT_REPETITION_PENALTY, no_repeat_ngram: int = CHAT_NO_REPEAT_NGRAM, allow_origins=None,
+           batch_slots: int | None = None) -> None:  # fmt: skip
     """Resolve the checkpoint, build the app (the weights load in its background) and run uvicorn on `sock`."""
     import logging
 
@@ -79,6 +81,7 @@ def _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size,
     from nanochat.serve.app import ServeConfig, create_app
     from nanochat.serve.bind import bind_error
     from nanochat.serve.guard import uvicorn_config
+    from nanochat.serve.workers import default_batch_slots
 
     dev = detect_device(device)
     n = workers or (torch.cuda.device_count() if dev == "cuda" else 1)
@@ -99,6 +102,7 @@ def _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size,
         repetition_penalty=repetition_penalty,
         no_repeat_ngram=no_repeat_ngram,
         allow_origins=allow_origins,
+        batch_slots=batch_slots,
     )
     if dev == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # a core stays free for the HTTP side
@@ -110,14 +114,15 @@ def _serve(sock, src, model_tag, step, host, port, api_key, workers, queue_size,
             model, tokenizer, _ = load_chat_model(src, info.tag, info.step, target)
             engine = Engine(model, tokenizer)
             for _ in engine.generate([tokenizer.bos_id], max_tokens=2, temperature=0.0):
-                pass  # warm up (and capture the batch-1 CUDA graph) before /health says ready
+                pass  # warm up the prefill before /health says ready (the batch captures its graphs as its worker starts)
             engines.append(engine)
         return engines
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     app = create_app(config, load)
     shown = f"[{host}]" if ":" in host else host
-    print0(f"serving {config.model_name} on http://{shown}:{port}/ ({n} worker{'s' if n > 1 else ''} on {dev}); API at /v1")
+    slots = batch_slots or default_batch_slots(dev)
+    print0(f"serving {config.model_name} on http://{shown}:{port}/ ({n} worker{'s' if n > 1 else ''} on {dev}, {slots} batch slots each); API at /v1")
     server = uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level="info", access_log=True, timeout_graceful_shutdown=5))
     try:
         server.run(sockets=[sock])

@@ -26,6 +26,10 @@ stays available and greedy decoding still ends the turn.
 Decoding: on CUDA each decode step is a replayed CUDA graph over a static-shape cache (graphs.py), which
 removes the CPU's kernel-launch bottleneck at small batch; on CPU (or with decode="eager") it is the
 model's plain forward with a cache sized to the request.
+
+A request's rows sample through one `RowSampler` (its settings, seeded generator, guards and row states);
+`Engine.decode_batch(slots)` makes a continuous batch (batcher.py) where many requests, each with its own
+RowSampler, share the decode step: the server's path. `check_request` is the validation both share.
 """
 
 from __future__ import annotations
@@ -81,6 +85,47 @@ class RowState:
                 self.forced.extend([ids["output_start"], *self.encode(str(result)), ids["output_end"]])
         elif self.python is not None:
             self.python.append(token)
+
+
+class RowSampler:
+    """The rows of one request: its sampling settings and random generator, its repetition guards and each
+    row's tool state machine. `sample(logits)` turns one step's logits (rows, vocab) into the step's
+    (token column, mask column); `done` once every row has ended. Engine.generate and the continuous
+    decode batch (batcher.py) both sample through it, so a request decodes the same in either."""
+
+    def __init__(self, engine: "Engine", rows: int, vocab: int, temperature: float, top_k: int | None, top_p: float | None, seed: int | None,
+                 repetition_penalty: float = 1.0, no_repeat_ngram: int = 0, frequency_penalty: float = 0.0, presence_penalty: float = 0.0) -> None:  # fmt: skip
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.generator = make_generator(seed, engine.device) if temperature > 0 else None
+        tok = engine.tokenizer
+        self.states = [RowState(engine.ids, tok.encode, tok.decode, engine.calculator) for _ in range(rows)]
+        self.guard = _RepetitionGuard(rows, vocab, engine.device, engine._special_ids(), repetition_penalty, no_repeat_ngram, frequency_penalty, presence_penalty)
+
+    @property
+    def done(self) -> bool:
+        return all(st.done for st in self.states)
+
+    def sample(self, logits: torch.Tensor) -> tuple[list[int], list[int]]:
+        """The tokens (and masks: 0 where the engine forced a token) the rows emit after `logits`."""
+        return self.emit(self.draw(logits).tolist())
+
+    def draw(self, logits: torch.Tensor) -> torch.Tensor:
+        """The sampled token of every row (rows,), on the logits' device: no host sync, so a batch of
+        requests reads all their draws back at once."""
+        return sample_next_token(self.guard.apply(logits), self.generator, self.temperature, self.top_k, self.top_p)
+
+    def emit(self, sampled: list[int]) -> tuple[list[int], list[int]]:
+        """The tokens and masks the rows emit given what was drawn for them (a forced token wins)."""
+        column, masks = [], []
+        for i, (st, s) in enumerate(zip(self.states, sampled)):
+            was_done = st.done
+            t, m = st.next_token(s)
+            if not was_done:
+                st.observe(t)
+                self.guard.push(i, t, m)
+            column.append(t)
+            masks.append(m)
+        return column, masks
 
 
 class Engine:
@@ -206,6 +251,26 @@ class Engine:
         `on_logits`, when given, sees each step's raw logits (rows, vocab) before sampling and before the
         repetition guards: the server reads the model's own token log-probabilities from it."""
         prompts = _as_prompts(prompt_ids)
+        guards = dict(repetition_penalty=repetition_penalty, no_repeat_ngram=no_repeat_ngram, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
+        max_tokens = self.check_request(prompts, num_samples, max_tokens, **guards)
+        if max_tokens == 0:
+            return
+        dev = self.device
+        logits, step_fn = self._prefill(prompts, num_samples, max(len(p) for p in prompts), max_tokens)
+        sampler = RowSampler(self, len(prompts) * num_samples, logits.size(-1), temperature, top_k, top_p, seed, **guards)
+        for _step in range(max_tokens):
+            if on_logits is not None:
+                on_logits(logits)
+            column, masks = sampler.sample(logits)
+            yield column, masks
+            if sampler.done:
+                return
+            logits = step_fn(torch.tensor(column, dtype=torch.long, device=dev))
+
+    def check_request(self, prompts: list[list[int]], num_samples: int, max_tokens: int | None, repetition_penalty: float = 1.0,
+                      no_repeat_ngram: int = 0, frequency_penalty: float = 0.0, presence_penalty: float = 0.0) -> int:  # fmt: skip
+        """The number of tokens a request may generate (its max_tokens cut to the room the context leaves);
+        NanochatError with the fix when its settings are out of range or a prompt fills the context."""
         if num_samples < 1:
             raise NanochatError(f"num_samples must be at least 1 (got {num_samples})")
         try:
@@ -217,34 +282,13 @@ class Engine:
         if longest >= self.sequence_len:
             raise NanochatError(f"a prompt of {longest} tokens leaves no room in the {self.sequence_len}-token context; shorten it")
         room = self.sequence_len - longest
-        max_tokens = room if max_tokens is None else max(0, min(int(max_tokens), room))
-        if max_tokens == 0:
-            return
-        rows = len(prompts) * num_samples
-        dev = self.device
-        logits, step_fn = self._prefill(prompts, num_samples, longest, max_tokens)
+        return room if max_tokens is None else max(0, min(int(max_tokens), room))
 
-        generator = make_generator(seed, dev) if temperature > 0 else None
-        tok = self.tokenizer
-        states = [RowState(self.ids, tok.encode, tok.decode, self.calculator) for _ in range(rows)]
-        guard = _RepetitionGuard(rows, logits.size(-1), dev, self._special_ids(), repetition_penalty, no_repeat_ngram, frequency_penalty, presence_penalty)
-        for _step in range(max_tokens):
-            if on_logits is not None:
-                on_logits(logits)
-            sampled = sample_next_token(guard.apply(logits), generator, temperature, top_k, top_p).tolist()
-            column, masks = [], []
-            for i, (st, s) in enumerate(zip(states, sampled)):
-                was_done = st.done
-                t, m = st.next_token(s)
-                if not was_done:
-                    st.observe(t)
-                    guard.push(i, t, m)
-                column.append(t)
-                masks.append(m)
-            yield column, masks
-            if all(st.done for st in states):
-                return
-            logits = step_fn(torch.tensor(column, dtype=torch.long, device=dev))
+    def decode_batch(self, slots: int):
+        """A continuous decode batch of `slots` rows over this engine (engine/batcher.py)."""
+        from nanochat.engine.batcher import DecodeBatch
+
+        return DecodeBatch(self, slots)
 
     def generate_batch(
         self,

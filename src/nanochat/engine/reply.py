@@ -17,6 +17,10 @@ The engine runs the calculator tool itself (engine.py); its call and result reac
 streaming decoder's display (`<<expr = result>>`). `should_stop()` is asked before each token is handled:
 when it says yes, the events end there with no finish and no done (the client has gone). `close()` ends
 an interrupted reply and gives back the text still held for each unfinished choice (a terminal's Ctrl-C).
+
+`events()` drives `engine.generate` itself. The server's continuous batch (serve/workers.py over
+engine/batcher.py) drives the same reply from outside instead: `generation_kwargs()` to join the batch,
+then `opening()`, `advance(column)` per step and `ending()`: the same events, one request among many.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ class Reply:
         self.texts = [""] * params.n
         self.counts = [0] * params.n
         self.finished = [False] * params.n
+        self.steps = 0  # engine steps handled so far
+        self._rows: list = []  # the latest step's log-softmax, when log-probabilities are asked for
         self._events: Iterator[Event] | None = None
 
     @property
@@ -106,39 +112,53 @@ class Reply:
                 out.append(("finish", i, "stop"))
         return out
 
-    def _generate(self) -> Iterator[Event]:
+    def generation_kwargs(self) -> dict:
+        """The engine's arguments for this reply (Engine.generate, or a decode batch's join)."""
         p = self.params
-        if p.prompt_logprobs:
-            yield ("prompt_logprobs", token_entries(self.engine.model, self.prompt_ids, self.names, p.logprobs or 0))
-        rows: list = []  # the latest step's log-softmax, when log-probabilities are asked for
-        extra = {}
+        kw = dict(num_samples=p.n, max_tokens=p.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed,
+                  repetition_penalty=p.repetition_penalty, no_repeat_ngram=p.no_repeat_ngram,
+                  frequency_penalty=p.frequency_penalty, presence_penalty=p.presence_penalty)  # fmt: skip
         if p.logprobs is not None:
-            import torch
+            kw["on_logits"] = self._keep_logprobs
+        return kw
 
-            extra["on_logits"] = lambda logits: rows.append(torch.log_softmax(logits.float(), dim=-1).cpu())
-        gen = self.engine.generate(
-            self.prompt_ids, num_samples=p.n, max_tokens=p.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed,
-            repetition_penalty=p.repetition_penalty, no_repeat_ngram=p.no_repeat_ngram,
-            frequency_penalty=p.frequency_penalty, presence_penalty=p.presence_penalty, **extra,
-        )  # fmt: skip
-        steps = 0
+    def _keep_logprobs(self, logits) -> None:
+        import torch
+
+        self._rows.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+
+    def opening(self) -> list[Event]:
+        """The events before any token: the prompt's log-probabilities, when asked for."""
+        p = self.params
+        if not p.prompt_logprobs:
+            return []
+        return [("prompt_logprobs", token_entries(self.engine.model, self.prompt_ids, self.names, p.logprobs or 0))]
+
+    def advance(self, column: list[int]) -> list[Event]:
+        """The events of one engine step's token column (one token per choice)."""
+        self.steps += 1
+        if self.on_step is not None:
+            self.on_step(self.steps, self.finished.count(False))
+        step_rows = self._rows.pop() if self._rows else None
+        self._rows.clear()
+        return self._step(column, step_rows)
+
+    def ending(self) -> list[Event]:
+        """The last events once the engine has no more tokens: "length" for every open choice, then done."""
+        return [ev for i in range(self.params.n) if not self.finished[i] for ev in self._finish(i, "length")] + [("done", self.usage)]
+
+    def _generate(self) -> Iterator[Event]:
+        yield from self.opening()
+        gen = self.engine.generate(self.prompt_ids, **self.generation_kwargs())
         try:
             for column, _masks in gen:
                 if self.should_stop():
                     return
-                steps += 1
-                if self.on_step is not None:
-                    self.on_step(steps, self.finished.count(False))
-                step_rows = rows.pop() if rows else None
-                rows.clear()
-                yield from self._step(column, step_rows)
+                yield from self.advance(column)
                 if all(self.finished):
                     break
         finally:
             gen.close()
         if self.should_stop():
             return
-        for i in range(p.n):
-            if not self.finished[i]:
-                yield from self._finish(i, "length")
-        yield ("done", self.usage)
+        yield from self.ending()

@@ -20,6 +20,11 @@ position and later tokens overwrite those slots, so the padding is never read.
 `max_filled` is a host-side upper bound of `lengths`, kept so that a decode step needs no device sync to check
 capacity or to slice the filled part of the cache. With `read_all=True` attention reads all `max_len` slots
 (masked) instead of the filled part, so every decode step has the same shapes: what a captured CUDA graph needs.
+
+Continuous batching (engine/batcher.py) keeps one cache whose rows are slots that requests take and give back:
+`load_row(prefilled, row)` puts a one-row prefilled cache into one row, and `window(rows, length)` is a cache over
+the first rows and slots sharing this one's memory, so a decode step runs only as many rows (and, with
+`read_all`, reads only as many slots) as the requests in it need.
 """
 
 from __future__ import annotations
@@ -116,13 +121,40 @@ class KVCache:
         """Copy another cache's contents; a one-row `other` is replicated into every row (prefill once, sample many)."""
         if other.batch_size not in (1, self.batch_size):
             raise NanochatError(f"cannot copy a {other.batch_size}-row cache into a {self.batch_size}-row one")
-        if other.k.shape[0] != self.k.shape[0] or other.k.shape[3:] != self.k.shape[3:]:
-            raise NanochatError("cannot copy between KV caches of different models")
-        n = other.max_filled
-        if n > self.max_len:
-            raise NanochatError(f"the source cache holds {n} tokens but this one has only {self.max_len} slots")
+        n = self._source_length(other)
         self.k[:, :, :n] = other.k[:, :, :n]
         self.v[:, :, :n] = other.v[:, :, :n]
         self.tokens[:, :n] = other.tokens[:, :n]
         self.lengths.copy_(other.lengths.expand(self.batch_size))
         self.max_filled = n
+
+    def _source_length(self, other: "KVCache") -> int:
+        """The tokens `other` holds, once it is known to be a cache of the same model that fits here."""
+        if other.k.shape[0] != self.k.shape[0] or other.k.shape[3:] != self.k.shape[3:]:
+            raise NanochatError("cannot copy between KV caches of different models")
+        if other.max_filled > self.max_len:
+            raise NanochatError(f"the source cache holds {other.max_filled} tokens but this one has only {self.max_len} slots")
+        return other.max_filled
+
+    def load_row(self, other: "KVCache", row: int) -> None:
+        """Copy a one-row cache into row `row` (its length becomes the other's); the other rows are untouched."""
+        if other.batch_size != 1:
+            raise NanochatError(f"load_row takes a one-row cache (got {other.batch_size} rows)")
+        n = self._source_length(other)
+        self.k[:, row, :n] = other.k[:, 0, :n]
+        self.v[:, row, :n] = other.v[:, 0, :n]
+        self.tokens[row, :n] = other.tokens[0, :n]
+        self.lengths[row] = n
+        self.max_filled = max(self.max_filled, n)
+
+    def window(self, rows: int, length: int | None = None) -> "KVCache":
+        """A cache over rows 0..rows-1 and slots 0..length-1 (default all) that shares this one's tensors:
+        writes and length updates land here too. Its `max_filled` starts at this one's bound, cut to `length`."""
+        length = self.max_len if length is None else length
+        if not (1 <= rows <= self.batch_size and 1 <= length <= self.max_len):
+            raise NanochatError(f"a cache window wants 1 to {self.batch_size} rows and 1 to {self.max_len} slots (got {rows}, {length})")
+        view = KVCache.__new__(KVCache)
+        view.k, view.v = self.k[:, :rows, :length], self.v[:, :rows, :length]
+        view.lengths, view.tokens = self.lengths[:rows], self.tokens[:rows, :length]
+        view.max_filled, view.read_all = min(self.max_filled, length), self.read_all
+        return view

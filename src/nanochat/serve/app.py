@@ -23,8 +23,9 @@ the API key must match when one is set (Bearer, or HTTP Basic with the key as pa
 browser can open the page; constant-time compare; /health is exempt), a body over 1 MB is refused
 with 413, a POST body that is not `application/json` with 415. Then `validation.parse_chat_request` turns any malformed body into a 400/413/422 JSON error, and a
 `model` other than the served name (or the generic `nanochat`) gets 404. Every answer carries `usage`.
-Generation runs on worker threads (`workers.WorkerPool`); when its bounded queue is full the answer
-is 503 with Retry-After. A client that disconnects cancels its job, which stops at the next token.
+Generation runs on worker threads (`workers.WorkerPool`), each decoding up to `--batch-slots` requests in
+one continuous batch (requests join and leave between tokens); when every slot is taken and the bounded
+queue is full the answer is 503 with Retry-After. A client that disconnects cancels its job, which stops at the next token.
 Every error, whatever the route, is an OpenAI error envelope `{"error": {"message", "type", ...}}`.
 Conversations are never logged unless `log_requests` is set.
 
@@ -64,7 +65,7 @@ from nanochat.serve.config import ServeConfig, check_bind  # noqa: F401  (check_
 from nanochat.serve.metrics import Metrics
 from nanochat.serve.responses import SSEResponse, collect_unless_gone, read_body
 from nanochat.serve.validation import ApiError, check_model, parse_chat_request
-from nanochat.serve.workers import Job, QueueFull, WorkerPool
+from nanochat.serve.workers import Job, QueueFull, WorkerPool, default_batch_slots
 
 log = logging.getLogger("nanochat.serve")
 
@@ -99,9 +100,10 @@ def _load_engines(state: ServerState, config: ServeConfig, metrics: Metrics, loa
         state.context_len = e0.sequence_len
         state.tokenizer = e0.tokenizer
         state.vocab_size = e0.tokenizer.vocab_size
-        state.pool = WorkerPool(engines, queue_size=config.queue_size, on_tokens=metrics.add_tokens)
+        slots = config.batch_slots or default_batch_slots(getattr(e0, "device", "cpu"))
+        state.pool = WorkerPool(engines, queue_size=config.queue_size, on_tokens=metrics.add_tokens, slots=slots)
         state.status = "ready"
-        log.info("model ready: %d worker(s), context %d", len(engines), state.context_len)
+        log.info("model ready: %d worker(s) of %d batch slots, context %d", len(engines), slots, state.context_len)
     except Exception as e:
         state.status, state.error = "failed", f"{type(e).__name__}: {e}"
         log.error("loading the model failed: %s", state.error)
@@ -118,6 +120,8 @@ def _ready_pool(state: ServerState) -> WorkerPool:
 def _submit(request: Request, prompt_ids: list[int], params: ReplyParams) -> Job:
     """Queue a generation job for this request (the model is ready); 503 with Retry-After when the queue is full."""
     app = request.app.state
+    if params.n > app.nanochat.pool.max_n:
+        raise ApiError(400, f"n={params.n} choices need more than this server's {app.nanochat.pool.max_n} batch slots; ask for fewer (or serve with more --batch-slots)", param="n", code="unsupported_parameter")
     job = Job(prompt_ids, params, loop=asyncio.get_running_loop())
     try:
         app.nanochat.pool.submit(job)
@@ -137,7 +141,7 @@ async def health(request: Request) -> Response:
     pool = state.pool
     body = {"status": "ok" if state.status == "ready" else state.status, "ready": state.status == "ready", "model": config.model_name}
     if pool is not None:
-        body.update(workers=len(pool.workers), busy=pool.busy, waiting=pool.waiting, context_len=state.context_len)
+        body.update(workers=len(pool.workers), slots=pool.slots, running=pool.running, busy=pool.busy, waiting=pool.waiting, context_len=state.context_len)
     if state.error:
         body["error"] = state.error
     return JSONResponse(body, status_code=200 if state.status == "ready" else 503, headers={"Cache-Control": "no-store"})

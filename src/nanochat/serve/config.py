@@ -18,7 +18,8 @@ class ServeConfig:
     port: int = 8000
     api_key: str | None = None
     allowed_hosts: list[str] | None = None  # None: loopback names when bound to loopback, else any; ["*"]: any
-    queue_size: int = 16
+    queue_size: int = 16  # requests that may wait for a free batch slot; beyond that, 503
+    batch_slots: int | None = None  # decode rows per worker (requests decoded together); None: 32 on CUDA, 8 otherwise
     log_requests: bool = False
     model_name: str = "nanochat"
     default_max_tokens: int = 512

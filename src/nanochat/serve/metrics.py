@@ -62,7 +62,9 @@ class Metrics:
             ("nanochat_ready", "1 when the model is loaded and serving.", 1 if state.status == "ready" else 0),
             ("nanochat_workers", "Engine workers.", len(pool.workers) if pool else 0),
             ("nanochat_workers_busy", "Engine workers generating now.", pool.busy if pool else 0),
-            ("nanochat_queue_waiting", "Requests waiting for a worker.", pool.waiting if pool else 0),
+            ("nanochat_batch_slots", "Decode batch slots over all workers.", pool.slots if pool else 0),
+            ("nanochat_requests_running", "Requests in a decode batch now.", pool.running if pool else 0),
+            ("nanochat_queue_waiting", "Requests waiting for a batch slot.", pool.waiting if pool else 0),
         ]
         for kind, rows in (("counter", counters), ("gauge", gauges)):
             for name, help_, value in rows:
