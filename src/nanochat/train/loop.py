@@ -14,6 +14,11 @@ the non-finite-loss guard, val bits-per-byte and greedy samples.
 - `wandb_run`: the wandb run `--run NAME` asks for (rank 0), or None: `--run dummy`, other ranks, or
   wandb not installed (a warning; metrics.jsonl has everything anyway). sft and rl hand it to their
   `MetricsLog`, which copies every record's numbers to it.
+- `TrainingRun` and `Stage`: the run skeleton of every stage. `TrainingRun.run(stage)` walks the steps:
+  at the top of each step the stage's evaluations (once per step, also when a skipped step repeats it),
+  a checkpoint when due (the cadence, the last step, a stop signal), then one optimizer step timed by
+  the clock, the non-finite-loss guard, the progress line and the metrics record; it always tears the
+  progress bar, the signal handlers and the metrics file down. A stage supplies only what is its own.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import math
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -314,3 +320,134 @@ def wandb_run(run: str, rank: int, project: str, config: dict):
         warn0(f"--run {run} asks for wandb, which is not installed (pip install wandb); logging to metrics.jsonl only")
         return None
     return wandb.init(project=project, name=run, config=config)
+
+
+# ------------------------------------------------------------------------------------------------
+# the run skeleton
+
+
+@dataclass
+class StepResult:
+    """One step's forward/backward as every rank agreed on it."""
+
+    loss: float
+    stop: bool  # a stop signal reached some rank
+
+
+class Stage:
+    """What a training stage supplies to `TrainingRun.run`. The skeleton calls, per step:
+    `is_last`, `evaluate` (once per step value), `save` (when due), then `forward_backward`, `update`
+    (after a finite loss) and `record`; `discard` after a non-finite loss when `max_bad_steps` > 0."""
+
+    max_bad_steps = 0  # > 0: a non-finite loss skips the step (it repeats); that many in a row stop the run
+    bad_steps_fix = ""  # the end of that error: what to do
+
+    def is_last(self, step: int) -> bool:
+        raise NotImplementedError
+
+    def evaluate(self, step: int, last: bool) -> None:
+        """Evaluations and samples at the top of `step` (the state after `step` updates)."""
+
+    def save(self, step: int) -> None:
+        raise NotImplementedError
+
+    def forward_backward(self, step: int, stop_requested: bool) -> StepResult:
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        """Forget the gradient of a skipped step."""
+
+    def update(self, step: int, loss: float) -> None:
+        raise NotImplementedError
+
+    def record(self, step: int, dt: float, loss: float) -> tuple[str, dict]:
+        """The progress line and the metrics record of the step just taken (`step` counts it)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the stage holds (loaders, threads) when the run ends, also by an error."""
+
+
+class TrainingRun:
+    """The loop, its clock, progress, metrics file, stop signal and checkpoint writing, for any stage."""
+
+    def __init__(self, command: str, run_dir: Path, total: int, start_step: int, resumed: bool, *, rank: int, world: int,
+                 device_type: str, save_every: int, keep_last: int | None, loop_state: dict, clock_warmup: int, wandb=None) -> None:
+        self.command, self.run_dir, self.rank, self.world = command, Path(run_dir), rank, world
+        self.device_type, self.save_every, self.keep_last = device_type, save_every, keep_last
+        self.start_step = self.step = start_step
+        self.resumed = resumed
+        master = rank == 0
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=start_step if resumed else None, enabled=master, wandb=wandb)
+        self.stop = StopSignal()
+        self.clock = StepClock(warmup=clock_warmup, total=loop_state.get("total_training_time", 0.0))
+        self.progress = Progress(total, start_step, enabled=master)
+        self.stopped_by_signal = False
+        self.t_start = time.time()
+
+    def note(self, line: str) -> None:
+        self.progress.note(line)
+
+    def checkpoint(self, step: int, model, optimizer, meta: dict | None, rank_state: dict) -> None:
+        """Save `step` (weights and meta from rank 0, optimizer shard and `rank_state` from every rank)."""
+        from nanochat.common import checkpoint as ck
+
+        t0 = time.time()
+        path = ck.save_checkpoint(self.run_dir, step, model_state=model.state_dict() if self.rank == 0 else None, meta=meta,
+                                  optimizer_state=optimizer.state_dict(), rank_state=rank_state, rank=self.rank, world_size=self.world,
+                                  keep_last=self.keep_last)  # fmt: skip
+        self.note(f"saved step {step} to {path} ({time.time() - t0:.1f}s)")
+
+    def run(self, stage: Stage) -> None:
+        """Train from `start_step` until the stage's last step or a stop signal (a checkpoint is saved either way)."""
+        self.stop.install()
+        try:
+            self._loop(stage)
+        finally:
+            self.progress.close()
+            self.stop.uninstall()
+            stage.close()
+            self.metrics.close()
+
+    def _loop(self, stage: Stage) -> None:
+        stop_synced = False  # the stop request as all ranks agreed on it
+        top_done_for = -1
+        bad_in_row = 0
+        while True:
+            step = self.step
+            last = stage.is_last(step)
+            top = top_done_for != step
+            top_done_for = step
+            if top:
+                stage.evaluate(step, last)
+            due = top and self.save_every > 0 and step % self.save_every == 0
+            if step != self.start_step and (last or stop_synced or due):  # a run resumed at its end has nothing new
+                stage.save(step)
+            if last or stop_synced:
+                self.stopped_by_signal = stop_synced and not last
+                return
+            self.clock.start(self.device_type)
+            result = stage.forward_backward(step, self.stop.requested)
+            stop_synced = result.stop
+            if stage.max_bad_steps > 0 and not math.isfinite(result.loss):
+                stage.discard()  # parameters and optimizer state untouched
+                bad_in_row += 1
+                self.clock.stop(self.device_type, 0)
+                self.note(f"step {step:05d} | loss {result.loss} is not finite: step skipped ({bad_in_row}/{stage.max_bad_steps})")
+                self.metrics.write({"kind": "skip", "step": step, "loss": str(result.loss)})
+                if bad_in_row >= stage.max_bad_steps:
+                    from nanochat.common.errors import NanochatError
+
+                    raise NanochatError(f"{bad_in_row} steps in a row had a non-finite loss at step {step}; {stage.bad_steps_fix}")
+                continue
+            bad_in_row = 0
+            stage.update(step, result.loss)
+            dt = self.clock.stop(self.device_type, step - self.start_step)
+            self.step = step + 1
+            line, record = stage.record(self.step, dt, result.loss)
+            self.progress.step(line, self.step)
+            self.metrics.write(record)
+
+    def stopped_line(self) -> str:
+        """What rank 0 prints when a signal stopped the run."""
+        return f"{self.stop.signame}: saved step {self.step} and stopped; `nanochat {self.command} ... --resume auto` continues"

@@ -52,7 +52,7 @@ from nanochat.engine.loading import load_model
 from nanochat.common.errors import NanochatError, UsageError
 from nanochat.common.logging import print0, table, warn0
 from nanochat.optim import schedules
-from nanochat.train.loop import MetricsLog, Progress, StepClock, StopSignal, format_duration, read_metrics, record_report, run_distributed, sync_step_stats, wandb_run
+from nanochat.train.loop import Stage, StepResult, TrainingRun, format_duration, read_metrics, record_report, run_distributed, sync_step_stats, wandb_run
 
 OFFLINE_TRAIN_LABEL = "GSM8K train partition carved from the test split (1,000 problems)"
 OFFLINE_EVAL_LABEL = "GSM8K test, held-out 319 problems (disjoint from the train partition)"
@@ -317,21 +317,11 @@ def run_rl(cfg: RLConfig) -> dict:
     return run_distributed(cfg.device, lambda device_type, info: _train(cfg, info))
 
 
-def _train(cfg: RLConfig, info) -> dict:
-    import torch
+def _start(cfg: RLConfig, rank: int, world: int, device: str):
+    """The policy to train: the rl checkpoint to resume, or the starting checkpoint. Returns
+    (model, tokenizer, model_config, tag, resume_at, started_from, meta)."""
+    from nanochat.common.dist import SameOnEveryRank, check_shared_dir
 
-    from nanochat.common.dist import SameOnEveryRank, agree, check_shared_dir
-    from nanochat.engine.engine import Engine
-    from nanochat.optim import build_optimizer
-
-    rank, world, device = info.rank, info.world_size, info.device
-    device_type = device.split(":")[0]
-    master = rank == 0
-    if cfg.examples_per_step % world:
-        raise UsageError(f"--examples-per-step {cfg.examples_per_step} must be a multiple of the {world} processes")
-    examples_per_rank = cfg.examples_per_step // world
-
-    # ---- the starting checkpoint, or the rl checkpoint to resume
     src = ck.resolve_checkpoint(cfg.source, cfg.model_tag, cfg.step)
     tag = src.tag
     check_shared_dir(ck.checkpoint_dir("rl", tag))  # every rank writes into the checkpoint folder rank 0 creates
@@ -348,10 +338,14 @@ def _train(cfg: RLConfig, info) -> dict:
     else:
         model, tokenizer, meta = load_model(cfg.source, src.tag, src.step, device=device)
         started_from = {"source": cfg.source, "model_tag": src.tag, "step": src.step}
-        if master and cfg.resume == "never" and ck.list_steps("rl", tag):
+        if rank == 0 and cfg.resume == "never" and ck.list_steps("rl", tag):
             warn0(f"--resume never: starting afresh; checkpoints saved by this run replace those in {ck.checkpoint_dir('rl', tag)}")
-    model_config = meta["model_config"]
-    engine = Engine(model, tokenizer)
+    return model, tokenizer, meta["model_config"], tag, resume_at, started_from, meta
+
+
+def _problems(cfg: RLConfig, tokenizer, sequence_len: int, rank: int, world: int):
+    """(train task, eval task, train label, eval label, usable train indices, steps), the same on every machine."""
+    from nanochat.common.dist import agree
 
     def tasks():
         loaded = load_rl_tasks(cfg.task, cfg.train_split, rank)
@@ -359,173 +353,208 @@ def _train(cfg: RLConfig, info) -> dict:
 
     # the same problems on every machine: one that fell back to other data stops all before step 0
     train_task, eval_task, train_label, eval_label = agree("the RL problems", tasks, fix="give every machine the same task data (or one shared NANOCHAT_HOME) and network access alike")
-    task_label = "demo-arith" if cfg.task == "demo-arith" else "gsm8k"
     # problems whose prompt leaves no room to answer in the context cannot be trained on: leave them out
-    usable = [i for i in range(len(train_task)) if len(tokenizer.render_for_completion(train_task[i]["messages"])) < engine.sequence_len]
+    usable = [i for i in range(len(train_task)) if len(tokenizer.render_for_completion(train_task[i]["messages"])) < sequence_len]
     if len(usable) < len(train_task):
-        warn0(f"{len(train_task) - len(usable)} of {len(train_task)} training problems leave no room to answer in the {engine.sequence_len}-token context; skipping them")
+        warn0(f"{len(train_task) - len(usable)} of {len(train_task)} training problems leave no room to answer in the {sequence_len}-token context; skipping them")
     if len(usable) < world:
-        raise NanochatError(f"only {len(usable)} training problems fit the model's {engine.sequence_len}-token context; use a model with a longer context")
+        raise NanochatError(f"only {len(usable)} training problems fit the model's {sequence_len}-token context; use a model with a longer context")
     n = cfg.num_iterations if cfg.num_iterations > 0 else (len(usable) // cfg.examples_per_step) * cfg.num_epochs
     if n < 1:
         raise UsageError(f"{len(usable)} training problems make no step of {cfg.examples_per_step}; lower --examples-per-step")
+    return train_task, eval_task, train_label, eval_label, usable, n
 
+
+def _plan_rows(cfg: RLConfig, model, model_config: dict, started_from: dict, s: "_Setting") -> list[tuple[str, str]]:
+    f = cfg.init_lr_frac
+    return [
+        ("start from", f"{started_from.get('source')}/{started_from.get('model_tag')} step {started_from.get('step')}"),
+        ("model", f"depth {model_config['n_layer']}, width {model_config['n_embd']}, context {model_config['sequence_len']}, {model.param_counts()['total']:,} parameters"),
+        ("train data", s.train_label + (f"; {len(s.usable)} fit the context" if len(s.usable) < len(s.train_task) else "")),
+        ("eval data", f"{s.eval_label}: pass@1..{cfg.sampling_batch} on {min(cfg.eval_examples, len(s.eval_task))} problems every {cfg.eval_every} steps and at the end"),
+        ("steps", f"{s.n} ({cfg.examples_per_step} problems per step, {s.examples_per_rank} per process × {s.world})"),
+        ("rollouts", f"{cfg.num_samples} per problem in batches of {cfg.sampling_batch}, ≤ {cfg.max_new_tokens} new tokens, T={cfg.temperature:g}, top-k {cfg.top_k or 'off'}"),
+        ("sequences per step", f"{cfg.examples_per_step * cfg.num_samples}"),
+        ("learning rates", f"matrix {cfg.matrix_lr * f:.4g}, embedding {cfg.embedding_lr * f:.4g}, unembedding {cfg.unembedding_lr * f:.4g}, scalar {cfg.scalar_lr * f:.4g} (× init-lr-frac {f:g}; before width scaling)"),
+        ("schedule", "LR × (1 − step/steps); no weight decay; no warmup"),
+        ("device", f"{s.device} × {s.world}"),
+        ("checkpoints", f"{ck.checkpoint_dir('rl', s.tag)} (every {cfg.save_every if cfg.save_every > 0 else '-'} steps and at the end; keep {cfg.keep_last or 'all'})"),
+    ]
+
+
+@dataclass
+class _Setting:
+    """What one RL run works on: its problems, steps and place among the processes."""
+
+    tag: str
+    train_task: Any
+    eval_task: Any
+    train_label: str
+    eval_label: str
+    usable: list[int]
+    n: int
+    rank: int
+    world: int
+    device: str
+    examples_per_rank: int  # problems per step on this process
+
+
+class RLStage(Stage):
+    """REINFORCE steps: rollouts per problem, the policy-gradient backward, an update; pass@k at the top of a step."""
+
+    def __init__(self, cfg: RLConfig, run: TrainingRun, model, tokenizer, engine, optimizer, s: _Setting, model_config: dict,
+                 started_from: dict, loop_state: dict, resumed: bool) -> None:
+        self.cfg, self.run, self.model, self.tokenizer, self.engine, self.optimizer, self.s = cfg, run, model, tokenizer, engine, optimizer, s
+        self.examples_per_rank, self.model_config, self.started_from, self.resumed = s.examples_per_rank, model_config, started_from, resumed
+        self.passk: dict | None = loop_state.get("passk")
+        self.passk_start: dict | None = loop_state.get("passk_start")  # the evaluation before any RL step
+        self.signal_total, self.groups_total = loop_state.get("signal_groups", 0), loop_state.get("groups", 0)
+        self.warned = False
+        self.stats: dict = {}
+
+    def is_last(self, step: int) -> bool:
+        return step == self.s.n
+
+    def evaluate(self, step: int, last: bool) -> None:
+        cfg = self.cfg
+        if cfg.eval_every <= 0 or not (last or step % cfg.eval_every == 0) or (self.resumed and step == self.run.start_step and self.passk):
+            return
+        self.model.eval()
+        t0 = time.time()
+        self.passk, too_long = evaluate_passk(self.engine, self.tokenizer, self.s.eval_task, cfg.eval_examples, cfg.sampling_batch, cfg,
+                                              self.s.rank, self.s.world, self.s.device)  # fmt: skip
+        if step == 0:
+            self.passk_start = self.passk
+        note = f"; {too_long} prompts too long for the context counted as failed" if too_long else ""
+        self.run.note(f"step {step:05d} | " + ", ".join(f"{k} {v:.4f}" for k, v in self.passk.items()) + f" ({time.time() - t0:.0f}s{note})")
+        self.run.metrics.write({"kind": "eval", "step": step, **self.passk})
+
+    def save(self, step: int) -> None:
+        meta = {
+            "model_config": self.model_config, "user_config": asdict(self.cfg), "started_from": self.started_from, "num_steps": self.s.n,
+            "train_data": self.s.train_label, "eval_data": self.s.eval_label, "passk": self.passk,
+            "loop_state": {"passk": self.passk, "passk_start": self.passk_start, "total_training_time": self.run.clock.total,
+                           "signal_groups": self.signal_total, "groups": self.groups_total},
+        } if self.s.rank == 0 else None  # fmt: skip
+        self.run.checkpoint(step, self.model, self.optimizer, meta, {"rank": self.s.rank})
+
+    def forward_backward(self, step: int, stop_requested: bool) -> StepResult:
+        import torch
+
+        cfg, s = self.cfg, self.s
+        loss_sum = torch.zeros((), device=s.device)
+        rewards, lengths = [], []
+        with_signal = 0  # questions of this rank whose rollouts' rewards differ
+        rollout_s = 0.0  # time spent sampling (the rest is forward/backward and the update)
+        for e in range(self.examples_per_rank):
+            idx = s.usable[example_index(step, e, self.examples_per_rank, s.rank, s.world, len(s.usable))]
+            self.model.eval()
+            t0 = time.perf_counter()
+            ro = collect_rollouts(self.engine, self.tokenizer, s.train_task, idx, step, cfg, s.device)
+            rollout_s += time.perf_counter() - t0
+            self.model.train()
+            loss_sum += backward_rollouts(self.model, ro, cfg.sampling_batch, self.examples_per_rank)
+            with_signal += ro.has_signal
+            rewards.append(float(ro.rewards.mean()))
+            lengths += ro.lengths
+        # the loss is already divided by examples_per_rank: its sum over questions is this rank's loss
+        loss_value, stop_synced = sync_step_stats(loss_sum, 1, stop_requested, s.world)
+        stats = torch.tensor([sum(rewards) / len(rewards), sum(lengths) / len(lengths), sum(lengths), with_signal], dtype=torch.float64, device=s.device)
+        if s.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(stats, op=dist.ReduceOp.SUM)
+        self.stats = {"reward": stats[0].item() / s.world, "length": stats[1].item() / s.world, "tokens": stats[2].item(),
+                      "signal": int(stats[3].item()), "rollout_s": rollout_s}  # fmt: skip
+        self.signal_total += self.stats["signal"]
+        self.groups_total += cfg.examples_per_step
+        return StepResult(loss_value, stop_synced)
+
+    def update(self, step: int, loss: float) -> None:
+        self.lrm = schedules.rl_lr_multiplier(step, self.s.n)
+        self.optimizer.set_schedule(self.lrm)
+        if math.isfinite(loss):
+            self.optimizer.step()
+        else:  # parameters and optimizer state untouched
+            self.run.note(f"step {step:05d} | loss {loss} is not finite: update skipped")
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def record(self, step: int, dt: float, loss: float) -> tuple[str, dict]:
+        st, n, groups = self.stats, self.s.n, self.cfg.examples_per_step
+        line = (f"step {step:05d}/{n:05d} ({100 * step / n:.1f}%) | reward {st['reward']:.4f} | signal {st['signal'] / groups:.2f} | "
+                f"seq len {st['length']:.1f} | "
+                f"loss {loss:+.5f} | lrm {self.lrm:.3f} | dt {dt * 1000:.0f}ms ({100 * st['rollout_s'] / dt:.0f}% sampling) | sampled tok/s {st['tokens'] / dt:,.0f} | "
+                f"eta {format_duration(self.run.clock.eta(n - step, dt))}")  # fmt: skip
+        record = {"kind": "train", "step": step - 1, "reward": st["reward"], "sequence_length": st["length"], "loss": loss,
+                  "signal": st["signal"] / groups, "lrm": self.lrm, "dt": dt, "sampled_tokens": st["tokens"], "rollout_s": st["rollout_s"],
+                  "time": time.time()}  # fmt: skip
+        # judged over a few steps (one step's handful of groups is noise), once per run
+        if self.s.rank == 0 and not self.warned and (step - self.run.start_step >= 3 or step == n):
+            message = no_signal_warning(self.signal_total, self.groups_total, self.cfg.task)
+            if message:
+                warn0(message)
+                self.warned = True
+        return line, record
+
+
+def _train(cfg: RLConfig, info) -> dict:
+    from nanochat.engine.engine import Engine
+    from nanochat.optim import build_optimizer
+
+    rank, world, device = info.rank, info.world_size, info.device
+    if cfg.examples_per_step % world:
+        raise UsageError(f"--examples-per-step {cfg.examples_per_step} must be a multiple of the {world} processes")
+    model, tokenizer, model_config, tag, resume_at, started_from, meta = _start(cfg, rank, world, device)
+    engine = Engine(model, tokenizer)
+    s = _Setting(tag, *_problems(cfg, tokenizer, engine.sequence_len, rank, world), rank=rank, world=world, device=device,
+                 examples_per_rank=cfg.examples_per_step // world)
     f = cfg.init_lr_frac
     optimizer = build_optimizer(model, matrix_lr=cfg.matrix_lr * f, embedding_lr=cfg.embedding_lr * f, unembedding_lr=cfg.unembedding_lr * f,
                                 scalar_lr=cfg.scalar_lr * f, weight_decay=0.0)  # fmt: skip
     for group in optimizer.param_groups:  # RL uses no weight decay in any group (AdamW ones included)
         group["weight_decay"] = 0.0
-
-    run_dir = ck.checkpoint_dir("rl", tag)
     loop_state: dict = {}
     start_step = 0
     if resume_at is not None:
-        path = run_dir / ck.step_name(resume_at)
+        path = ck.checkpoint_dir("rl", tag) / ck.step_name(resume_at)
         opt_state, _ = ck.load_rank_state(path, rank, device)
         optimizer.load_state_dict(opt_state)
         loop_state = meta.get("loop_state", {})
         start_step = resume_at
-        if meta.get("num_steps") not in (None, n):
-            warn0(f"the checkpoint was planned for {meta['num_steps']} steps, this run for {n}; the LR schedule follows this run")
+        if meta.get("num_steps") not in (None, s.n):
+            warn0(f"the checkpoint was planned for {meta['num_steps']} steps, this run for {s.n}; the LR schedule follows this run")
         print0(f"resuming rl/{tag} from step {start_step} ({path})")
 
-    batch = cfg.sampling_batch
-    eval_k = batch
-    rows = [
-        ("start from", f"{started_from.get('source')}/{started_from.get('model_tag')} step {started_from.get('step')}"),
-        ("model", f"depth {model_config['n_layer']}, width {model_config['n_embd']}, context {model_config['sequence_len']}, {model.param_counts()['total']:,} parameters"),
-        ("train data", train_label + (f"; {len(usable)} fit the context" if len(usable) < len(train_task) else "")),
-        ("eval data", f"{eval_label}: pass@1..{eval_k} on {min(cfg.eval_examples, len(eval_task))} problems every {cfg.eval_every} steps and at the end"),
-        ("steps", f"{n} ({cfg.examples_per_step} problems per step, {examples_per_rank} per process × {world})"),
-        ("rollouts", f"{cfg.num_samples} per problem in batches of {batch}, ≤ {cfg.max_new_tokens} new tokens, T={cfg.temperature:g}, top-k {cfg.top_k or 'off'}"),
-        ("sequences per step", f"{cfg.examples_per_step * cfg.num_samples}"),
-        ("learning rates", f"matrix {cfg.matrix_lr * f:.4g}, embedding {cfg.embedding_lr * f:.4g}, unembedding {cfg.unembedding_lr * f:.4g}, scalar {cfg.scalar_lr * f:.4g} (× init-lr-frac {f:g}; before width scaling)"),
-        ("schedule", "LR × (1 − step/steps); no weight decay; no warmup"),
-        ("device", f"{device} × {world}"),
-        ("checkpoints", f"{run_dir} (every {cfg.save_every if cfg.save_every > 0 else '-'} steps and at the end; keep {cfg.keep_last or 'all'})"),
-        ("start", f"step {start_step}" + (" (resumed)" if resume_at is not None else "")),
-    ]
+    task_label = "demo-arith" if cfg.task == "demo-arith" else "gsm8k"
+    rows = _plan_rows(cfg, model, model_config, started_from, s) + [("start", f"step {start_step}" + (" (resumed)" if resume_at is not None else ""))]
     print0(table(f"nanochat rl: REINFORCE on {task_label}", rows))
+    run = TrainingRun("rl", ck.checkpoint_dir("rl", tag), s.n, start_step, resume_at is not None, rank=rank, world=world,
+                      device_type=device.split(":")[0], save_every=cfg.save_every, keep_last=cfg.keep_last, loop_state=loop_state,
+                      clock_warmup=1, wandb=wandb_run(cfg.run, rank, "nanochat-rl", asdict(cfg)))  # fmt: skip
+    stage = RLStage(cfg, run, model, tokenizer, engine, optimizer, s, model_config, started_from, loop_state, resume_at is not None)
+    run.run(stage)
+    return _finish(cfg, run, stage, task_label)
 
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if resume_at is not None else None, enabled=master,
-                         wandb=wandb_run(cfg.run, rank, "nanochat-rl", asdict(cfg)))
-    stop = StopSignal().install()
-    clock = StepClock(warmup=1, total=loop_state.get("total_training_time", 0.0))
-    progress = Progress(n, start_step, enabled=master)
-    user_config = asdict(cfg)
-    passk: dict | None = loop_state.get("passk")
-    passk_start: dict | None = loop_state.get("passk_start")  # the evaluation before any RL step
-    signal_total, groups_total = loop_state.get("signal_groups", 0), loop_state.get("groups", 0)
-    warned = False
-    step = start_step
-    stop_synced = False
-    stopped_by_signal = False
-    t_run = time.time()
 
-    def save(at_step: int) -> None:
-        t0 = time.time()
-        meta_out = {
-            "model_config": model_config, "user_config": user_config, "started_from": started_from, "num_steps": n,
-            "train_data": train_label, "eval_data": eval_label, "passk": passk,
-            "loop_state": {"passk": passk, "passk_start": passk_start, "total_training_time": clock.total,
-                           "signal_groups": signal_total, "groups": groups_total},
-        } if master else None  # fmt: skip
-        path = ck.save_checkpoint(run_dir, at_step, model_state=model.state_dict() if master else None, meta=meta_out,
-                                  optimizer_state=optimizer.state_dict(), rank_state={"rank": rank}, rank=rank, world_size=world,
-                                  keep_last=cfg.keep_last)  # fmt: skip
-        progress.note(f"saved step {at_step} to {path} ({time.time() - t0:.1f}s)")
-
-    try:
-        while True:
-            last = step == n
-            if cfg.eval_every > 0 and (last or step % cfg.eval_every == 0) and not (resume_at is not None and step == start_step and passk):
-                model.eval()
-                t0 = time.time()
-                passk, too_long = evaluate_passk(engine, tokenizer, eval_task, cfg.eval_examples, eval_k, cfg, rank, world, device)
-                if step == 0:
-                    passk_start = passk
-                note = f"; {too_long} prompts too long for the context counted as failed" if too_long else ""
-                progress.note(f"step {step:05d} | " + ", ".join(f"{k} {v:.4f}" for k, v in passk.items()) + f" ({time.time() - t0:.0f}s{note})")
-                metrics.write({"kind": "eval", "step": step, **passk})
-            if step != start_step and (last or stop_synced or (cfg.save_every > 0 and step % cfg.save_every == 0)):
-                save(step)  # (a run resumed at its last step has nothing new to save)
-            if last or stop_synced:
-                stopped_by_signal = stop_synced and not last
-                break
-
-            # ---- one optimizer step: rollouts, then forward/backward per question
-            clock.start(device_type)
-            loss_sum = torch.zeros((), device=device)
-            rewards, lengths = [], []
-            with_signal = 0  # questions of this rank whose rollouts' rewards differ
-            rollout_s = 0.0  # time spent sampling (the rest is forward/backward and the update)
-            for e in range(examples_per_rank):
-                idx = usable[example_index(step, e, examples_per_rank, rank, world, len(usable))]
-                model.eval()
-                t0 = time.perf_counter()
-                ro = collect_rollouts(engine, tokenizer, train_task, idx, step, cfg, device)
-                rollout_s += time.perf_counter() - t0
-                model.train()
-                loss_sum += backward_rollouts(model, ro, batch, examples_per_rank)
-                with_signal += ro.has_signal
-                rewards.append(float(ro.rewards.mean()))
-                lengths += ro.lengths
-            # the loss is already divided by examples_per_rank: its sum over questions is this rank's loss
-            loss_value, stop_synced = sync_step_stats(loss_sum, 1, stop.requested, world)
-            stats = torch.tensor([sum(rewards) / len(rewards), sum(lengths) / len(lengths), sum(lengths), with_signal], dtype=torch.float64, device=device)
-            if world > 1:
-                import torch.distributed as dist
-
-                dist.all_reduce(stats, op=dist.ReduceOp.SUM)
-            mean_reward, mean_length, tokens = stats[0].item() / world, stats[1].item() / world, stats[2].item()
-            step_signal = int(stats[3].item())
-            signal_total += step_signal
-            groups_total += cfg.examples_per_step
-            lrm = schedules.rl_lr_multiplier(step, n)
-            optimizer.set_schedule(lrm)
-            if math.isfinite(loss_value):
-                optimizer.step()
-            else:  # parameters and optimizer state untouched
-                progress.note(f"step {step:05d} | loss {loss_value} is not finite: update skipped")
-            optimizer.zero_grad(set_to_none=True)
-            dt = clock.stop(device_type, step - start_step)
-            step += 1
-
-            line = (f"step {step:05d}/{n:05d} ({100 * step / n:.1f}%) | reward {mean_reward:.4f} | signal {step_signal / cfg.examples_per_step:.2f} | "
-                    f"seq len {mean_length:.1f} | "
-                    f"loss {loss_value:+.5f} | lrm {lrm:.3f} | dt {dt * 1000:.0f}ms ({100 * rollout_s / dt:.0f}% sampling) | sampled tok/s {tokens / dt:,.0f} | "
-                    f"eta {format_duration(clock.eta(n - step, dt))}")  # fmt: skip
-            progress.step(line, step)
-            metrics.write({"kind": "train", "step": step - 1, "reward": mean_reward, "sequence_length": mean_length, "loss": loss_value,
-                           "signal": step_signal / cfg.examples_per_step, "lrm": lrm, "dt": dt, "sampled_tokens": tokens, "rollout_s": rollout_s,
-                           "time": time.time()})  # fmt: skip
-            # judged over a few steps (one step's handful of groups is noise), once per run
-            if master and not warned and (step - start_step >= 3 or step == n):
-                message = no_signal_warning(signal_total, groups_total, cfg.task)
-                if message:
-                    warn0(message)
-                    warned = True
-    finally:
-        progress.close()
-        stop.uninstall()
-        metrics.close()
-
+def _finish(cfg: RLConfig, run: TrainingRun, stage: RLStage, task_label: str) -> dict:
+    """The summary, the done line and the report section (rank 0)."""
+    s, passk, passk_start, started_from = stage.s, stage.passk, stage.passk_start, stage.started_from
+    eval_count = min(cfg.eval_examples, len(s.eval_task))
     summary = {
-        "model_tag": tag, "started_from": f"{started_from.get('source')}/{started_from.get('model_tag')} step {started_from.get('step')}",
-        "train_data": train_label, "eval_data": eval_label, "steps": n, "final_step": step, "examples_per_step": cfg.examples_per_step,
-        "num_samples": cfg.num_samples, "temperature": cfg.temperature, "world_size": world, "device": device_type, "total_time_s": clock.total,
-        "wall_time_s": time.time() - t_run, "stopped_by": stop.signame if stopped_by_signal else None,
-        "signal": signal_total / groups_total if groups_total else None,
-        "groups without signal": groups_total - signal_total,
+        "model_tag": s.tag, "started_from": f"{started_from.get('source')}/{started_from.get('model_tag')} step {started_from.get('step')}",
+        "train_data": s.train_label, "eval_data": s.eval_label, "steps": s.n, "final_step": run.step, "examples_per_step": cfg.examples_per_step,
+        "num_samples": cfg.num_samples, "temperature": cfg.temperature, "world_size": s.world, "device": run.device_type, "total_time_s": run.clock.total,
+        "wall_time_s": time.time() - run.t_start, "stopped_by": run.stop.signame if run.stopped_by_signal else None,
+        "signal": stage.signal_total / stage.groups_total if stage.groups_total else None,
+        "groups without signal": stage.groups_total - stage.signal_total,
         **({f"{task_label} pass@1 before RL (held out)": passk_start["pass@1"]} if passk_start else {}),
         **({f"{task_label} {k} (held out)": v for k, v in passk.items()} if passk else {}),
     }  # fmt: skip
-    if master:
-        if stopped_by_signal:
-            print0(f"{stop.signame}: saved step {step} and stopped; `nanochat rl ... --resume auto` continues")
+    if s.rank == 0:
+        if run.stopped_by_signal:
+            print0(run.stopped_line())
         else:
             before = f"{passk_start['pass@1']:.4f} before RL, " if passk_start else ""
-            print0(f"done: {step} steps, training time {format_duration(clock.total)}" + (f", pass@1 {before}{passk['pass@1']:.4f} after on {min(cfg.eval_examples, len(eval_task))} problems of {eval_label}" if passk else ""))
-            report_rl(summary, run_dir / "metrics.jsonl", task_label, min(cfg.eval_examples, len(eval_task)), eval_k)
+            print0(f"done: {run.step} steps, training time {format_duration(run.clock.total)}" + (f", pass@1 {before}{passk['pass@1']:.4f} after on {eval_count} problems of {s.eval_label}" if passk else ""))
+            report_rl(summary, run.run_dir / "metrics.jsonl", task_label, eval_count, cfg.sampling_batch)
     return summary
-
