@@ -226,6 +226,39 @@ def test_groups_without_reward_variance_add_exactly_zero_gradient():
     assert alone and set(alone) == set(together) and all(torch.equal(alone[n], together[n]) for n in alone)
 
 
+def test_bucket_lengths_are_few_powers_of_two_within_the_context():
+    from nanochat.train.rl import bucket_length
+
+    assert [bucket_length(t, 2048) for t in (1, 63, 64, 65, 200, 513, 2047, 2048)] == [64, 64, 64, 128, 256, 1024, 2048, 2048]
+    assert bucket_length(300, 320) == 320  # never past the model's context
+    assert len({bucket_length(t, 2048) for t in range(1, 2049)}) == 6  # 64 ... 2048: six shapes for every rollout length
+
+
+def test_padding_rollouts_to_a_bucket_changes_neither_loss_nor_gradient():
+    from nanochat.train.rl import backward_rollouts, build_batch
+
+    from tests.inference_helpers import tiny_model, tiny_tokenizer
+
+    torch.manual_seed(0)
+    tok = tiny_tokenizer()
+    model = tiny_model(tok, n_layer=1, sequence_len=256)
+    prompt = tok.render_for_completion([{"role": "user", "content": "Pick one."}])
+    end = tok.special_id("<|assistant_end|>")
+    seqs = [tok.encode(c) + [end] for c in ("red", "a longer blue answer", "green")]
+    args = (prompt, seqs, [[1] * len(x) for x in seqs], [1.0, 0.0, 1.0], end)
+    plain, padded = build_batch(*args), build_batch(*args, bucket_cap=256)
+    assert plain.inputs.size(1) < 64 and padded.inputs.size(1) == 64
+    assert torch.equal(padded.inputs[:, : plain.inputs.size(1)], plain.inputs)
+    assert (padded.targets[:, plain.inputs.size(1):] == -1).all()
+    grads = []
+    for ro in (plain, padded):
+        model.zero_grad(set_to_none=True)
+        loss = backward_rollouts(model, ro, batch=3, examples_per_rank=1)
+        grads.append((loss, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5, abs=1e-7)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(grads[0][1], grads[1][1]))
+
+
 def _fit_demo_arith(problems, steps: int, seed: int = 0):
     """A depth-2 model fine-tuned on `problems` (DemoArith conversations) by plain AdamW steps, saved
     as sft/d1 with its tokenizer: a model that knows the answer format and gets some problems right."""

@@ -28,7 +28,8 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from nanochat.common import checkpoint as ck
 from nanochat.common.errors import NanochatError
@@ -37,10 +38,9 @@ from nanochat.common.memory import check_fits, over_budget
 from nanochat.optim import schedules
 from nanochat.eval.bpb import TextBpb, corpus_docs
 from nanochat.train.loop import (
-    MetricsLog,
-    Progress,
-    StepClock,
-    StopSignal,
+    Stage,
+    StepResult,
+    TrainingRun,
     format_duration,
     forward_backward,
     record_report,
@@ -337,40 +337,96 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     return run_distributed(cfg.device, lambda device_type, info: _train(cfg, device_type, info.rank, info.world_size, info.device))
 
 
-def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device: str) -> dict:
-    import torch
-
-    from nanochat.common.compile_cache import use_compile_cache
-    from nanochat.common.device import choose_dtype, peak_flops
-    from nanochat.common.dist import SameOnEveryRank, agree, check_shared_dir
+def _inputs(cfg: PretrainConfig):
+    """(tokenizer, train corpus, val corpus): the same on every machine; one that differs (or lacks them) stops all before step 0."""
+    from nanochat.common.dist import agree
     from nanochat.data.corpus import open_corpus
-    from nanochat.data.loader import MicroStepLoader, buffer_for, regroup_states
     from nanochat.data.tokenizer import get_tokenizer
-    from nanochat.model.gpt import build_model
-    from nanochat.optim import build_optimizer
-
-    master = rank == 0
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.set_float32_matmul_precision("high")
-    _seed_everything(cfg.seed)
 
     def inputs():
         tok = get_tokenizer()
         train, val = open_corpus(cfg.data, "train"), open_corpus(cfg.data, "val")  # fail fast, naming what to download or import
         return (tok, train, val), {"tokenizers": tok.fingerprint(), "train shards": train.fingerprint(), "val shards": val.fingerprint()}
 
-    # every machine must hold the same tokenizer and shards: one that differs (or lacks them) stops all before step 0
-    tokenizer, train_corpus, val_corpus = agree(
+    return agree(
         "the tokenizer and data", inputs,
         fix=f"give every machine the same tokenizer and {cfg.data!r} shards (`nanochat tokenize-train`, `nanochat data download` "
             "with the same options on each) or one shared NANOCHAT_HOME",
     )  # fmt: skip
-    vocab = tokenizer.vocab_size
-    if cfg.device_batch_size != AUTO_ROWS:  # auto chooses a batch that fits, after measuring
-        check_fits(*planned_memory(cfg, vocab, device_type), device, MEMORY_HINTS)  # before a model too big is allocated
-    if master:
-        ck.check_writable(ck.checkpoint_dir("base", cfg.tag))  # before training, not at the first save
+
+
+def _restore(cfg: PretrainConfig, info: ck.CheckpointInfo, model, optimizer, plan: TrainPlan, gpt_config, rank: int, world: int, device: str):
+    """Load the checkpoint `info` into the model and optimizer (re-sharding another process count's state);
+    returns (loop state, loader state or None)."""
+    from nanochat.common.dist import SameOnEveryRank
+    from nanochat.data.loader import regroup_states
+
+    meta = ck.load_meta(info.path)
+    if meta.get("model_config") != gpt_config.to_dict():
+        raise NanochatError(f"{info.path} holds a different model ({meta.get('model_config')}); pass --resume never, or another --model-tag")
+    saved_world = meta.get("world_size", 1)
+    model.load_state_dict(ck.load_weights(info.path, device), strict=True)
+    if saved_world == world:
+        opt_state, rank_state = ck.load_rank_state(info.path, rank, device)
+    else:  # another process count: gather every rank's optimizer shards and data streams, split them anew
+        opt_states, rank_states = ck.load_all_rank_states(info.path, device)
+        saved_accum = len(rank_states[0]["loader"]["shards"])
+        if saved_world * saved_accum != world * plan.grad_accum_steps:
+            raise SameOnEveryRank(
+                f"{info.path} read its data as {saved_world * saved_accum} streams ({saved_world} processes x {saved_accum} micro-steps) "
+                f"and this run would read {world * plan.grad_accum_steps} ({world} x {plan.grad_accum_steps}); resume with "
+                f"--total-batch-size {meta.get('total_batch_size')} --device-batch-size {meta.get('device_batch_size')} as it had, "
+                f"or on {saved_world} processes in all (--nproc x --nnodes), or start afresh with --resume never"
+            )
+        regrouped = regroup_states([s["loader"] for s in rank_states], rank, world, plan.grad_accum_steps)
+        opt_state = optimizer.reshard_state(opt_states)
+        # RNG: a rank the checkpoint had continues its own stream, a new one rank 0's (pretraining draws none after init)
+        rank_state = {"loader": regrouped, "rng": rank_states[rank if rank < saved_world else 0]["rng"]}
+        print0(f"re-sharding the optimizer state and data streams of {saved_world} processes for {world}")
+    optimizer.load_state_dict(opt_state)
+    if cfg.restore_rng:
+        ck.restore_rng(rank_state["rng"])
+    n = plan.num_iterations
+    if meta.get("plan", {}).get("num_iterations") not in (None, n):
+        warn0(f"the checkpoint was planned for {meta['plan']['num_iterations']} iterations, this run for {n}; the schedules follow this run")
+    print0(f"resuming {cfg.tag} from step {info.step} ({info.path})")
+    return meta.get("loop_state", {}), rank_state["loader"] if cfg.restore_loader else None
+
+
+def _refuse_mixing(cfg: PretrainConfig, run_dir) -> None:
+    """A fresh run (`--resume never`) must not mix its checkpoints with an older run's: --resume auto would later pick the wrong one
+    (beside damaged ones only, starting over is allowed: it is what --resume auto's refusal asks for)."""
+    if cfg.resume != "never":
+        return
+    if ck.latest_valid(run_dir, report=None) is not None:
+        raise NanochatError(
+            f"--resume never, but {run_dir} holds checkpoints of an earlier run; pass another --model-tag, "
+            f"delete that folder, or use --resume auto to continue it"
+        )
+    if ck.list_steps("base", cfg.tag):
+        warn0(f"--resume never: starting over beside damaged step folders in {run_dir}; they are skipped (delete them when you no longer need them)")
+
+
+@dataclass
+class _Model:
+    """The model of a run and everything derived from it before step 0."""
+
+    cfg: PretrainConfig  # with a concrete device batch
+    gpt_config: Any
+    model: Any
+    dtype: Any
+    facts: ModelFacts
+    opts: ScalingOptions
+    plan: TrainPlan
+    optimizer: Any
+    batch_why: str
+
+
+def _build(cfg: PretrainConfig, vocab: int, device_type: str, world: int, device: str) -> _Model:
+    from nanochat.common.device import choose_dtype
+    from nanochat.model.gpt import build_model
+    from nanochat.optim import build_optimizer
+
     gpt_config = model_config(cfg, vocab)
     dtype = choose_dtype(device_type).dtype
     model = build_model(gpt_config, device, init=True, dtype=dtype, seed=cfg.seed)
@@ -379,255 +435,238 @@ def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device:
     cfg, batch_why = _device_batch_on_device(cfg, model, facts, vocab, world, device_type, device)
     opts = scaling_options(cfg, world)
     plan: TrainPlan = plan_training(opts, facts, power_law_batch=device_type == "cuda")
-    n = plan.num_iterations
     optimizer = build_optimizer(
         model, matrix_lr=plan.matrix_lr, embedding_lr=plan.embedding_lr, unembedding_lr=plan.unembedding_lr,
         scalar_lr=plan.scalar_lr, weight_decay=plan.weight_decay,
     )  # fmt: skip
-    run_dir = ck.checkpoint_dir("base", cfg.tag)
-    check_shared_dir(run_dir)  # every rank writes into the checkpoint folder rank 0 creates
+    return _Model(cfg, gpt_config, model, dtype, facts, opts, plan, optimizer, batch_why)
 
-    # ---- resume
-    start_step, loop_state, loader_state = 0, {}, None
-    info = _resolve_resume(cfg, rank, world, device)
-    if info is not None:
-        meta = ck.load_meta(info.path)
-        if meta.get("model_config") != gpt_config.to_dict():
-            raise NanochatError(
-                f"{info.path} holds a different model ({meta.get('model_config')}); pass --resume never, or another --model-tag"
-            )
-        saved_world = meta.get("world_size", 1)
-        model.load_state_dict(ck.load_weights(info.path, device), strict=True)
-        if saved_world == world:
-            opt_state, rank_state = ck.load_rank_state(info.path, rank, device)
-        else:  # another process count: gather every rank's optimizer shards and data streams, split them anew
-            opt_states, rank_states = ck.load_all_rank_states(info.path, device)
-            saved_accum = len(rank_states[0]["loader"]["shards"])
-            if saved_world * saved_accum != world * plan.grad_accum_steps:
-                raise SameOnEveryRank(
-                    f"{info.path} read its data as {saved_world * saved_accum} streams ({saved_world} processes x {saved_accum} micro-steps) "
-                    f"and this run would read {world * plan.grad_accum_steps} ({world} x {plan.grad_accum_steps}); resume with "
-                    f"--total-batch-size {meta.get('total_batch_size')} --device-batch-size {meta.get('device_batch_size')} as it had, "
-                    f"or on {saved_world} processes in all (--nproc x --nnodes), or start afresh with --resume never"
-                )
-            regrouped = regroup_states([s["loader"] for s in rank_states], rank, world, plan.grad_accum_steps)
-            opt_state = optimizer.reshard_state(opt_states)
-            # RNG: a rank the checkpoint had continues its own stream, a new one rank 0's (pretraining draws none after init)
-            rank_state = {"loader": regrouped, "rng": rank_states[rank if rank < saved_world else 0]["rng"]}
-            print0(f"re-sharding the optimizer state and data streams of {saved_world} processes for {world}")
-        optimizer.load_state_dict(opt_state)
-        if cfg.restore_loader:
-            loader_state = rank_state["loader"]
-        if cfg.restore_rng:
-            ck.restore_rng(rank_state["rng"])
-        loop_state = meta.get("loop_state", {})
-        start_step = info.step
-        if meta.get("plan", {}).get("num_iterations") not in (None, n):
-            warn0(f"the checkpoint was planned for {meta['plan']['num_iterations']} iterations, this run for {n}; the schedules follow this run")
-        print0(f"resuming {cfg.tag} from step {start_step} ({info.path})")
-        if start_step >= n:
-            print0(f"step {start_step} already completes a run of {n} iterations; nothing to train (raise --num-iterations to go on)")
-            return {"final_step": start_step, "iterations": n, "min_val_bpb": loop_state.get("min_val_bpb"), "model_tag": cfg.tag}
-    elif cfg.resume == "never" and ck.latest_valid(run_dir, report=None) is not None:
-        # a fresh run mixing its checkpoints with an older run's would let --resume auto pick the wrong one later
-        # (beside damaged ones only, starting over is allowed: it is what --resume auto's refusal asks for)
-        raise NanochatError(
-            f"--resume never, but {run_dir} holds checkpoints of an earlier run; pass another --model-tag, "
-            f"delete that folder, or use --resume auto to continue it"
-        )
-    elif cfg.resume == "never" and ck.list_steps("base", cfg.tag):
-        warn0(f"--resume never: starting over beside damaged step folders in {run_dir}; they are skipped (delete them when you no longer need them)")
 
-    # ---- print every derived value
-    peak = peak_flops(device_type)
-    eval_tokens = cfg.eval_tokens if cfg.eval_tokens > 0 else (80 * B_REF if device_type == "cuda" else 20 * cfg.device_batch_size * cfg.max_seq_len * world)
-    # val bpb is TextBpb: the same rows of the val split for any batch size or process count, and the
-    # same computation `nanochat eval --tasks bpb` runs on this run's checkpoints (it reads val_bpb_tokens)
-    val_text = (TextBpb(tokenizer, corpus_docs(val_corpus), eval_tokens, cfg.max_seq_len, rank, world, max(1, min(cfg.tokenizer_threads, os.cpu_count() or 1)))
-                if cfg.eval_every > 0 else None)  # fmt: skip
-    val_tokens = val_text.tokens if val_text is not None else max(1, eval_tokens // cfg.max_seq_len) * cfg.max_seq_len
-    compile_model = cfg.compile if cfg.compile is not None else device_type == "cuda"
-    compile_cache = use_compile_cache() if compile_model or device_type == "cuda" else None  # before the first compile
-    core_every = cfg.core_metric_every if cfg.core_metric_every is not None else (2000 if device_type == "cuda" else -1)
-    rows = plan_rows(facts, opts, plan) + [
+def _plan_table(m: _Model, device: str, world: int, peak, val_tokens: int, compile_model: bool, compile_cache, core_every: int, run_dir,
+                start: str) -> str:
+    cfg = m.cfg
+    rows = plan_rows(m.facts, m.opts, m.plan) + [
         ("schedule", f"warmup {cfg.warmup_steps}, {cfg.warmdown_shape} warmdown {cfg.warmdown_ratio:g} → {cfg.final_lr_frac:g}× LR; Muon momentum 0.85→0.97→0.90; WD cosine to 0"),
-        ("device", f"{device} × {world} ({str(dtype).removeprefix('torch.')}{', compiled' if compile_model else ''}{', activation checkpointing' if cfg.activation_checkpointing else ''}; attention {model.attn_backend})"),
+        ("device", f"{device} × {world} ({str(m.dtype).removeprefix('torch.')}{', compiled' if compile_model else ''}{', activation checkpointing' if cfg.activation_checkpointing else ''}; attention {m.model.attn_backend})"),
         *([("compile cache", compile_cache.describe())] if compile_cache else []),
-        ("device batch", f"{cfg.device_batch_size} rows ({batch_why})"),
+        ("device batch", f"{cfg.device_batch_size} rows ({m.batch_why})"),
         ("peak FLOP/s (MFU)", f"{peak * world:.3g}" if peak else "unknown (MFU not shown)"),
         ("data", f"{cfg.data} (train); " + (f"val bpb every {cfg.eval_every} steps on {val_tokens:,} tokens"
                                               if cfg.eval_every > 0 else "val bpb off")),
         ("CORE", f"every {core_every} steps and at the end, {cfg.core_metric_max_per_task} per task" if core_every > 0 else "off"),
         ("checkpoints", f"{run_dir} (every {cfg.save_every if cfg.save_every > 0 else '-'} steps and at the end; keep {cfg.keep_last or 'all'})"),
-        ("start", f"step {start_step}" + (" (resumed)" if info else "")),
-    ]
-    print0(table(f"nanochat pretrain: depth {cfg.depth}", rows))
+        ("start", start),
+    ]  # fmt: skip
+    return table(f"nanochat pretrain: depth {cfg.depth}", rows)
 
-    # ---- data, compile, logs
-    threads = max(1, min(cfg.tokenizer_threads, os.cpu_count() or 1))
-    loader = MicroStepLoader(train_corpus, tokenizer, cfg.device_batch_size, cfg.max_seq_len, rank=rank, world_size=world,
-                             accum=plan.grad_accum_steps, device=device, threads=threads, buffer_size=buffer_for(train_corpus), state=loader_state)  # fmt: skip
-    token_bytes = torch.tensor(tokenizer.token_bytes(), dtype=torch.int64, device=device)
-    train_model = torch.compile(model, dynamic=False) if compile_model else model
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if info else None, enabled=master)
-    user_config = {k: v for k, v in asdict(cfg).items() if k not in ("restore_loader", "restore_rng", "dry_run_world_size")}
-    wb = wandb_run(cfg.run, rank, "nanochat", {**user_config, **plan.to_dict()})
-    stop = StopSignal().install()
-    clock = StepClock(total=loop_state.get("total_training_time", 0.0))
-    progress = Progress(n, start_step, enabled=master)
 
-    smooth = loop_state.get("smooth_loss", 0.0)
-    smooth_n = loop_state.get("smooth_n", 0)
-    min_val = loop_state.get("min_val_bpb")
-    min_val = float("inf") if min_val is None else min_val
-    min_val_step = loop_state.get("min_val_bpb_step")
-    val_bpb = loop_state.get("val_bpb")
-    bad_in_row = 0
-    tokens_per_step = plan.total_batch_size
-    flops_per_step = facts.flops_per_token * tokens_per_step
-    train_series: list = []
-    val_series: list = []
-    core_series: list = []
-    step = start_step
-    t_run = time.time()
-    gc_frozen = False
-    stopped_by_signal = False
-    stop_synced = False  # the stop request as all ranks agreed on it (set by the per-step all-reduce)
-    top_done_for = -1  # eval/sample/save run once per step, even when a skipped step repeats it
+class PretrainStage(Stage):
+    """Pretraining steps over BOS-aligned packed rows; val bpb, CORE and greedy samples at the top of a step."""
 
-    def save(at_step: int) -> None:
-        t0 = time.time()
-        loop = {"smooth_loss": smooth, "smooth_n": smooth_n, "min_val_bpb": _finite(min_val), "min_val_bpb_step": min_val_step, "val_bpb": _finite(val_bpb),
-                "total_training_time": clock.total}  # fmt: skip
-        meta = {
-            "model_config": gpt_config.to_dict(), "user_config": user_config, "plan": plan.to_dict(),
-            "device_batch_size": cfg.device_batch_size, "max_seq_len": cfg.max_seq_len, "total_batch_size": plan.total_batch_size,
-            "val_bpb": _finite(val_bpb), "val_bpb_tokens": val_tokens, "loop_state": loop, "tokenizer_vocab_size": vocab, "data": cfg.data,
-        } if master else None  # fmt: skip
-        rank_state = {"loader": loader.state_dict(), "rng": ck.capture_rng()}
-        path = ck.save_checkpoint(
-            run_dir, at_step, model_state=model.state_dict() if master else None, meta=meta,
-            optimizer_state=optimizer.state_dict(), rank_state=rank_state, rank=rank, world_size=world, keep_last=cfg.keep_last,
-        )  # fmt: skip
-        progress.note(f"saved step {at_step} to {path} ({time.time() - t0:.1f}s)")
+    def __init__(self, run: TrainingRun, m: _Model, *, train_model, tokenizer, loader, val_text, val_tokens: int, token_bytes, core_every: int,
+                 peak, device: str, loop_state: dict, checkpoint_meta: dict, wb) -> None:
+        self.run, self.m, self.cfg, self.model, self.optimizer, self.plan = run, m, m.cfg, m.model, m.optimizer, m.plan
+        self.train_model, self.tokenizer, self.loader, self.val_text, self.val_tokens = train_model, tokenizer, loader, val_text, val_tokens
+        self.token_bytes, self.core_every, self.peak, self.device, self.wb = token_bytes, core_every, peak, device, wb
+        self.checkpoint_meta = checkpoint_meta  # what every checkpoint's meta holds besides the loop state and val bpb
+        self.max_bad_steps = self.cfg.max_bad_steps
+        self.bad_steps_fix = f"lower the learning rates (e.g. --matrix-lr) and resume from the last checkpoint in {run.run_dir}"
+        self.smooth, self.smooth_n = loop_state.get("smooth_loss", 0.0), loop_state.get("smooth_n", 0)
+        min_val = loop_state.get("min_val_bpb")
+        self.min_val = float("inf") if min_val is None else min_val
+        self.min_val_step = loop_state.get("min_val_bpb_step")
+        self.val_bpb = loop_state.get("val_bpb")
+        self.flops_per_step = m.facts.flops_per_token * m.plan.total_batch_size
+        self.train_series: list = []
+        self.val_series: list = []
+        self.core_series: list = []
+        self.gc_frozen = False
 
-    try:
-        while True:
-            last = step == n
-            top = top_done_for != step
-            top_done_for = step
-            # ---- evaluate, sample, save (at the top of a step: the state after `step` updates)
-            if top and cfg.eval_every > 0 and (last or step % cfg.eval_every == 0) and not (info and step == start_step and val_bpb is not None):
-                model.eval()
-                val_bpb = val_text.evaluate(train_model, cfg.device_batch_size, token_bytes, device).bpb
-                model.train()
-                if val_bpb < min_val:
-                    min_val, min_val_step = val_bpb, step
-                val_series.append([step, val_bpb])
-                progress.note(f"step {step:05d} | val bpb {val_bpb:.4f} on {val_tokens:,} tokens (lowest {min_val:.4f})")
-                metrics.write({"kind": "eval", "step": step, "val_bpb": val_bpb, "tokens": val_tokens})
-                if wb:
-                    wb.log({"step": step, "val/bpb": val_bpb})
-            if top and core_every > 0 and (last or step % core_every == 0) and step > 0:
-                model.eval()
-                core = _core_metric(model, tokenizer, device, cfg.core_metric_max_per_task)
-                model.train()
-                if core is not None:
-                    core_series.append([step, core[0]])
-                    progress.note(f"step {step:05d} | {core[1]}: {core[0]:.4f}")
-                    metrics.write({"kind": "core", "step": step, "core": core[0], "label": core[1]})
-                    if wb:
-                        wb.log({"step": step, "core_metric": core[0]})
-            if top and master and cfg.sample_every > 0 and (last or step % cfg.sample_every == 0) and step > 0:
-                model.eval()
-                for line in greedy_samples(model, tokenizer, device=device):
-                    progress.note(f"sample: {line!r}")
-                model.train()
-            if last or stop_synced or (top and cfg.save_every > 0 and step % cfg.save_every == 0 and step != start_step):
-                save(step)
-            if last or stop_synced:
-                stopped_by_signal = stop_synced and not last
-                break
+    def is_last(self, step: int) -> bool:
+        return step == self.plan.num_iterations
 
-            # ---- one optimizer step
-            clock.start(device_type)
-            loss_sum = forward_backward(train_model, loader, plan.grad_accum_steps, device)
-            loss_value, stop_synced = sync_step_stats(loss_sum, plan.grad_accum_steps, stop.requested, world)
-            if not math.isfinite(loss_value):
-                optimizer.zero_grad(set_to_none=True)  # parameters and optimizer state untouched
-                bad_in_row += 1
-                clock.stop(device_type, 0)
-                progress.note(f"step {step:05d} | loss {loss_value} is not finite: step skipped ({bad_in_row}/{cfg.max_bad_steps})")
-                metrics.write({"kind": "skip", "step": step, "loss": str(loss_value)})
-                if bad_in_row >= cfg.max_bad_steps:
-                    raise NanochatError(
-                        f"{bad_in_row} steps in a row had a non-finite loss at step {step}; lower the learning rates "
-                        f"(e.g. --matrix-lr) and resume from the last checkpoint in {run_dir}"
-                    )
-                continue
-            bad_in_row = 0
-            lrm = schedules.lr_multiplier(step, n, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac, cfg.warmdown_shape)
-            momentum = schedules.muon_momentum(step, n, warmdown_ratio=cfg.warmdown_ratio)
-            wd = schedules.weight_decay(step, n, plan.weight_decay)
-            optimizer.set_schedule(lrm, momentum, wd)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            dt = clock.stop(device_type, step - start_step)
-            step += 1
+    def evaluate(self, step: int, last: bool) -> None:
+        cfg, run = self.cfg, self.run
+        if cfg.eval_every > 0 and (last or step % cfg.eval_every == 0) and not (run.resumed and step == run.start_step and self.val_bpb is not None):
+            self.model.eval()
+            self.val_bpb = self.val_text.evaluate(self.train_model, cfg.device_batch_size, self.token_bytes, self.device).bpb
+            self.model.train()
+            if self.val_bpb < self.min_val:
+                self.min_val, self.min_val_step = self.val_bpb, step
+            self.val_series.append([step, self.val_bpb])
+            run.note(f"step {step:05d} | val bpb {self.val_bpb:.4f} on {self.val_tokens:,} tokens (lowest {self.min_val:.4f})")
+            run.metrics.write({"kind": "eval", "step": step, "val_bpb": self.val_bpb, "tokens": self.val_tokens})
+            if self.wb:
+                self.wb.log({"step": step, "val/bpb": self.val_bpb})
+        if self.core_every > 0 and (last or step % self.core_every == 0) and step > 0:
+            self.model.eval()
+            core = _core_metric(self.model, self.tokenizer, self.device, cfg.core_metric_max_per_task)
+            self.model.train()
+            if core is not None:
+                self.core_series.append([step, core[0]])
+                run.note(f"step {step:05d} | {core[1]}: {core[0]:.4f}")
+                run.metrics.write({"kind": "core", "step": step, "core": core[0], "label": core[1]})
+                if self.wb:
+                    self.wb.log({"step": step, "core_metric": core[0]})
+        if run.rank == 0 and cfg.sample_every > 0 and (last or step % cfg.sample_every == 0) and step > 0:
+            self.model.eval()
+            for line in greedy_samples(self.model, self.tokenizer, device=self.device):
+                run.note(f"sample: {line!r}")
+            self.model.train()
 
-            smooth = 0.9 * smooth + 0.1 * loss_value
-            smooth_n += 1
-            debiased = smooth / (1 - 0.9**smooth_n)
-            tok_s = tokens_per_step / dt
-            mfu = flops_per_step / dt / (peak * world) if peak else None
-            eta = clock.eta(n - step, dt)
-            line = (f"step {step:05d}/{n:05d} ({100 * step / n:.1f}%) | loss {debiased:.4f} | lrm {lrm:.3f} | dt {dt * 1000:.0f}ms | "
-                    f"tok/s {tok_s:,.0f} | mfu {f'{100 * mfu:.2f}%' if mfu is not None else '-'} | epoch {loader.epoch} | eta {format_duration(eta)}")  # fmt: skip
-            progress.step(line, step)
-            metrics.write({"kind": "train", "step": step - 1, "loss": loss_value, "smooth_loss": debiased, "lrm": lrm, "dt": dt,
-                           "tok_per_s": tok_s, "mfu": mfu, "epoch": loader.epoch, "time": time.time(),
-                           **({"peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30} if device_type == "cuda" else {})})  # fmt: skip
-            train_series.append([step - 1, loss_value])
-            if wb and step % 100 == 0:
-                wb.log({"step": step, "train/loss": debiased, "train/lrm": lrm, "train/tok_per_s": tok_s, "train/mfu": mfu})
-            # the reference's GC policy: freeze what exists after the first step, collect by hand rarely
-            if not gc_frozen:
-                gc.collect()
-                gc.freeze()
-                gc.disable()
-                gc_frozen = True
-            elif step % 5000 == 0:
-                gc.collect()
-    finally:
-        progress.close()
-        stop.uninstall()
-        loader.close()
-        metrics.close()
-        if gc_frozen:
+    def save(self, step: int) -> None:
+        loop = {"smooth_loss": self.smooth, "smooth_n": self.smooth_n, "min_val_bpb": _finite(self.min_val), "min_val_bpb_step": self.min_val_step,
+                "val_bpb": _finite(self.val_bpb), "total_training_time": self.run.clock.total}  # fmt: skip
+        meta = {**self.checkpoint_meta, "val_bpb": _finite(self.val_bpb), "loop_state": loop} if self.run.rank == 0 else None
+        self.run.checkpoint(step, self.model, self.optimizer, meta, {"loader": self.loader.state_dict(), "rng": ck.capture_rng()})
+
+    def forward_backward(self, step: int, stop_requested: bool) -> StepResult:
+        loss_sum = forward_backward(self.train_model, self.loader, self.plan.grad_accum_steps, self.device)
+        return StepResult(*sync_step_stats(loss_sum, self.plan.grad_accum_steps, stop_requested, self.run.world))
+
+    def discard(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def update(self, step: int, loss: float) -> None:
+        cfg, n = self.cfg, self.plan.num_iterations
+        self.lrm = schedules.lr_multiplier(step, n, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac, cfg.warmdown_shape)
+        momentum = schedules.muon_momentum(step, n, warmdown_ratio=cfg.warmdown_ratio)
+        self.optimizer.set_schedule(self.lrm, momentum, schedules.weight_decay(step, n, self.plan.weight_decay))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def record(self, step: int, dt: float, loss: float) -> tuple[str, dict]:
+        import torch
+
+        n, world, tokens_per_step = self.plan.num_iterations, self.run.world, self.plan.total_batch_size
+        self.smooth = 0.9 * self.smooth + 0.1 * loss
+        self.smooth_n += 1
+        debiased = self.smooth / (1 - 0.9**self.smooth_n)
+        tok_s = tokens_per_step / dt
+        mfu = self.flops_per_step / dt / (self.peak * world) if self.peak else None
+        line = (f"step {step:05d}/{n:05d} ({100 * step / n:.1f}%) | loss {debiased:.4f} | lrm {self.lrm:.3f} | dt {dt * 1000:.0f}ms | "
+                f"tok/s {tok_s:,.0f} | mfu {f'{100 * mfu:.2f}%' if mfu is not None else '-'} | epoch {self.loader.epoch} | eta {format_duration(self.run.clock.eta(n - step, dt))}")  # fmt: skip
+        record = {"kind": "train", "step": step - 1, "loss": loss, "smooth_loss": debiased, "lrm": self.lrm, "dt": dt,
+                  "tok_per_s": tok_s, "mfu": mfu, "epoch": self.loader.epoch, "time": time.time(),
+                  **({"peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30} if self.run.device_type == "cuda" else {})}  # fmt: skip
+        self.train_series.append([step - 1, loss])
+        if self.wb and step % 100 == 0:
+            self.wb.log({"step": step, "train/loss": debiased, "train/lrm": self.lrm, "train/tok_per_s": tok_s, "train/mfu": mfu})
+        self._collect_garbage(step)
+        return line, record
+
+    def _collect_garbage(self, step: int) -> None:
+        """The reference's GC policy: freeze what exists after the first step, collect by hand rarely."""
+        if not self.gc_frozen:
+            gc.collect()
+            gc.freeze()
+            gc.disable()
+            self.gc_frozen = True
+        elif step % 5000 == 0:
+            gc.collect()
+
+    def close(self) -> None:
+        self.loader.close()
+        if self.gc_frozen:
             gc.enable()
 
+
+def _train(cfg: PretrainConfig, device_type: str, rank: int, world: int, device: str) -> dict:
+    import torch
+
+    from nanochat.common.compile_cache import use_compile_cache
+    from nanochat.common.device import peak_flops
+    from nanochat.common.dist import check_shared_dir
+    from nanochat.data.loader import MicroStepLoader, buffer_for
+
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+    _seed_everything(cfg.seed)
+    tokenizer, train_corpus, val_corpus = _inputs(cfg)
+    vocab = tokenizer.vocab_size
+    if cfg.device_batch_size != AUTO_ROWS:  # auto chooses a batch that fits, after measuring
+        check_fits(*planned_memory(cfg, vocab, device_type), device, MEMORY_HINTS)  # before a model too big is allocated
+    if rank == 0:
+        ck.check_writable(ck.checkpoint_dir("base", cfg.tag))  # before training, not at the first save
+    m = _build(cfg, vocab, device_type, world, device)
+    cfg, plan, n = m.cfg, m.plan, m.plan.num_iterations
+    run_dir = ck.checkpoint_dir("base", cfg.tag)
+    check_shared_dir(run_dir)  # every rank writes into the checkpoint folder rank 0 creates
+    start_step, loop_state, loader_state = 0, {}, None
+    info = _resolve_resume(cfg, rank, world, device)
+    if info is not None:
+        loop_state, loader_state = _restore(cfg, info, m.model, m.optimizer, plan, m.gpt_config, rank, world, device)
+        start_step = info.step
+        if start_step >= n:
+            print0(f"step {start_step} already completes a run of {n} iterations; nothing to train (raise --num-iterations to go on)")
+            return {"final_step": start_step, "iterations": n, "min_val_bpb": loop_state.get("min_val_bpb"), "model_tag": cfg.tag}
+    else:
+        _refuse_mixing(cfg, run_dir)
+
+    # ---- print every derived value
+    peak = peak_flops(device_type)
+    eval_tokens = cfg.eval_tokens if cfg.eval_tokens > 0 else (80 * B_REF if device_type == "cuda" else 20 * cfg.device_batch_size * cfg.max_seq_len * world)
+    threads = max(1, min(cfg.tokenizer_threads, os.cpu_count() or 1))
+    # val bpb is TextBpb: the same rows of the val split for any batch size or process count, and the
+    # same computation `nanochat eval --tasks bpb` runs on this run's checkpoints (it reads val_bpb_tokens)
+    val_text = TextBpb(tokenizer, corpus_docs(val_corpus), eval_tokens, cfg.max_seq_len, rank, world, threads) if cfg.eval_every > 0 else None
+    val_tokens = val_text.tokens if val_text is not None else max(1, eval_tokens // cfg.max_seq_len) * cfg.max_seq_len
+    compile_model = cfg.compile if cfg.compile is not None else device_type == "cuda"
+    compile_cache = use_compile_cache() if compile_model or device_type == "cuda" else None  # before the first compile
+    core_every = cfg.core_metric_every if cfg.core_metric_every is not None else (2000 if device_type == "cuda" else -1)
+    print0(_plan_table(m, device, world, peak, val_tokens, compile_model, compile_cache, core_every, run_dir,
+                       f"step {start_step}" + (" (resumed)" if info else "")))  # fmt: skip
+
+    # ---- data, compile, logs
+    loader = MicroStepLoader(train_corpus, tokenizer, cfg.device_batch_size, cfg.max_seq_len, rank=rank, world_size=world,
+                             accum=plan.grad_accum_steps, device=device, threads=threads, buffer_size=buffer_for(train_corpus), state=loader_state)  # fmt: skip
+    user_config = {k: v for k, v in asdict(cfg).items() if k not in ("restore_loader", "restore_rng", "dry_run_world_size")}
+    run = TrainingRun("pretrain", run_dir, n, start_step, info is not None, rank=rank, world=world, device_type=device_type,
+                      save_every=cfg.save_every, keep_last=cfg.keep_last, loop_state=loop_state, clock_warmup=10)  # fmt: skip
+    checkpoint_meta = {
+        "model_config": m.gpt_config.to_dict(), "user_config": user_config, "plan": plan.to_dict(),
+        "device_batch_size": cfg.device_batch_size, "max_seq_len": cfg.max_seq_len, "total_batch_size": plan.total_batch_size,
+        "val_bpb_tokens": val_tokens, "tokenizer_vocab_size": vocab, "data": cfg.data,
+    }  # fmt: skip
+    stage = PretrainStage(run, m, train_model=torch.compile(m.model, dynamic=False) if compile_model else m.model, tokenizer=tokenizer,
+                          loader=loader, val_text=val_text, val_tokens=val_tokens,
+                          token_bytes=torch.tensor(tokenizer.token_bytes(), dtype=torch.int64, device=device), core_every=core_every,
+                          peak=peak, device=device, loop_state=loop_state, checkpoint_meta=checkpoint_meta,
+                          wb=wandb_run(cfg.run, rank, "nanochat", {**user_config, **plan.to_dict()}))  # fmt: skip
+    run.run(stage)
+    return _finish(run, stage, compile_model)
+
+
+def _finish(run: TrainingRun, stage: PretrainStage, compile_model: bool) -> dict:
+    """The summary, the done line and the report section (rank 0)."""
+    cfg, facts, plan, peak, world, step = stage.cfg, stage.m.facts, stage.plan, stage.peak, run.world, run.step
+    min_val, val_bpb, clock = stage.min_val, stage.val_bpb, run.clock
     summary = {
         "depth": cfg.depth, "model_tag": cfg.tag, "data": cfg.data, "params": facts.total_params, "scaling_params": facts.scaling_params,
-        "flops_per_token": facts.flops_per_token, "iterations": n, "final_step": step, "tokens": plan.total_tokens,
-        "total_batch_size": plan.total_batch_size, "world_size": world, "device": device_type,
-        "min_val_bpb": min_val if math.isfinite(min_val) else None, "final_val_bpb": val_bpb, "val_bpb_tokens": val_tokens, "total_time_s": time.time() - t_run, "training_time_s": clock.total,
-        "mfu_pct": (100 * flops_per_step * clock.timed_steps / clock.total / (peak * world)) if (peak and clock.total) else None,
-        "stopped_by": stop.signame if stopped_by_signal else None, "first_step_s": clock.first_step_s,
+        "flops_per_token": facts.flops_per_token, "iterations": plan.num_iterations, "final_step": step, "tokens": plan.total_tokens,
+        "total_batch_size": plan.total_batch_size, "world_size": world, "device": run.device_type,
+        "min_val_bpb": min_val if math.isfinite(min_val) else None, "final_val_bpb": val_bpb, "val_bpb_tokens": stage.val_tokens,
+        "total_time_s": time.time() - run.t_start, "training_time_s": clock.total,
+        "mfu_pct": (100 * stage.flops_per_step * clock.timed_steps / clock.total / (peak * world)) if (peak and clock.total) else None,
+        "stopped_by": run.stop.signame if run.stopped_by_signal else None, "first_step_s": clock.first_step_s,
     }  # fmt: skip
-    peak_mem = peak_memory(device_type)
+    peak_mem = peak_memory(run.device_type)
     if peak_mem:
         summary["peak_memory_gib"] = round(peak_mem[1], 2)
-    if master:
-        if stopped_by_signal:
-            print0(f"{stop.signame}: saved step {step} and stopped; `nanochat pretrain ... --resume auto` continues")
+    if run.rank == 0:
+        if run.stopped_by_signal:
+            print0(run.stopped_line())
         else:
-            bpb_note = f"val bpb {val_bpb:.4f} on {val_tokens:,} tokens (lowest {min_val:.4f}, step {min_val_step})" if val_bpb is not None and math.isfinite(val_bpb) else "val bpb off"
+            bpb_note = (f"val bpb {val_bpb:.4f} on {stage.val_tokens:,} tokens (lowest {min_val:.4f}, step {stage.min_val_step})"
+                        if val_bpb is not None and math.isfinite(val_bpb) else "val bpb off")  # fmt: skip
             mem_note = f", {peak_mem[0]} {peak_mem[1]:.1f} GiB" if peak_mem else ""
             first_note = f", first step {clock.first_step_s:.1f}s{' (compile)' if compile_model else ''}" if clock.first_step_s is not None else ""
             print0(f"done: {step} steps, {bpb_note}, training time {format_duration(clock.total)}{first_note}{mem_note}")
-            if core_series:
-                summary["core"] = core_series[-1][1]
-            record_report("pretrain", _report_data(summary, step, min_val_step), {"train_loss": train_series, "val_bpb": val_series, **({"core": core_series} if core_series else {})}, title="Base model training")
-    if wb:
-        wb.finish()
+            if stage.core_series:
+                summary["core"] = stage.core_series[-1][1]
+            series = {"train_loss": stage.train_series, "val_bpb": stage.val_series, **({"core": stage.core_series} if stage.core_series else {})}
+            record_report("pretrain", _report_data(summary, step, stage.min_val_step), series, title="Base model training")
+    if stage.wb:
+        stage.wb.finish()
     return summary

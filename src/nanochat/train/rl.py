@@ -108,11 +108,21 @@ class Rollouts:
         return bool((self.advantages != 0).any())
 
 
-def build_batch(prompt: list[int], completions: list[list[int]], masks: list[list[int]], rewards: list[float], pad_id: int, device="cpu") -> Rollouts:
-    """Rows `prompt + completion`, right-padded; a target counts only where the Engine sampled it (mask 1)."""
+def bucket_length(t: int, cap: int) -> int:
+    """The training forward's sequence length for rollouts of `t` tokens: the next power of two (at least 64), at most
+    `cap`. On CUDA every new length compiles attention anew; with buckets a run sees a handful of shapes."""
+    return min(max(64, 1 << max(0, t - 1).bit_length()), max(cap, t))
+
+
+def build_batch(prompt: list[int], completions: list[list[int]], masks: list[list[int]], rewards: list[float], pad_id: int, device="cpu",
+                bucket_cap: int | None = None) -> Rollouts:
+    """Rows `prompt + completion`, right-padded (to a `bucket_length` when `bucket_cap` is given); a target counts only
+    where the Engine sampled it (mask 1)."""
     import torch
 
     width = len(prompt) + max(len(c) for c in completions)
+    if bucket_cap is not None:
+        width = bucket_length(width - 1, bucket_cap) + 1
     ids = torch.full((len(completions), width), pad_id, dtype=torch.long)
     keep = torch.zeros((len(completions), width), dtype=torch.bool)
     for i, (c, m) in enumerate(zip(completions, masks)):
@@ -153,7 +163,8 @@ def collect_rollouts(engine, tokenizer, task, example_idx: int, step: int, cfg: 
         seqs += s
         masks += m
     rewards = [task.reward(conversation, tokenizer.decode([t for t in s if t not in engine.terminal])) for s in seqs]
-    return build_batch(prompt, seqs, masks, rewards, engine.ids["assistant_end"], device)
+    on_gpu = str(device).startswith("cuda")  # eager attention on CPU has no shapes to compile: no padding there
+    return build_batch(prompt, seqs, masks, rewards, engine.ids["assistant_end"], device, bucket_cap=engine.sequence_len if on_gpu else None)
 
 
 def backward_rollouts(model, ro: Rollouts, batch: int, examples_per_rank: int) -> float:

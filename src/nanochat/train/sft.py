@@ -1,4 +1,4 @@
-"""Supervised fine-tuning: `run_sft(SFTConfig(...))` is what `nanochat sft` runs (REFERENCE §2.6).
+"""Supervised fine-tuning: `run_sft(SFTConfig(...))` is what `nanochat sft` runs (facts of the reference in docs/reference.md).
 
 The steps of a run:
 

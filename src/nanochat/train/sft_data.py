@@ -20,7 +20,7 @@
   mixture; files are read and checked by `data.chat_jsonl`): held out the same way, the train side
   repeated EPOCHS times.
 
-`SFTPacker` turns a mixture into `(inputs, targets)` batches (REFERENCE §5.3). Rank r reads
+`SFTPacker` turns a mixture into `(inputs, targets)` batches (see docs/reference.md, "Data and evaluation"). Rank r reads
 conversations `r, r+N, r+2N, ...` (wrapping into the next epoch), renders each with the tokenizer's
 `render_conversation` (cut to one row, `seq_len + 1` tokens, so no conversation ever spans two
 rows; a conversation left with no assistant token is passed over) and keeps a buffer of 100. Each row takes the largest buffered conversation that still fits,
