@@ -72,3 +72,21 @@ def node_options(nnodes: int | None, node_rank: int | None, rdzv_endpoint: str |
         return opts  # a worker: the environment says where it runs
     resolve_nodes(opts, os.environ)  # every check that needs nothing loaded, before any process starts
     return opts
+
+
+def launch_from_checkpoint(cfg, nproc: int | None, nodes: tuple, check=None, relaunch: bool = True) -> None:
+    """What a stage that starts from a checkpoint checks before any process starts or anything loads: the process and
+    machine options, the config (`cfg.validate()`), `check()` (e.g. the user's data files), the starting checkpoint's
+    folder; then it restarts itself under torchrun when several processes are asked for (`relaunch`)."""
+    from nanochat.common import checks
+    from nanochat.common.checkpoint import require_checkpoint
+    from nanochat.common.launch import maybe_relaunch
+
+    checks.nproc(nproc)
+    node_opts = node_options(*nodes)
+    cfg.validate()
+    if check is not None:
+        check()
+    require_checkpoint(cfg.source, cfg.model_tag, cfg.step)
+    if relaunch:
+        maybe_relaunch(nproc, cfg.device, nodes=node_opts)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from nanochat.commands._common import LAUNCH_PARAMS, NPROC_HELP, NNodes, NodeRank, RdzvEndpoint, RdzvId, node_options
+from nanochat.commands._common import LAUNCH_PARAMS, NPROC_HELP, NNodes, NodeRank, RdzvEndpoint, RdzvId, launch_from_checkpoint
 from nanochat.commands._options import config_command
 from nanochat.train.rl_config import RLConfig
 
@@ -21,15 +21,7 @@ def rl(
     rdzv_id: RdzvId = None,
 ) -> None:
     """Reinforcement learning on GSM8K (or --task demo-arith) with the calculator tool (REINFORCE with a group-mean baseline)."""
-    from nanochat.common import checks
-    from nanochat.common.checkpoint import require_checkpoint
-    from nanochat.common.launch import maybe_relaunch
     from nanochat.train.rl import run_rl
 
-    checks.nproc(nproc)
-    nodes = node_options(nnodes, node_rank, rdzv_endpoint, rdzv_id)
-    # options, then the starting checkpoint's folder: both before any process starts or anything loads
-    cfg.validate()
-    require_checkpoint(cfg.source, cfg.model_tag, cfg.step)
-    maybe_relaunch(nproc, cfg.device, nodes=nodes)
+    launch_from_checkpoint(cfg, nproc, (nnodes, node_rank, rdzv_endpoint, rdzv_id))
     run_rl(cfg)

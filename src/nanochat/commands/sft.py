@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from nanochat.commands._common import LAUNCH_PARAMS, NPROC_HELP, NNodes, NodeRank, RdzvEndpoint, RdzvId, node_options
+from nanochat.commands._common import LAUNCH_PARAMS, NPROC_HELP, NNodes, NodeRank, RdzvEndpoint, RdzvId, launch_from_checkpoint
 from nanochat.commands._options import config_command
 from nanochat.train.sft_config import SFTConfig
 
@@ -21,20 +21,13 @@ def sft(
     rdzv_id: RdzvId = None,
 ) -> None:
     """Fine-tune a base model into a chat model on a conversation mixture (assistant tokens only)."""
-    from nanochat.common import checks
-    from nanochat.common.checkpoint import require_checkpoint
-    from nanochat.common.launch import maybe_relaunch
     from nanochat.common.logging import warn0
     from nanochat.train.sft import run_sft
 
-    checks.nproc(nproc)
-    nodes = node_options(nnodes, node_rank, rdzv_endpoint, rdzv_id)
-    # options, your conversation files, then the starting checkpoint's folder: all before any process starts or anything loads
-    cfg.validate()
-    for f in cfg.check_data():
-        if f.skipped:
-            warn0(f"{f.path}: {len(f.skipped):,} bad line(s) skipped (--skip-bad), {len(f.conversations):,} conversations kept; the first: {f.skipped[0]}")
-    require_checkpoint(cfg.source, cfg.model_tag, cfg.step)
-    if not cfg.dry_run:
-        maybe_relaunch(nproc, cfg.device, nodes=nodes)
+    def check_data() -> None:  # your conversation files, before the checkpoint is looked for
+        for f in cfg.check_data():
+            if f.skipped:
+                warn0(f"{f.path}: {len(f.skipped):,} bad line(s) skipped (--skip-bad), {len(f.conversations):,} conversations kept; the first: {f.skipped[0]}")
+
+    launch_from_checkpoint(cfg, nproc, (nnodes, node_rank, rdzv_endpoint, rdzv_id), check=check_data, relaunch=not cfg.dry_run)
     run_sft(cfg)

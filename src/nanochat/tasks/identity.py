@@ -101,21 +101,31 @@ def identity_conversation(rng: random.Random) -> Conversation:
     return {"messages": messages}
 
 
-class IdentityConversations(Task):
-    name = "identity"
-    eval_type = None
+class _TemplateTask(Task):
+    """`size` conversations drawn from templates; conversation i is a function of (seed, i) alone."""
 
-    def __init__(self, size: int = 1000, seed: int = 0, **kwargs):
+    eval_type = None
+    default_size = 1000
+    make = None  # staticmethod: rng -> Conversation
+    source = ""
+
+    def __init__(self, size: int | None = None, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
-        self.size = size
+        self.size = self.default_size if size is None else size
         self.seed = seed
-        self.data_source = "synthetic (identity templates)"
+        self.data_source = self.source
 
     def num_examples(self) -> int:
         return self.size
 
     def get_example(self, index: int) -> Conversation:
-        return identity_conversation(random.Random(self.seed * 1_000_003 + index))
+        return type(self).make(random.Random(self.seed * 1_000_003 + index))
+
+
+class IdentityConversations(_TemplateTask):
+    name = "identity"
+    make = staticmethod(identity_conversation)
+    source = "synthetic (identity templates)"
 
 
 def write_identity_jsonl(path: str | Path, size: int = 1000, seed: int = 0) -> Path:
@@ -151,18 +161,8 @@ def small_talk_conversation(rng: random.Random) -> Conversation:
     return {"messages": messages}
 
 
-class SmallTalk(Task):
+class SmallTalk(_TemplateTask):
     name = "small talk"
-    eval_type = None
-
-    def __init__(self, size: int = 500, seed: int = 0, **kwargs):
-        super().__init__(**kwargs)
-        self.size = size
-        self.seed = seed
-        self.data_source = "synthetic (small-talk templates)"
-
-    def num_examples(self) -> int:
-        return self.size
-
-    def get_example(self, index: int) -> Conversation:
-        return small_talk_conversation(random.Random(self.seed * 1_000_003 + index))
+    default_size = 500
+    make = staticmethod(small_talk_conversation)
+    source = "synthetic (small-talk templates)"
