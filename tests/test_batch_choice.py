@@ -61,3 +61,66 @@ def test_a_dry_run_says_its_choice_comes_from_the_estimate():
     facts = SimpleNamespace(total_params=10**8, depth=12, model_dim=768, scaling_params=10**8, ref_scaling_params=10**8, flops_per_token=6 * 10**8)
     _, why = resolve_device_batch(cfg, facts, 32768, 1, "cuda", device_bytes=141 * GiB)
     assert "(estimated)" in why and "(measured)" not in why
+
+
+def test_gpu_memory_cap_reads_the_environment(monkeypatch):
+    from nanochat.common.errors import NanochatError
+    from nanochat.common.memory import GIB, gpu_memory_cap
+
+    total = 141 * GIB
+    monkeypatch.delenv("NANOCHAT_GPU_MEMORY_GIB", raising=False)
+    assert gpu_memory_cap(total) is None
+    monkeypatch.setenv("NANOCHAT_GPU_MEMORY_GIB", "78")
+    assert gpu_memory_cap(total) == 78 * GIB
+    monkeypatch.setenv("NANOCHAT_GPU_MEMORY_GIB", "200")  # above the card: no cap
+    assert gpu_memory_cap(total) is None
+    for bad in ("0", "-3", "lots"):
+        monkeypatch.setenv("NANOCHAT_GPU_MEMORY_GIB", bad)
+        with pytest.raises(NanochatError, match="NANOCHAT_GPU_MEMORY_GIB=.* must be a positive number of GiB"):
+            gpu_memory_cap(total)
+
+
+def test_a_capped_80gb_card_gets_a_smaller_d26_batch_than_the_h200():
+    """The decision at d26 under a 78 GiB cap against the whole 141 GiB card, from the plan's own estimates
+    (a fake memory size on CPU, as the issue asks): both fit, the capped one with fewer rows."""
+    import torch
+
+    from nanochat.model.gpt import GPT
+    from nanochat.train.pretrain import AUTO_ROWS, PretrainConfig, memory_estimate, model_config, model_facts, resolve_device_batch
+
+    cfg = PretrainConfig(depth=26, device_batch_size=AUTO_ROWS, resume="never")
+    with torch.device("meta"):
+        facts = model_facts(cfg, GPT(model_config(cfg, 32768)), 32768)
+    one = PretrainConfig(depth=26, device_batch_size=1)
+    state, per_row = memory_estimate(facts, one, 32768, 2)
+    chosen = {}
+    for gib in (78, 141):
+        c, why = resolve_device_batch(cfg, facts, 32768, 8, "cuda", row_bytes=per_row, device_bytes=gib * 2**30)
+        rows = c.device_batch_size
+        assert state + rows * per_row <= 0.85 * gib * 2**30 < state + 2 * rows * per_row or rows == 32  # the most that fit (a divisor)
+        chosen[gib] = rows
+    assert chosen[78] < chosen[141]
+
+
+def test_auto_batch_of_a_resumed_run_is_its_checkpoints(monkeypatch):
+    """A resumed run's data streams depend on its rows: auto keeps the checkpoint's, whatever the card (and
+    --resume never measures afresh)."""
+    import dataclasses
+
+    import torch
+
+    from nanochat.common import checkpoint as ck
+    from nanochat.model.gpt import GPT
+    from nanochat.train import pretrain
+    from nanochat.train.pretrain import AUTO_ROWS, PretrainConfig, model_config, model_facts, resolve_device_batch
+
+    cfg = PretrainConfig(depth=4, device_batch_size=AUTO_ROWS, max_seq_len=256, model_tag="t")
+    with torch.device("meta"):
+        facts = model_facts(cfg, GPT(model_config(cfg, 512)), 512)
+    found = ck.CheckpointInfo(ck.checkpoint_dir("base", "t") / "step_000010", "base", "t", 10)
+    monkeypatch.setattr(pretrain.ck, "find_latest", lambda kind, tag: found if (kind, tag) == ("base", "t") else None)
+    monkeypatch.setattr(pretrain.ck, "load_meta", lambda path: {"device_batch_size": 12})
+    c, why = resolve_device_batch(cfg, facts, 512, 1, "cuda", row_bytes=1.0, device_bytes=2**40)
+    assert c.device_batch_size == 12 and "checkpoint being resumed" in why
+    fresh, why = resolve_device_batch(dataclasses.replace(cfg, resume="never"), facts, 512, 1, "cuda", row_bytes=1.0, device_bytes=2**40)
+    assert fresh.device_batch_size != 12 and "measured" in why

@@ -5,6 +5,11 @@ rough, so a run is refused only when it needs more than MARGIN times the device'
 might fit is left to try, one that cannot (depth 1000 on one GPU) stops at once, with the numbers and
 the options that shrink it, instead of after minutes of allocating (or the kernel's OOM killer).
 NANOCHAT_SKIP_MEMORY_CHECK=1 turns the check off.
+
+NANOCHAT_GPU_MEMORY_GIB=78 makes a bigger GPU behave like a smaller one: the process may allocate at most that
+much (torch.cuda.set_per_process_memory_fraction; beyond it torch raises out-of-memory as a full card would),
+and every decision that reads the GPU's memory (this check, `--device-batch-size auto`) reads the cap. It is how
+an 80 GB card's runs are rehearsed on a 141 GB H200.
 """
 
 from __future__ import annotations
@@ -15,6 +20,33 @@ from nanochat.common.errors import NanochatError
 
 MARGIN = 2.0  # refuse above this many times the device's memory (the estimate errs high)
 GIB = 2**30
+
+
+def gpu_memory_cap(total: int) -> int | None:
+    """NANOCHAT_GPU_MEMORY_GIB in bytes when it is set and below `total`, else None (a bad value is a one-line error)."""
+    raw = os.environ.get("NANOCHAT_GPU_MEMORY_GIB", "").strip()
+    if not raw:
+        return None
+    try:
+        cap = float(raw)
+    except ValueError:
+        cap = -1.0
+    if not cap > 0:
+        raise NanochatError(f"NANOCHAT_GPU_MEMORY_GIB={raw!r} must be a positive number of GiB (e.g. 78); unset it to use the whole GPU")
+    return int(cap * GIB) if cap * GIB < total else None
+
+
+def gpu_bytes(index: int) -> int:
+    """The bytes of GPU `index` this process may use: its total, or the NANOCHAT_GPU_MEMORY_GIB cap, which is then
+    also applied to torch's allocator (idempotent)."""
+    import torch
+
+    total = int(torch.cuda.get_device_properties(index).total_memory)
+    cap = gpu_memory_cap(total)
+    if cap is None:
+        return total
+    torch.cuda.set_per_process_memory_fraction(cap / total, index)
+    return cap
 
 
 def device_memory(device: str) -> tuple[str, int] | None:
@@ -28,7 +60,8 @@ def device_memory(device: str) -> tuple[str, int] | None:
             return None
         index = torch.device(device).index
         index = torch.cuda.current_device() if index is None else index
-        return f"GPU {index} ({torch.cuda.get_device_name(index)})", int(torch.cuda.get_device_properties(index).total_memory)
+        capped = " capped by NANOCHAT_GPU_MEMORY_GIB" if gpu_memory_cap(int(torch.cuda.get_device_properties(index).total_memory)) else ""
+        return f"GPU {index} ({torch.cuda.get_device_name(index)}{capped})", gpu_bytes(index)
     try:
         return "host RAM", int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):  # no sysconf (Windows) or no such name

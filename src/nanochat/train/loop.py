@@ -292,6 +292,12 @@ def run_distributed(device_preference: str, body) -> Any:
 
     device_type = detect_device(device_preference)
     with distributed(device_type) as info:
+        if device_type == "cuda":  # NANOCHAT_GPU_MEMORY_GIB caps the allocator before anything is allocated
+            import torch
+
+            from nanochat.common.memory import gpu_bytes
+
+            gpu_bytes(torch.device(info.device).index or 0)
         return body(device_type, info)
 
 
@@ -445,8 +451,20 @@ class TrainingRun:
             dt = self.clock.stop(self.device_type, step - self.start_step)
             self.step = step + 1
             line, record = stage.record(self.step, dt, result.loss)
+            if self.device_type == "cuda":
+                import torch
+
+                record["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
             self.progress.step(line, self.step)
             self.metrics.write(record)
+
+    def peak_note(self, summary: dict) -> str:
+        """", peak GPU memory 12.3 GiB" for the done line, also put in `summary` (peak_memory_gib); "" where unknown."""
+        peak = peak_memory(self.device_type)
+        if peak is None:
+            return ""
+        summary["peak_memory_gib"] = round(peak[1], 2)
+        return f", {peak[0]} {peak[1]:.1f} GiB"
 
     def stopped_line(self) -> str:
         """What rank 0 prints when a signal stopped the run."""

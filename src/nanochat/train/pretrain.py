@@ -34,7 +34,7 @@ from typing import Any
 from nanochat.common import checkpoint as ck
 from nanochat.common.errors import NanochatError
 from nanochat.common.logging import console, print0, table, warn0
-from nanochat.common.memory import check_fits, over_budget
+from nanochat.common.memory import check_fits, gpu_bytes, over_budget
 from nanochat.optim import schedules
 from nanochat.eval.bpb import TextBpb, corpus_docs
 from nanochat.train.loop import (
@@ -46,7 +46,6 @@ from nanochat.train.loop import (
     record_report,
     run_distributed,
     greedy_samples,
-    peak_memory,
     sync_step_stats,
     wandb_run,
 )
@@ -235,7 +234,7 @@ def dry_run(cfg: PretrainConfig) -> dict:
     with torch.device("meta"):
         model = GPT(model_config(cfg, vocab))
     facts = model_facts(cfg, model, vocab)
-    dev_bytes = torch.cuda.get_device_properties(0).total_memory if device_type == "cuda" and torch.cuda.is_available() else None
+    dev_bytes = gpu_bytes(0) if device_type == "cuda" and torch.cuda.is_available() else None
     cfg, batch_why = resolve_device_batch(cfg, facts, vocab, world, device_type, device_bytes=dev_bytes)
     opts = scaling_options(cfg, world)
     plan = plan_training(opts, facts, power_law_batch=device_type == "cuda")
@@ -271,7 +270,7 @@ def _device_batch_on_device(cfg: PretrainConfig, model, facts: ModelFacts, vocab
         from nanochat.train.batch_choice import measure_row_bytes
 
         row_bytes = measure_row_bytes(model, cfg.max_seq_len, device)
-        dev_bytes = torch.cuda.get_device_properties(device).total_memory
+        dev_bytes = gpu_bytes(torch.device(device).index or 0)
     cfg, why = resolve_device_batch(cfg, facts, vocab, world, device_type, row_bytes, dev_bytes)
     if world > 1:
         import dataclasses
@@ -536,8 +535,6 @@ class PretrainStage(Stage):
         self.optimizer.zero_grad(set_to_none=True)
 
     def record(self, step: int, dt: float, loss: float) -> tuple[str, dict]:
-        import torch
-
         n, world, tokens_per_step = self.plan.num_iterations, self.run.world, self.plan.total_batch_size
         self.smooth = 0.9 * self.smooth + 0.1 * loss
         self.smooth_n += 1
@@ -547,8 +544,7 @@ class PretrainStage(Stage):
         line = (f"step {step:05d}/{n:05d} ({100 * step / n:.1f}%) | loss {debiased:.4f} | lrm {self.lrm:.3f} | dt {dt * 1000:.0f}ms | "
                 f"tok/s {tok_s:,.0f} | mfu {f'{100 * mfu:.2f}%' if mfu is not None else '-'} | epoch {self.loader.epoch} | eta {format_duration(self.run.clock.eta(n - step, dt))}")  # fmt: skip
         record = {"kind": "train", "step": step - 1, "loss": loss, "smooth_loss": debiased, "lrm": self.lrm, "dt": dt,
-                  "tok_per_s": tok_s, "mfu": mfu, "epoch": self.loader.epoch, "time": time.time(),
-                  **({"peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30} if self.run.device_type == "cuda" else {})}  # fmt: skip
+                  "tok_per_s": tok_s, "mfu": mfu, "epoch": self.loader.epoch, "time": time.time()}  # fmt: skip
         self.train_series.append([step - 1, loss])
         if self.wb and step % 100 == 0:
             self.wb.log({"step": step, "train/loss": debiased, "train/lrm": self.lrm, "train/tok_per_s": tok_s, "train/mfu": mfu})
@@ -651,16 +647,13 @@ def _finish(run: TrainingRun, stage: PretrainStage, compile_model: bool) -> dict
         "mfu_pct": (100 * stage.flops_per_step * clock.timed_steps / clock.total / (peak * world)) if (peak and clock.total) else None,
         "stopped_by": run.stop.signame if run.stopped_by_signal else None, "first_step_s": clock.first_step_s,
     }  # fmt: skip
-    peak_mem = peak_memory(run.device_type)
-    if peak_mem:
-        summary["peak_memory_gib"] = round(peak_mem[1], 2)
+    mem_note = run.peak_note(summary)
     if run.rank == 0:
         if run.stopped_by_signal:
             print0(run.stopped_line())
         else:
             bpb_note = (f"val bpb {val_bpb:.4f} on {stage.val_tokens:,} tokens (lowest {min_val:.4f}, step {stage.min_val_step})"
                         if val_bpb is not None and math.isfinite(val_bpb) else "val bpb off")  # fmt: skip
-            mem_note = f", {peak_mem[0]} {peak_mem[1]:.1f} GiB" if peak_mem else ""
             first_note = f", first step {clock.first_step_s:.1f}s{' (compile)' if compile_model else ''}" if clock.first_step_s is not None else ""
             print0(f"done: {step} steps, {bpb_note}, training time {format_duration(clock.total)}{first_note}{mem_note}")
             if stage.core_series:

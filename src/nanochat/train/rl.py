@@ -561,11 +561,12 @@ def _finish(cfg: RLConfig, run: TrainingRun, stage: RLStage, task_label: str) ->
         **({f"{task_label} pass@1 before RL (held out)": passk_start["pass@1"]} if passk_start else {}),
         **({f"{task_label} {k} (held out)": v for k, v in passk.items()} if passk else {}),
     }  # fmt: skip
+    mem_note = run.peak_note(summary)
     if s.rank == 0:
         if run.stopped_by_signal:
             print0(run.stopped_line())
         else:
             before = f"{passk_start['pass@1']:.4f} before RL, " if passk_start else ""
-            print0(f"done: {run.step} steps, training time {format_duration(run.clock.total)}" + (f", pass@1 {before}{passk['pass@1']:.4f} after on {eval_count} problems of {s.eval_label}" if passk else ""))
+            print0(f"done: {run.step} steps, training time {format_duration(run.clock.total)}{mem_note}" + (f", pass@1 {before}{passk['pass@1']:.4f} after on {eval_count} problems of {s.eval_label}" if passk else ""))
             report_rl(summary, run.run_dir / "metrics.jsonl", task_label, eval_count, cfg.sampling_batch)
     return summary

@@ -426,6 +426,7 @@ def _finish(cfg: SFTConfig, run: TrainingRun, stage: SFTStage, base, parts, lrs:
         "chatcore_during_sft": _chatcore_line(stage.cc_series, stage.cc_tasks),
         "mixture": "\n".join(["| set | train | val | source |", "|---|---|---|---|"] + [f"| {p.name} | {p.train} | {p.val} | {p.source} |" for p in parts]),
     }  # fmt: skip
+    mem_note = run.peak_note(summary)
     if run.rank == 0:
         if summary["stopped_by"]:
             print0(run.stopped_line())
@@ -433,7 +434,7 @@ def _finish(cfg: SFTConfig, run: TrainingRun, stage: SFTStage, base, parts, lrs:
             bpb_note = f"chat val bpb {val_bpb:.4f} on {val_tokens:,} assistant tokens" if _finite(val_bpb) is not None and val_tokens else "val bpb off"
             first = run.clock.first_step_s
             print0(f"done: {step} steps, {bpb_note}, training time {format_duration(run.clock.total)}"
-                   + (f", first step {first:.1f}s{' (compile)' if compile_model else ''}" if first is not None else "")
+                   + (f", first step {first:.1f}s{' (compile)' if compile_model else ''}" if first is not None else "") + mem_note
                    + "; chat with `nanochat chat --source sft`")
             record_report("sft", _report_data(summary, step), {"train_loss": stage.train_series, "val_bpb": stage.val_series}
                           | ({"chatcore": stage.cc_series} if stage.cc_series else {}))  # fmt: skip
