@@ -176,6 +176,8 @@ def test_decode_batch_equals_generate_with_joins_and_leaves():
     fed: list = []
     batch = eng.decode_batch(5)
     batch.on_forward = lambda rows, requests: fed.append(requests)
+    prefills: list = []
+    batch.on_prefill = prefills.append  # prompts prefilled together
     got: dict = {i: [] for i in range(4)}
     batch.join(prompts[0], tag=0, **settings[0])
     step = 0
@@ -193,6 +195,7 @@ def test_decode_batch_equals_generate_with_joins_and_leaves():
     assert [got[i] for i in range(3)] == alone
     assert got[3] == alone[1][:1]
     assert max(fed) == 3 and batch.free == 5
+    assert prefills == [1, 2, 1]  # the two prompts (of different lengths) that joined at step 4 share one prefill forward
 
 
 def test_same_seed_same_text_in_a_batch_and_seeds_differ():

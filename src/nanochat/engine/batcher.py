@@ -8,8 +8,10 @@
             if entry.ended: batch.leave(entry)   # its slots are free for the next join
 
 `DecodeBatch` owns one KVCache of `slots` rows (the cache keeps a length per row). A request takes
-`num_samples` free rows, lowest first: its prompt is prefilled alone (batch 1, as Engine.generate does) and
-copied into each of its rows. `step()` first runs one forward over the rows whose requests continue (each
+`num_samples` free rows, lowest first; at the next step the prompts of every request that joined since the
+last one are prefilled together (one right-padded forward, each read at its own last position, up to
+PREFILL_TOKENS padded tokens a forward), and each prompt's keys are copied into its rows, so 32 requests that
+arrive together wait for one prefill, not 32 in turn. `step()` first runs one forward over the rows whose requests continue (each
 fed its last token), then samples every request from its own logits with its own `RowSampler` (sampling
 settings, seeded generator, repetition guards, calculator state machine: engine.py), so a request's
 tokens are the ones Engine.generate gives it alone, whoever else is in the batch. The forward covers rows
@@ -37,6 +39,8 @@ import torch
 from nanochat.common.errors import NanochatError
 from nanochat.engine.engine import RowSampler
 
+PREFILL_TOKENS = 16384  # padded prompt tokens one prefill forward may take (its logits are rows × tokens × vocab)
+
 
 @dataclass(eq=False)  # entries are found in lists by identity: their fields hold tensors and the caller's job
 class BatchEntry:
@@ -51,6 +55,8 @@ class BatchEntry:
     logits: torch.Tensor | None = None  # the next step's logits, (rows, vocab)
     column: list[int] | None = None  # the last sampled column, fed at the next forward while the entry runs
     ended: bool = False  # every row has ended, or max_tokens were generated
+    prompt: list[int] | None = None  # until the next step prefills it
+    sampling: tuple = ()  # (temperature, top_k, top_p, seed, guards) for the sampler the prefill makes
     gen: Iterator | None = field(default=None, repr=False)  # SerialBatch only
 
 
@@ -69,6 +75,7 @@ class DecodeBatch:
         self.lengths = [0] * slots  # host copy of each row's filled length (0 for a free row)
         self.entries: list[BatchEntry] = []  # in join order
         self.on_forward = on_forward  # (rows in the forward, requests fed) per decode forward
+        self.on_prefill: Callable[[int], None] | None = None  # (prompts prefilled together) per prefill
         self._steps: dict[tuple[int, int], _StaticStep] = {}  # (rows, slots) -> step, least recently used first
 
     @property
@@ -104,17 +111,49 @@ class DecodeBatch:
             return BatchEntry([], None, 0, tag=tag, ended=True)
         if num_samples > self.free:
             raise NanochatError(f"{num_samples} rows asked for but {self.free} of the batch's {self.slots} are free; wait for a request to leave")
-        pre = eng._new_cache(1, len(prompt))
-        logits = eng._forward(torch.tensor([prompt], dtype=torch.long, device=eng.device), pre)[:, -1, :]
         rows = [i for i, o in enumerate(self.owner) if o is None][:num_samples]
-        entry = BatchEntry(rows, None, max_tokens, on_logits, tag)
-        entry.sampler = RowSampler(eng, num_samples, logits.size(-1), temperature, top_k, top_p, seed, **guards)
-        entry.logits = logits.expand(num_samples, -1)
-        for r in rows:
-            self.cache.load_row(pre, r)
-            self.owner[r], self.lengths[r] = entry, len(prompt)
+        entry = BatchEntry(rows, None, max_tokens, on_logits, tag, prompt=prompt)
+        entry.sampling = (temperature, top_k, top_p, seed, guards)  # the sampler is made at the prefill (it needs the logits' width)
+        for r in rows:  # reserved now; filled by the next step's prefill
+            self.owner[r], self.lengths[r] = entry, 0
         self.entries.append(entry)
         return entry
+
+    def _prefill(self) -> None:
+        """Prefill the requests that joined since the last step, several prompts per right-padded forward (each
+        prompt's logits read at its own last position; at most PREFILL_TOKENS padded tokens a forward), then copy
+        each prompt's keys into its rows."""
+        todo = [e for e in self.entries if e.prompt is not None and not e.ended]
+        group: list[BatchEntry] = []
+        for e in todo:
+            if group and (len(group) + 1) * max(len(x.prompt) for x in group + [e]) > PREFILL_TOKENS:
+                self._prefill_group(group)
+                group = []
+            group.append(e)
+        if group:
+            self._prefill_group(group)
+
+    def _prefill_group(self, group: list[BatchEntry]) -> None:
+        eng = self.engine
+        longest = max(len(e.prompt) for e in group)
+        padded = torch.full((len(group), longest), eng.ids["bos"], dtype=torch.long)
+        for i, e in enumerate(group):
+            padded[i, : len(e.prompt)] = torch.tensor(e.prompt, dtype=torch.long)
+        pre = eng._new_cache(len(group), longest)
+        alone = len(group) == 1  # then only the last position's logits are computed
+        out = eng._forward(padded.to(eng.device), pre, last_only=alone)
+        for i, e in enumerate(group):
+            n = len(e.prompt)
+            logits = out[i, -1 if alone else n - 1].unsqueeze(0)
+            temperature, top_k, top_p, seed, guards = e.sampling
+            e.sampler = RowSampler(eng, len(e.rows), logits.size(-1), temperature, top_k, top_p, seed, **guards)
+            e.logits = logits.expand(len(e.rows), -1)
+            for r in e.rows:
+                self.cache.load_row(pre, r, src_row=i, length=n)
+                self.lengths[r] = n
+            e.prompt = None
+        if self.on_prefill is not None:
+            self.on_prefill(len(group))
 
     def leave(self, entry: BatchEntry) -> None:
         """Give the entry's rows back (finished, stopped or cancelled); idempotent."""
@@ -130,6 +169,7 @@ class DecodeBatch:
         """Advance every running request by one token: (entry, its token column) in join order. An entry is
         `ended` after its last column; the caller then calls `leave` (or anytime before, to cancel)."""
         self._forward()
+        self._prefill()  # after the decode forward: those rows take no part in it
         live = [e for e in self.entries if not e.ended and e.logits is not None]
         for e in live:
             if e.on_logits is not None:

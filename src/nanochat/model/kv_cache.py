@@ -136,14 +136,17 @@ class KVCache:
             raise NanochatError(f"the source cache holds {other.max_filled} tokens but this one has only {self.max_len} slots")
         return other.max_filled
 
-    def load_row(self, other: "KVCache", row: int) -> None:
-        """Copy a one-row cache into row `row` (its length becomes the other's); the other rows are untouched."""
-        if other.batch_size != 1:
-            raise NanochatError(f"load_row takes a one-row cache (got {other.batch_size} rows)")
-        n = self._source_length(other)
-        self.k[:, row, :n] = other.k[:, 0, :n]
-        self.v[:, row, :n] = other.v[:, 0, :n]
-        self.tokens[row, :n] = other.tokens[0, :n]
+    def load_row(self, other: "KVCache", row: int, src_row: int = 0, length: int | None = None) -> None:
+        """Copy row `src_row` of `other` (its first `length` tokens, default all it holds) into row `row`, whose
+        length becomes that; the other rows are untouched."""
+        if not 0 <= src_row < other.batch_size:
+            raise NanochatError(f"load_row: row {src_row} of a {other.batch_size}-row cache does not exist")
+        n = self._source_length(other) if length is None else length
+        if n > min(other.max_len, self.max_len):
+            raise NanochatError(f"load_row: {n} tokens do not fit a {self.max_len}-slot cache")
+        self.k[:, row, :n] = other.k[:, src_row, :n]
+        self.v[:, row, :n] = other.v[:, src_row, :n]
+        self.tokens[row, :n] = other.tokens[src_row, :n]
         self.lengths[row] = n
         self.max_filled = max(self.max_filled, n)
 
