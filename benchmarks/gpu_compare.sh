@@ -3,7 +3,7 @@
 #   bash benchmarks/gpu_compare.sh data prep ref          # corpus, tokenizer for both, validation rows, reference d12
 #   bash benchmarks/gpu_compare.sh ours score table       # ours d12 with the same steps, score every checkpoint, the table
 #   TAG=nosb ARGS="--no-smear --no-backout" bash benchmarks/gpu_compare.sh ours score table   # an ablation
-#   bash benchmarks/gpu_compare.sh d20                    # ours d20, 10 steps (throughput)
+#   bash benchmarks/gpu_compare.sh d20                    # ours d20, 10 steps (throughput); ARGS=--fp8 for FP8
 #   bash benchmarks/gpu_compare.sh data prep refcache ours score table   # against a reference run kept from before
 #   bash benchmarks/gpu_compare.sh data prep sweep        # the miniseries d4-d12 of `nanochat sweep` on this corpus
 # `refscore` scores the reference's checkpoints and copies its scores and log to $OUT (keep them in
@@ -36,7 +36,7 @@ for stage in "$@"; do t0=$(date +%s); echo "=== $stage $(date +%T)"
     ours) timeout "${T:-540}" $CMP --tag "$TAG" --ours-args="${ARGS:-}" train-ours 2>&1 | tail -5; cp "$W/ours_train_$TAG.log" "$OUT/" 2>/dev/null;;
     score) $CMP --tag "$TAG" score 2>&1 | tail -20;;
     table) $CMP --tag "$TAG" --ours-args="${ARGS:-}" table 2>&1 | tee "$OUT/table_$TAG.md";;
-    d20) NANOCHAT_HOME=$W/ours timeout 330 python3 -m nanochat pretrain --depth 20 --data "$D" --num-iterations 10 --eval-every -1 \
+    d20) NANOCHAT_HOME=$W/ours timeout 330 python3 -m nanochat pretrain --depth 20 --data "$D" --num-iterations 10 --eval-every -1 ${ARGS:-} \
            --core-metric-every -1 --sample-every -1 --resume never --model-tag d20bench > "$OUT/ours_d20.log" 2>&1
          grep -E "^step|done" "$OUT/ours_d20.log" | tail -4;;
     *) echo "unknown stage $stage (data prep ref refscore refcache ours score table d20 sweep)"; exit 2;;

@@ -11,7 +11,7 @@ from nanochat.commands._options import config_command
 from nanochat.train.pretrain_config import PretrainConfig
 
 
-@config_command(PretrainConfig, after={"device": LAUNCH_PARAMS, "tokenizer_threads": ("fp8",)})
+@config_command(PretrainConfig, after={"device": LAUNCH_PARAMS})
 def pretrain(
     cfg: PretrainConfig,
     nproc: Optional[int] = typer.Option(None, help=NPROC_HELP),
@@ -19,7 +19,6 @@ def pretrain(
     node_rank: NodeRank = None,
     rdzv_endpoint: RdzvEndpoint = None,
     rdzv_id: RdzvId = None,
-    fp8: bool = typer.Option(False, "--fp8", help="FP8 matmuls (H100+); not available in this version."),
     skip_restore: str = typer.Option("", hidden=True, help="Tests only: comma list of loader,rng not to restore on resume."),
 ) -> None:
     """Pretrain the base GPT on web or demo text; resumable exactly from its checkpoints."""
@@ -28,13 +27,14 @@ def pretrain(
     from nanochat.data.corpus import check_data_name, open_corpus
     from nanochat.train.pretrain import run_pretrain
 
-    refuse_fp8(fp8)
     checks.nproc(nproc)
     nodes = node_options(nnodes, node_rank, rdzv_endpoint, rdzv_id)
     skip = {s.strip() for s in skip_restore.split(",") if s.strip()}
     cfg.restore_loader, cfg.restore_rng = "loader" not in skip, "rng" not in skip
     # every check that needs no model, before any process is started or anything loaded
     cfg.validate()
+    if not cfg.dry_run:  # before any data is looked for or process started
+        check_fp8(cfg.fp8, cfg.device)
     if cfg.dry_run:
         check_data_name(cfg.data)  # a plan may name data still to download, never data that cannot exist
         cfg.dry_run_world_size = _planned_world_size(cfg.device, nproc, nodes)
@@ -45,12 +45,17 @@ def pretrain(
     run_pretrain(cfg)
 
 
-def refuse_fp8(fp8: bool) -> None:
-    """--fp8 is declared (it is on the reference's command line) but not built: one line saying what to do."""
-    if fp8:
-        from nanochat.common.errors import UsageError
+def check_fp8(fp8: bool, device: str) -> None:
+    """--fp8 on a device without FP8 tensor cores: one line saying so (exit 2)."""
+    if not fp8:
+        return
+    from nanochat.common.device import detect_device
+    from nanochat.common.errors import UsageError
+    from nanochat.model.fp8 import fp8_supported
 
-        raise UsageError("--fp8 is not available in this version of nanochat; train in bf16 (drop --fp8)")
+    why_not = fp8_supported(detect_device(device))
+    if why_not:
+        raise UsageError(why_not)
 
 
 def _planned_world_size(device: str, nproc: int | None, nodes) -> int:

@@ -40,7 +40,7 @@ def _pretrain_options(kind: str, extra: list[str], data: str, device: str) -> tu
         from click.exceptions import ClickException
 
     from nanochat.commands._options import config_values
-    from nanochat.commands.pretrain import pretrain, refuse_fp8
+    from nanochat.commands.pretrain import check_fp8, pretrain
     from nanochat.common.errors import UsageError
     from nanochat.train.pretrain_config import PretrainConfig
 
@@ -52,8 +52,8 @@ def _pretrain_options(kind: str, extra: list[str], data: str, device: str) -> tu
     except ClickException as e:
         raise UsageError(f"{e.format_message()} (an option that is neither the sweep's nor pretrain's; see `nanochat sweep {kind} -h` and `nanochat pretrain -h`)") from None
     given = frozenset(k for k in ctx.params if ctx.get_parameter_source(k).name == "COMMANDLINE") - {"data", "device"}
-    refuse_fp8(ctx.params.get("fp8", False))
     options = config_values(PretrainConfig, ctx.params)
+    check_fp8(options["fp8"], device)
     if options["device_batch_size"] < 0:  # every run of a sweep must read the same rows per step, whatever fits
         raise UsageError("--device-batch-size auto is not available in a sweep; give a number of rows (default 32)")
     return options, given

@@ -41,6 +41,7 @@ from torch.utils.checkpoint import checkpoint
 from nanochat.common.errors import NanochatError
 from nanochat.model import attention as attn_lib
 from nanochat.model.config import GPTConfig
+from nanochat.model.fp8 import fp8_linear
 from nanochat.model.rotary import apply_rotary, rotary_tables
 
 SOFTCAP = 15.0
@@ -61,10 +62,14 @@ def norm(x: torch.Tensor) -> torch.Tensor:
 class Linear(nn.Linear):
     """A bias-free Linear whose float32 master weight is cast to the activation dtype."""
 
+    fp8 = False  # FP8 matmuls in training (model.fp8.fp8_linear); set by GPT.use_fp8
+
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__(in_features, out_features, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp8 and torch.is_grad_enabled():  # training steps only: evaluation and sampling stay exact
+            return fp8_linear(x, self.weight.to(x.dtype))
         return F.linear(x, self.weight.to(x.dtype))
 
 
@@ -293,6 +298,15 @@ class GPT(nn.Module):
         counts["scaling"] = counts["matrices"] + counts["lm_head"]
         assert counts["total"] == sum(p.numel() for p in self.parameters()), "a parameter is missing from param_groups"
         return counts
+
+    def fp8_linears(self) -> list[nn.Module]:
+        """The linears FP8 pays for: the attention and MLP projections of every block (the head, the embeddings'
+        gates and the smear gate are small or precision-sensitive and stay in the compute dtype)."""
+        return [m for blk in self.h for m in (blk.attn.c_q, blk.attn.c_k, blk.attn.c_v, blk.attn.c_proj, blk.mlp.c_fc, blk.mlp.c_proj)]
+
+    def use_fp8(self, enabled: bool = True) -> None:
+        for m in self.fp8_linears():
+            m.fp8 = enabled
 
     def scaling_params(self) -> int:
         """N of the scaling laws: transformer matrices + lm_head (no embeddings, value embeddings, scalars)."""

@@ -430,6 +430,8 @@ def _build(cfg: PretrainConfig, vocab: int, device_type: str, world: int, device
     dtype = choose_dtype(device_type).dtype
     model = build_model(gpt_config, device, init=True, dtype=dtype, seed=cfg.seed)
     model.activation_checkpointing = cfg.activation_checkpointing
+    if cfg.fp8:
+        model.use_fp8()
     facts = model_facts(cfg, model, vocab)
     cfg, batch_why = _device_batch_on_device(cfg, model, facts, vocab, world, device_type, device)
     opts = scaling_options(cfg, world)
@@ -446,7 +448,7 @@ def _plan_table(m: _Model, device: str, world: int, peak, val_tokens: int, compi
     cfg = m.cfg
     rows = plan_rows(m.facts, m.opts, m.plan) + [
         ("schedule", f"warmup {cfg.warmup_steps}, {cfg.warmdown_shape} warmdown {cfg.warmdown_ratio:g} → {cfg.final_lr_frac:g}× LR; Muon momentum 0.85→0.97→0.90; WD cosine to 0"),
-        ("device", f"{device} × {world} ({str(m.dtype).removeprefix('torch.')}{', compiled' if compile_model else ''}{', activation checkpointing' if cfg.activation_checkpointing else ''}; attention {m.model.attn_backend})"),
+        ("device", f"{device} × {world} ({str(m.dtype).removeprefix('torch.')}{', compiled' if compile_model else ''}{', activation checkpointing' if cfg.activation_checkpointing else ''}{', fp8 block matmuls' if cfg.fp8 else ''}; attention {m.model.attn_backend})"),
         *([("compile cache", compile_cache.describe())] if compile_cache else []),
         ("device batch", f"{cfg.device_batch_size} rows ({m.batch_why})"),
         ("peak FLOP/s (MFU)", f"{peak * world:.3g}" if peak else "unknown (MFU not shown)"),

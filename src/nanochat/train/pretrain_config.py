@@ -63,6 +63,8 @@ class PretrainConfig:
                                             flags=("--activation-checkpointing/--no-activation-checkpointing",))  # fmt: skip
     max_bad_steps: int = option(5, "Stop after this many non-finite-loss steps in a row (each is skipped).")
     tokenizer_threads: int = option(4, "Threads tokenising training text in the background.")
+    fp8: bool = option(False, "FP8 matmuls (tensorwise scaling) in the blocks' attention and MLP projections; needs a Hopper or Ada GPU. The head and gates stay bf16.",
+                       flags=("--fp8",))  # fmt: skip
     dry_run: bool = option(False, "Build on the meta device, print the plan (parameters, FLOPs, batch, memory, data) and exit.", flags=("--dry-run",))
     dry_run_world_size: int = field(default=1, repr=False)  # processes a --dry-run plans for
     # for tests: restore the data loader / RNG on resume (a negative control turns them off)
