@@ -39,13 +39,17 @@ def lr_multiplier(
     return 1.0 + (final_lr_frac - 1.0) * progress
 
 
+MUON_MOMENTUM = (0.85, 0.97, 0.90)  # pretraining's Muon momentum: start, peak (after the warmup), end (of the warmdown)
+MUON_MOMENTUM_WARMUP_STEPS = 400
+
+
 def muon_momentum(
     it: int,
     num_iterations: int,
-    warmup_steps: int = 400,
-    start: float = 0.85,
-    peak: float = 0.97,
-    end: float = 0.90,
+    warmup_steps: int = MUON_MOMENTUM_WARMUP_STEPS,
+    start: float = MUON_MOMENTUM[0],
+    peak: float = MUON_MOMENTUM[1],
+    end: float = MUON_MOMENTUM[2],
     warmdown_ratio: float = 0.65,
 ) -> float:
     """start -> peak linearly over warmup_steps; peak; then peak -> end linearly over the warmdown."""
@@ -64,6 +68,7 @@ def weight_decay(it: int, num_iterations: int, base: float) -> float:
 
 
 SFT_MOMENTUM_WARMUP_STEPS = 300
+SFT_MOMENTUM_START, SFT_MOMENTUM_RISE = 0.85, 0.10  # SFT's Muon momentum rises from 0.85 by 0.10, to 0.95
 
 
 def sft_lr_multiplier(progress: float, init_lr_frac: float, warmup_ratio: float, warmdown_ratio: float, final_lr_frac: float) -> float:
@@ -81,9 +86,20 @@ def sft_lr_multiplier(progress: float, init_lr_frac: float, warmup_ratio: float,
 
 def sft_muon_momentum(step: int) -> float:
     """0.85 -> 0.95 linearly over the first SFT_MOMENTUM_WARMUP_STEPS steps, then 0.95."""
-    return 0.85 + 0.10 * min(step / SFT_MOMENTUM_WARMUP_STEPS, 1.0)
+    return SFT_MOMENTUM_START + SFT_MOMENTUM_RISE * min(step / SFT_MOMENTUM_WARMUP_STEPS, 1.0)
 
 
 def rl_lr_multiplier(step: int, num_steps: int) -> float:
     """RL's LR: from 1 at step 0 down linearly, 1 - step / num_steps."""
     return 1.0 - step / num_steps
+
+
+def describe_pretrain_momentum() -> str:
+    """The pretraining plan's momentum phrase, from the constants the schedule uses."""
+    a, b, c = MUON_MOMENTUM
+    return f"Muon momentum {a:g}→{b:g} over {MUON_MOMENTUM_WARMUP_STEPS} steps, →{c:g} over the warmdown"
+
+
+def describe_sft_momentum() -> str:
+    """The SFT plan's momentum phrase, from the constants the schedule uses."""
+    return f"Muon momentum {SFT_MOMENTUM_START:g}→{SFT_MOMENTUM_START + SFT_MOMENTUM_RISE:g} over {SFT_MOMENTUM_WARMUP_STEPS} steps"

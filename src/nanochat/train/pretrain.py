@@ -447,7 +447,7 @@ def _plan_table(m: _Model, device: str, world: int, peak, val_tokens: int, compi
                 start: str) -> str:
     cfg = m.cfg
     rows = plan_rows(m.facts, m.opts, m.plan) + [
-        ("schedule", f"warmup {cfg.warmup_steps}, {cfg.warmdown_shape} warmdown {cfg.warmdown_ratio:g} → {cfg.final_lr_frac:g}× LR; Muon momentum 0.85→0.97→0.90; WD cosine to 0"),
+        ("schedule", f"warmup {cfg.warmup_steps}, {cfg.warmdown_shape} warmdown {cfg.warmdown_ratio:g} → {cfg.final_lr_frac:g}× LR; {schedules.describe_pretrain_momentum()}; WD cosine to 0"),
         ("device", f"{device} × {world} ({str(m.dtype).removeprefix('torch.')}{', compiled' if compile_model else ''}{', activation checkpointing' if cfg.activation_checkpointing else ''}{', fp8 block matmuls' if cfg.fp8 else ''}; attention {m.model.attn_backend})"),
         *([("compile cache", compile_cache.describe())] if compile_cache else []),
         ("device batch", f"{cfg.device_batch_size} rows ({m.batch_why})"),

@@ -246,7 +246,7 @@ def _print_plan(cfg: SFTConfig, gpt_config, model, base, parts, train_set, val_s
         ("batch", f"{b.dbs} rows × {b.seq} tokens × {world} processes × {b.accum} accumulation = {b.tbs:,} tokens/step"),
         ("iterations", f"{n:,}" + (" (one epoch, estimated; the epoch end stops the run)" if epoch_mode else "")),
         ("learning rates", ", ".join(f"{k} {v:.4g}" for k, v in lrs.items()) + f" (×{cfg.init_lr_frac:g} init_lr_frac; batch scale {b.scale:.3g})"),
-        ("schedule", f"warmup {cfg.warmup_ratio:g}, warmdown {cfg.warmdown_ratio:g} → {cfg.final_lr_frac:g}; Muon momentum 0.85→0.95 over {schedules.SFT_MOMENTUM_WARMUP_STEPS} steps; no weight decay"),
+        ("schedule", f"warmup {cfg.warmup_ratio:g}, warmdown {cfg.warmdown_ratio:g} → {cfg.final_lr_frac:g}; {schedules.describe_sft_momentum()}; no weight decay"),
         ("device", f"{device} × {world} ({str(model.compute_dtype).removeprefix('torch.')}{', compiled' if compile_model else ''})"),
         ("eval", f"val bpb every {eval_every} steps on {eval_steps} batches of held-out conversations" if eval_every > 0 else "val bpb off"),
         ("ChatCORE", f"every {cfg.chatcore_every} steps and at the end, on a sample (categorical: {'all' if cfg.chatcore_max_cat < 0 else cfg.chatcore_max_cat}, "
