@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -56,8 +58,29 @@ NNodes = Annotated[Optional[int], typer.Option("--nnodes", help="Machines taking
 NodeRank = Annotated[Optional[int], typer.Option("--node-rank", help="This machine's number, 0 to nnodes-1; node 0 hosts the rendezvous (under srun: SLURM_NODEID).", rich_help_panel=NODES_PANEL)]
 RdzvEndpoint = Annotated[Optional[str], typer.Option("--rdzv-endpoint", metavar="HOST:PORT", help="Node 0's address and a free port, the same on every machine (default: $MASTER_ADDR:$MASTER_PORT).", rich_help_panel=NODES_PANEL)]
 RdzvId = Annotated[Optional[str], typer.Option("--rdzv-id", help="A name for this run, the same on every machine (default: nanochat; under srun: the job id).", rich_help_panel=NODES_PANEL)]
-# the names of those and --nproc, placed after --device in a stage's --help (commands._options.config_command)
-LAUNCH_PARAMS = ("nproc", "nnodes", "node_rank", "rdzv_endpoint", "rdzv_id")
+# with --nproc, a stage's Launch options, placed after --device in its --help (commands._options.config_command)
+NProc = Annotated[Optional[int], typer.Option("--nproc", help=NPROC_HELP)]
+_LAUNCH_OPTIONS = {"nproc": NProc, "nnodes": NNodes, "node_rank": NodeRank, "rdzv_endpoint": RdzvEndpoint, "rdzv_id": RdzvId}
+
+
+@dataclass(frozen=True)
+class Launch:
+    """--nproc and the several-machines options of a stage command, as parsed (`config_command(..., launch=True)`)."""
+
+    nproc: int | None = None
+    nnodes: int | None = None
+    node_rank: int | None = None
+    rdzv_endpoint: str | None = None
+    rdzv_id: str | None = None
+
+    def nodes(self) -> "NodeOptions":
+        """The several-machines options, checked (a bad one is a one-line usage error)."""
+        return node_options(self.nnodes, self.node_rank, self.rdzv_endpoint, self.rdzv_id)
+
+
+def launch_parameters() -> list[inspect.Parameter]:
+    """The Launch options as command parameters, in the order --help shows them."""
+    return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=hint) for name, hint in _LAUNCH_OPTIONS.items()]
 
 
 def node_options(nnodes: int | None, node_rank: int | None, rdzv_endpoint: str | None, rdzv_id: str | None) -> "NodeOptions":
@@ -74,7 +97,7 @@ def node_options(nnodes: int | None, node_rank: int | None, rdzv_endpoint: str |
     return opts
 
 
-def launch_from_checkpoint(cfg, nproc: int | None, nodes: tuple, check=None, relaunch: bool = True) -> None:
+def launch_from_checkpoint(cfg, launch: Launch, check=None, relaunch: bool = True) -> None:
     """What a stage that starts from a checkpoint checks before any process starts or anything loads: the process and
     machine options, the config (`cfg.validate()`), `check()` (e.g. the user's data files), the starting checkpoint's
     folder; then it restarts itself under torchrun when several processes are asked for (`relaunch`)."""
@@ -82,11 +105,11 @@ def launch_from_checkpoint(cfg, nproc: int | None, nodes: tuple, check=None, rel
     from nanochat.common.checkpoint import require_checkpoint
     from nanochat.common.launch import maybe_relaunch
 
-    checks.nproc(nproc)
-    node_opts = node_options(*nodes)
+    checks.nproc(launch.nproc)
+    node_opts = launch.nodes()
     cfg.validate()
     if check is not None:
         check()
     require_checkpoint(cfg.source, cfg.model_tag, cfg.step)
     if relaunch:
-        maybe_relaunch(nproc, cfg.device, nodes=node_opts)
+        maybe_relaunch(launch.nproc, cfg.device, nodes=node_opts)

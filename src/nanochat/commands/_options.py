@@ -1,11 +1,12 @@
 """A stage's command made from its config dataclass: the options are the config's fields, declared once.
 
-    @config_command(PretrainConfig, after={"device": ("nproc",)})
-    def pretrain(cfg: PretrainConfig, nproc: Optional[int] = typer.Option(None, help=NPROC_HELP)) -> None: ...
+    @config_command(PretrainConfig, launch=True)
+    def pretrain(cfg: PretrainConfig, launch: Launch, skip_restore: str = typer.Option("", hidden=True)) -> None: ...
 
 gives `nanochat pretrain` one option per field that carries `common.options.option(...)` metadata (flag,
-default, help, panel, range check, in the field order) plus the function's own parameters (the command-only
-options: processes, machines, hidden test flags), each placed after the field `after` names, else last.
+default, help, panel, range check, in the field order), then, with `launch`, the process and machine options
+after --device (passed as one `commands._common.Launch`), then the function's own parameters (command-only
+options such as hidden test flags), each placed after the field `after` names, else last.
 The command receives the config built from the parsed values in one call (`build_config`).
 typer reads a command's options from `inspect.signature`, so the command gets a `__signature__`.
 """
@@ -19,6 +20,7 @@ from typing import Any, Optional, TypeVar
 
 import typer
 
+from nanochat.commands._common import Launch, launch_parameters
 from nanochat.commands._ranges import checked
 from nanochat.common.options import Cli, cli_fields
 
@@ -72,15 +74,20 @@ def build_config(cls: type[C], values: Mapping[str, Any]) -> C:
     return cls(**config_values(cls, values))
 
 
-def config_command(cls: type, after: Mapping[str, tuple[str, ...]] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Make `func(cfg, **own_options)` a typer command whose options are `cls`'s fields and `func`'s own."""
+def config_command(cls: type, after: Mapping[str, tuple[str, ...]] | None = None,
+                   launch: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:  # fmt: skip
+    """Make `func(cfg, [launch,] **own_options)` a typer command whose options are `cls`'s fields, the Launch
+    options after --device when `launch`, and `func`'s own."""
     after = dict(after or {})
+    shared = launch_parameters() if launch else []
+    if launch:
+        after["device"] = tuple(p.name for p in shared) + after.get("device", ())
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         hints = typing.get_type_hints(func, include_extras=True)
         own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
-               for p in list(inspect.signature(func).parameters.values())[1:]]  # fmt: skip
-        by_name = {p.name: p for p in own}
+               for p in list(inspect.signature(func).parameters.values())[1 + launch:]]  # fmt: skip
+        by_name = {p.name: p for p in own + shared}
         placed = {name for names in after.values() for name in names}
         unknown = (placed - by_name.keys()) | (after.keys() - {f.name for f, _ in cli_fields(cls)})
         if unknown:  # a typo here would drop an option from the command silently
@@ -92,6 +99,8 @@ def config_command(cls: type, after: Mapping[str, tuple[str, ...]] | None = None
 
         def command(**values):
             mine = {p.name: values.pop(p.name) for p in own}
+            if launch:
+                mine["launch"] = Launch(**{p.name: values.pop(p.name) for p in shared})
             return func(build_config(cls, values), **mine)
 
         command.__name__, command.__qualname__, command.__doc__, command.__module__ = func.__name__, func.__qualname__, func.__doc__, func.__module__

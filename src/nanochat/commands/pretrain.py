@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Optional
 
 import typer
 
-from nanochat.commands._common import LAUNCH_PARAMS, NPROC_HELP, NNodes, NodeRank, RdzvEndpoint, RdzvId, node_options
+from nanochat.commands._common import Launch
 from nanochat.commands._options import config_command
 from nanochat.train.pretrain_config import PretrainConfig
 
 
-@config_command(PretrainConfig, after={"device": LAUNCH_PARAMS})
+@config_command(PretrainConfig, launch=True)
 def pretrain(
     cfg: PretrainConfig,
-    nproc: Optional[int] = typer.Option(None, help=NPROC_HELP),
-    nnodes: NNodes = None,
-    node_rank: NodeRank = None,
-    rdzv_endpoint: RdzvEndpoint = None,
-    rdzv_id: RdzvId = None,
+    launch: Launch,
     skip_restore: str = typer.Option("", hidden=True, help="Tests only: comma list of loader,rng not to restore on resume."),
 ) -> None:
     """Pretrain the base GPT on web or demo text; resumable exactly from its checkpoints."""
@@ -27,8 +22,8 @@ def pretrain(
     from nanochat.data.corpus import check_data_name, open_corpus
     from nanochat.train.pretrain import run_pretrain
 
-    checks.nproc(nproc)
-    nodes = node_options(nnodes, node_rank, rdzv_endpoint, rdzv_id)
+    checks.nproc(launch.nproc)
+    nodes = launch.nodes()
     skip = {s.strip() for s in skip_restore.split(",") if s.strip()}
     cfg.restore_loader, cfg.restore_rng = "loader" not in skip, "rng" not in skip
     # every check that needs no model, before any process is started or anything loaded
@@ -37,11 +32,11 @@ def pretrain(
         check_fp8(cfg.fp8, cfg.device)
     if cfg.dry_run:
         check_data_name(cfg.data)  # a plan may name data still to download, never data that cannot exist
-        cfg.dry_run_world_size = _planned_world_size(cfg.device, nproc, nodes)
+        cfg.dry_run_world_size = _planned_world_size(cfg.device, launch.nproc, nodes)
     else:
         open_corpus(cfg.data, "train")
         open_corpus(cfg.data, "val")
-        maybe_relaunch(nproc, cfg.device, nodes=nodes)
+        maybe_relaunch(launch.nproc, cfg.device, nodes=nodes)
     run_pretrain(cfg)
 
 

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Optional
 
-import typer
 
-from nanochat.commands._common import LAUNCH_PARAMS, NPROC_HELP, NNodes, NodeRank, RdzvEndpoint, RdzvId, launch_from_checkpoint
+from nanochat.commands._common import Launch, launch_from_checkpoint
 from nanochat.commands._options import config_command
 from nanochat.train.sft_config import SFTConfig
 
 
-@config_command(SFTConfig, after={"device": LAUNCH_PARAMS})
-def sft(
-    cfg: SFTConfig,
-    nproc: Optional[int] = typer.Option(None, help=NPROC_HELP),
-    nnodes: NNodes = None,
-    node_rank: NodeRank = None,
-    rdzv_endpoint: RdzvEndpoint = None,
-    rdzv_id: RdzvId = None,
-) -> None:
+@config_command(SFTConfig, launch=True)
+def sft(cfg: SFTConfig, launch: Launch) -> None:
     """Fine-tune a base model into a chat model on a conversation mixture (assistant tokens only)."""
     from nanochat.common.logging import warn0
     from nanochat.train.sft import run_sft
@@ -29,5 +20,5 @@ def sft(
             if f.skipped:
                 warn0(f"{f.path}: {len(f.skipped):,} bad line(s) skipped (--skip-bad), {len(f.conversations):,} conversations kept; the first: {f.skipped[0]}")
 
-    launch_from_checkpoint(cfg, nproc, (nnodes, node_rank, rdzv_endpoint, rdzv_id), check=check_data, relaunch=not cfg.dry_run)
+    launch_from_checkpoint(cfg, launch, check=check_data, relaunch=not cfg.dry_run)
     run_sft(cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 import typer
@@ -59,8 +60,30 @@ def _pretrain_options(kind: str, extra: list[str], data: str, device: str) -> tu
     return options, given
 
 
-def _run(kind: str, ctx: typer.Context, depths: str, budgets: str, ratio: float, name, data, max_per_task, bpb_tokens, bootstrap,
-         measure_steps, dry_run, device, nproc) -> None:  # fmt: skip
+# the options every sweep takes, after the kind's own (an own option in a panel, --bootstrap, follows them in it)
+_SHARED = (("name", Optional[str], NAME), ("data", str, DATA), ("max_per_task", int, MAX_PER_TASK), ("bpb_tokens", int, BPB_TOKENS),
+           ("measure_steps", int, MEASURE), ("dry_run", bool, DRY_RUN), ("device", str, DEVICE), ("nproc", Optional[int], NPROC))  # fmt: skip
+
+
+def _sweep_command(func):
+    """Make `func(ctx, <its own options>) -> SweepSpec fields` a command that also takes the shared options and runs the sweep."""
+    own = list(inspect.signature(func).parameters.values())
+    shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t) for n, t, d in _SHARED]
+    paneled = [p for p in own[1:] if getattr(p.default, "rich_help_panel", None)]
+    params = [own[0]] + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[1:] if p not in paneled] + shared
+    params += [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in paneled]
+
+    def command(ctx: typer.Context, **values):
+        common = {n: values.pop(n) for n, _, _ in _SHARED}
+        _run(ctx, **func(ctx, **values), **common)
+
+    command.__name__, command.__doc__, command.__module__ = func.__name__, func.__doc__, func.__module__
+    command.__signature__ = inspect.Signature(params)
+    return command
+
+
+def _run(ctx: typer.Context, kind: str, depths: str, budgets: str = "", ratio: float = 12.0, bootstrap: int = 0, *, name, data,
+         max_per_task, bpb_tokens, measure_steps, dry_run, device, nproc) -> None:  # fmt: skip
     from nanochat.train.sweep import SweepSpec, parse_list, run_sweep
 
     if not dry_run:  # before anything is planned or trained (a dry run may plan for data not here yet)
@@ -84,23 +107,16 @@ def _run(kind: str, ctx: typer.Context, depths: str, budgets: str, ratio: float,
         "nanochat sweep miniseries --data demo --depths 2,3,4 --device cpu --max-seq-len 256 --device-batch-size 8",
     ),
 )
+@_sweep_command
 def miniseries(
     ctx: typer.Context,
     depths: str = typer.Option("10,12,14,16,18,20", help="Comma-separated depths, one run each."),
     ratio: float = typer.Option(12.0, callback=ranges.rate(), help="Training tokens per scaling parameter (pretrain's --target-param-data-ratio)."),
-    name: Optional[str] = NAME,
-    data: str = DATA,
-    max_per_task: int = MAX_PER_TASK,
-    bpb_tokens: int = BPB_TOKENS,
-    measure_steps: int = MEASURE,
-    dry_run: bool = DRY_RUN,
-    device: str = DEVICE,
-    nproc: Optional[int] = NPROC,
-) -> None:
+) -> dict:
     """Train one model per depth at a fixed tokens:parameters ratio; evaluate each; CSV and plots.
 
     Any option not listed here is a `nanochat pretrain` option, passed to every run (e.g. --max-seq-len 1024)."""
-    _run("miniseries", ctx, depths, "", ratio, name, data, max_per_task, bpb_tokens, 0, measure_steps, dry_run, device, nproc)
+    return {"kind": "miniseries", "depths": depths, "ratio": ratio}
 
 
 @app.command(
@@ -111,21 +127,14 @@ def miniseries(
         "nanochat sweep isoflop --data demo --budgets 1e13,3e13 --depths 2,3,4 --device cpu --max-seq-len 256",
     ),
 )
+@_sweep_command
 def isoflop(
     ctx: typer.Context,
     budgets: str = typer.Option(..., help="Comma-separated FLOP budgets, e.g. 1e18,3e18,1e19."),
     depths: str = typer.Option("8,10,12,14,16", help="Comma-separated depths trained at every budget (3+ for a parabola)."),
-    name: Optional[str] = NAME,
-    data: str = DATA,
-    max_per_task: int = MAX_PER_TASK,
-    bpb_tokens: int = BPB_TOKENS,
     bootstrap: int = BOOTSTRAP,
-    measure_steps: int = MEASURE,
-    dry_run: bool = DRY_RUN,
-    device: str = DEVICE,
-    nproc: Optional[int] = NPROC,
-) -> None:
+) -> dict:
     """Train every depth at every FLOP budget; a parabola per budget gives the optimum; fit N_opt ∝ C^a, D_opt ∝ C^b.
 
     Any option not listed here is a `nanochat pretrain` option, passed to every run (e.g. --max-seq-len 1024)."""
-    _run("isoflop", ctx, depths, budgets, 12.0, name, data, max_per_task, bpb_tokens, bootstrap, measure_steps, dry_run, device, nproc)
+    return {"kind": "isoflop", "depths": depths, "budgets": budgets, "bootstrap": bootstrap}

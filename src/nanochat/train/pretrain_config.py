@@ -13,7 +13,7 @@ from nanochat.common import checks
 from nanochat.common.device import check_device_name
 from nanochat.common.errors import UsageError
 from nanochat.common.options import AutoOrCount, option
-from nanochat.train.stage_options import EVALUATION, SCHEDULE, compile_option, device_option, wandb_run_option
+from nanochat.train.stage_options import EVALUATION, SCHEDULE, compile_option, device_option, keep_last_option, resume_option, wandb_run_option
 
 
 @dataclass
@@ -52,8 +52,8 @@ class PretrainConfig:
     core_metric_every: int | None = option(None, "CORE eval every N steps (and at the end); default 2000 on CUDA, off elsewhere; -1 off.", panel=EVALUATION)
     core_metric_max_per_task: int = option(500, "Examples per CORE task during training (-1: all).", panel=EVALUATION)
     save_every: int = option(-1, "Checkpoint every N steps; -1: only at the end (and on SIGTERM/SIGINT).", panel=EVALUATION)
-    keep_last: int | None = option(None, "Keep only the newest K checkpoints of this model tag.", panel=EVALUATION)
-    resume: str = option("auto", "auto (newest valid checkpoint of the tag, if any), never, or a step number.", panel=EVALUATION)
+    keep_last: int | None = keep_last_option()
+    resume: str = resume_option()
     model_tag: str | None = option(None, "Checkpoint folder name; default d<depth>.", panel=EVALUATION)
     run: str = wandb_run_option()
     device: str = device_option()

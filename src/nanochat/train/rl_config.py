@@ -13,7 +13,7 @@ from nanochat.common import checks
 from nanochat.common.device import check_device_name
 from nanochat.common.errors import UsageError
 from nanochat.common.options import option
-from nanochat.train.stage_options import EVALUATION, SCHEDULE, device_option, wandb_run_option
+from nanochat.train.stage_options import EVALUATION, SCHEDULE, device_option, keep_last_option, resume_option, wandb_run_option
 
 RL_TASKS = ("gsm8k", "demo-arith")
 
@@ -43,8 +43,8 @@ class RLConfig:
     eval_every: int = option(60, "pass@k on held-out GSM8K every N steps (and at the end); -1 off.", panel=EVALUATION)
     eval_examples: int = option(400, "Held-out problems per evaluation.", panel=EVALUATION)
     save_every: int = option(60, "Checkpoint every N steps (and at the end, and on SIGTERM/SIGINT); -1: only then.", panel=EVALUATION)
-    keep_last: int | None = option(None, "Keep only the newest K RL checkpoints of this tag.", panel=EVALUATION)
-    resume: str = option("auto", "auto (newest valid RL checkpoint of the tag, if any), never, or a step number.", panel=EVALUATION)
+    keep_last: int | None = keep_last_option("RL ")
+    resume: str = resume_option("RL ")
     run: str = wandb_run_option()
     device: str = device_option()
 

@@ -13,7 +13,7 @@ from nanochat.common import checks
 from nanochat.common.device import check_device_name
 from nanochat.common.errors import UsageError
 from nanochat.common.options import option
-from nanochat.train.stage_options import EVALUATION, compile_option, device_option, wandb_run_option
+from nanochat.train.stage_options import EVALUATION, compile_option, device_option, keep_last_option, resume_option, wandb_run_option
 
 SCHEDULE = "Schedule and optimizer (None: inherit from the base checkpoint)"
 
@@ -51,8 +51,8 @@ class SFTConfig:
     chatcore_max_cat: int = option(-1, "With --chatcore-every: problems per categorical task (-1: all).", panel=EVALUATION)  # all, as the reference
     chatcore_max_sample: int = option(24, "With --chatcore-every: problems per generative task (-1: all).", panel=EVALUATION)
     save_every: int = option(-1, "Checkpoint every N steps; -1: at the end (and on SIGTERM/SIGINT).", panel=EVALUATION)
-    keep_last: int | None = option(None, "Keep only the newest K sft checkpoints of the tag.", panel=EVALUATION)
-    resume: str = option("auto", "auto (newest valid sft checkpoint of the tag, if any), never, or a step number.", panel=EVALUATION)
+    keep_last: int | None = keep_last_option("sft ")
+    resume: str = resume_option("sft ")
     out_tag: str | None = option(None, "Tag of the sft checkpoints (default: the base model's tag).", panel=EVALUATION)
     run: str = wandb_run_option()
     device: str = device_option()
