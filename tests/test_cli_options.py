@@ -136,3 +136,27 @@ def test_declared_checks_refuse_bad_values(cls, args, message):
     cfg, r = _parse(cls, args)
     assert cfg is None and r.exit_code != 0
     assert message in str(r.exception)
+
+
+def _commands(group):
+    for cmd in group.commands.values():
+        yield from _commands(cmd) if hasattr(cmd, "commands") else (cmd,)
+
+
+def test_every_command_parameter_has_a_real_type():
+    # Older typer takes a parameter's type from typing.get_type_hints(callback), else from the signature as it
+    # stands, and cannot read a postponed annotation there ("str" under `from __future__ import annotations`):
+    # a command built with a __signature__ of strings broke the whole CLI on the GPU machine's typer.
+    import inspect
+    import typing
+
+    from nanochat.cli import app
+
+    group = typer.main.get_group(app)
+    seen = 0
+    for cmd in _commands(group):
+        hints = typing.get_type_hints(cmd.callback, include_extras=True)
+        for p in inspect.signature(cmd.callback).parameters.values():
+            assert not isinstance(hints.get(p.name, p.annotation), str), f"nanochat {cmd.name}: parameter {p.name} is annotated {hints.get(p.name, p.annotation)!r}"
+            seen += 1
+    assert seen > 100  # every subcommand's options were looked at

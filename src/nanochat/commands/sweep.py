@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Optional
 
 import typer
@@ -67,7 +68,8 @@ _SHARED = (("name", Optional[str], NAME), ("data", str, DATA), ("max_per_task", 
 
 def _sweep_command(func):
     """Make `func(ctx, <its own options>) -> SweepSpec fields` a command that also takes the shared options and runs the sweep."""
-    own = list(inspect.signature(func).parameters.values())
+    hints = typing.get_type_hints(func)  # real types, not this module's postponed strings (older typer reads no strings)
+    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in inspect.signature(func).parameters.values()]
     shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t) for n, t, d in _SHARED]
     paneled = [p for p in own[1:] if getattr(p.default, "rich_help_panel", None)]
     params = [own[0]] + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[1:] if p not in paneled] + shared
