@@ -36,9 +36,10 @@ for stage in "$@"; do t0=$(date +%s); echo "=== $stage $(date +%T)"
     ours) timeout "${T:-540}" $CMP --tag "$TAG" --ours-args="${ARGS:-}" train-ours 2>&1 | tail -5; cp "$W/ours_train_$TAG.log" "$OUT/" 2>/dev/null;;
     score) $CMP --tag "$TAG" score 2>&1 | tail -20;;
     table) $CMP --tag "$TAG" --ours-args="${ARGS:-}" table 2>&1 | tee "$OUT/table_$TAG.md";;
-    d20) NANOCHAT_HOME=$W/ours timeout 330 python3 -m nanochat pretrain --depth 20 --data "$D" --num-iterations 10 --eval-every -1 ${ARGS:-} \
+    d20) rm -rf "$W/ours/checkpoints/base/d20bench"  # each call a fresh run (--resume never refuses an old one)
+         NANOCHAT_HOME=$W/ours timeout 330 python3 -m nanochat pretrain --depth 20 --data "$D" --num-iterations 10 --eval-every -1 ${ARGS:-} \
            --core-metric-every -1 --sample-every -1 --resume never --model-tag d20bench > "$OUT/ours_d20.log" 2>&1
-         grep -E "^step|done" "$OUT/ours_d20.log" | tail -4;;
+         grep -E "^step|done|compile cache" "$OUT/ours_d20.log" | tail -5;;
     *) echo "unknown stage $stage (data prep ref refscore refcache ours score table d20 sweep)"; exit 2;;
   esac
   echo "--- $stage $(( $(date +%s) - t0 ))s"

@@ -271,6 +271,12 @@ class StepClock:
             self.timed_steps += 1
         return dt
 
+    def describe(self) -> str:
+        """The done line's "training time ..." phrase; a run of warm-up steps only has no steady-state time."""
+        if self.timed_steps == 0:
+            return f"training time not measured (every step was one of the first {self.warmup}, left out as warm-up)"
+        return f"training time {format_duration(self.total)}"
+
     def eta(self, steps_left: int, last_dt: float) -> float:
         per = self.total / self.timed_steps if self.timed_steps else last_dt
         return per * steps_left

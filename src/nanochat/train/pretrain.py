@@ -657,7 +657,7 @@ def _finish(run: TrainingRun, stage: PretrainStage, compile_model: bool) -> dict
             bpb_note = (f"val bpb {val_bpb:.4f} on {stage.val_tokens:,} tokens (lowest {min_val:.4f}, step {stage.min_val_step})"
                         if val_bpb is not None and math.isfinite(val_bpb) else "val bpb off")  # fmt: skip
             first_note = f", first step {clock.first_step_s:.1f}s{' (compile)' if compile_model else ''}" if clock.first_step_s is not None else ""
-            print0(f"done: {step} steps, {bpb_note}, training time {format_duration(clock.total)}{first_note}{mem_note}")
+            print0(f"done: {step} steps, {bpb_note}, {clock.describe()}{first_note}{mem_note}")
             if stage.core_series:
                 summary["core"] = stage.core_series[-1][1]
             series = {"train_loss": stage.train_series, "val_bpb": stage.val_series, **({"core": stage.core_series} if stage.core_series else {})}

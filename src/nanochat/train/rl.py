@@ -567,6 +567,6 @@ def _finish(cfg: RLConfig, run: TrainingRun, stage: RLStage, task_label: str) ->
             print0(run.stopped_line())
         else:
             before = f"{passk_start['pass@1']:.4f} before RL, " if passk_start else ""
-            print0(f"done: {run.step} steps, training time {format_duration(run.clock.total)}{mem_note}" + (f", pass@1 {before}{passk['pass@1']:.4f} after on {eval_count} problems of {s.eval_label}" if passk else ""))
+            print0(f"done: {run.step} steps, {run.clock.describe()}{mem_note}" + (f", pass@1 {before}{passk['pass@1']:.4f} after on {eval_count} problems of {s.eval_label}" if passk else ""))
             report_rl(summary, run.run_dir / "metrics.jsonl", task_label, eval_count, cfg.sampling_batch)
     return summary

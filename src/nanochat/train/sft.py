@@ -433,7 +433,7 @@ def _finish(cfg: SFTConfig, run: TrainingRun, stage: SFTStage, base, parts, lrs:
         else:
             bpb_note = f"chat val bpb {val_bpb:.4f} on {val_tokens:,} assistant tokens" if _finite(val_bpb) is not None and val_tokens else "val bpb off"
             first = run.clock.first_step_s
-            print0(f"done: {step} steps, {bpb_note}, training time {format_duration(run.clock.total)}"
+            print0(f"done: {step} steps, {bpb_note}, {run.clock.describe()}"
                    + (f", first step {first:.1f}s{' (compile)' if compile_model else ''}" if first is not None else "") + mem_note
                    + "; chat with `nanochat chat --source sft`")
             record_report("sft", _report_data(summary, step), {"train_loss": stage.train_series, "val_bpb": stage.val_series}
